@@ -1,0 +1,147 @@
+"""Finding what keeps an unloaded namespace's modules alive.
+
+Starting from a surviving module (or its globals), walk the garbage
+collector's referrer graph upwards through objects that belong to the
+namespace itself (its functions, classes, instances, their dicts) and through
+plain containers (lists, tuples, cells, bound methods), and stop at the first
+object outside: a global of another module, an attribute of a foreign object,
+a frame of a running thread or of a stored traceback. Those are the holders.
+"""
+
+from __future__ import annotations
+
+import gc
+import reprlib
+import weakref
+from collections import deque
+from types import CellType, FrameType, FunctionType, MethodType, ModuleType
+from typing import Any
+
+_PASS_THROUGH = (
+    tuple,
+    list,
+    set,
+    frozenset,
+    deque,
+    CellType,
+    MethodType,
+    classmethod,
+    staticmethod,
+    property,
+)
+_INTERNAL_MODULES = frozenset({__name__, "plughost.loader"})
+_MAX_VISITED = 500
+_MAX_HOLDERS = 5
+_short = reprlib.Repr()
+_short.maxstring = 60
+_short.maxother = 60
+
+
+def find_leaks(
+    watched: list[tuple[str, list[weakref.ref[Any]]]], package_name: str
+) -> list[tuple[str, list[str]]]:
+    """Return ``(module name, holders)`` for each watched module still alive.
+
+    Each entry of ``watched`` holds weak references to a module and to objects
+    that live exactly as long as its globals. A full garbage collection runs
+    only if something is still alive after reference counting.
+    """
+    alive = [(name, refs) for name, refs in watched if any(r() is not None for r in refs)]
+    if not alive:
+        return []
+    gc.collect()
+    leaks = []
+    for name, refs in alive:
+        objects = [obj for r in refs if (obj := r()) is not None]
+        if objects:
+            leaks.append((name, _holders(objects, package_name)))
+        del objects
+    return leaks
+
+
+class _Walk:
+    def __init__(self, package_name: str) -> None:
+        self.package_name = package_name
+        self.ignored: set[int] = set()
+
+    def owned(self, name: object) -> bool:
+        return isinstance(name, str) and (
+            name == self.package_name or name.startswith(self.package_name + ".")
+        )
+
+    def is_module_globals(self, obj: dict[Any, Any]) -> bool:
+        return self.owned(obj.get("__name__")) and "__spec__" in obj
+
+    def belongs(self, obj: object) -> bool:
+        """True for the namespace's modules, globals, functions, classes and instances."""
+        if isinstance(obj, ModuleType):
+            return self.owned(obj.__name__)
+        if isinstance(obj, FunctionType):
+            return self.is_module_globals(obj.__globals__)
+        if isinstance(obj, type):
+            return self.owned(getattr(obj, "__module__", None))
+        if isinstance(obj, dict) and self.is_module_globals(obj):
+            return True
+        if obj.__class__.__name__ == "ModuleSpec":
+            return self.owned(getattr(obj, "name", None))
+        return self.owned(getattr(type(obj), "__module__", None))
+
+
+def _holders(objects: list[object], package_name: str) -> list[str]:
+    walk = _Walk(package_name)
+    queue: deque[object] = deque(objects)
+    walk.ignored.update({id(queue), id(objects)})
+    seen = {id(obj) for obj in objects}
+    holders: list[str] = []
+    while queue and len(seen) < _MAX_VISITED and len(holders) < _MAX_HOLDERS:
+        child = queue.popleft()
+        referrers = gc.get_referrers(child)
+        walk.ignored.add(id(referrers))
+        for referrer in referrers:
+            if id(referrer) in walk.ignored or id(referrer) in seen or _is_internal_frame(referrer):
+                continue
+            description = _describe_external(walk, referrer, child)
+            if description is None:
+                seen.add(id(referrer))
+                queue.append(referrer)
+            elif description not in holders:
+                holders.append(description)
+        del referrers
+    return holders or ["unknown holder (not found through the garbage collector)"]
+
+
+def _describe_external(walk: _Walk, holder: object, child: object) -> str | None:
+    """Describe ``holder`` if it is outside the namespace; None means keep walking up."""
+    if isinstance(holder, FrameType):
+        code = holder.f_code
+        return f"frame of {code.co_name}() at {code.co_filename}:{holder.f_lineno}"
+    if isinstance(holder, _PASS_THROUGH) or walk.belongs(holder):
+        return None
+    if isinstance(holder, dict):
+        return _describe_dict(walk, holder, child)
+    return f"{type(holder).__module__}.{type(holder).__qualname__} {_short.repr(holder)}"
+
+
+def _describe_dict(walk: _Walk, holder: dict[Any, Any], child: object) -> str | None:
+    key = next((k for k, v in holder.items() if v is child), None)
+    for owner in gc.get_referrers(holder):
+        if not _owns_dict(owner, holder):
+            continue
+        if walk.belongs(owner):
+            return None
+        if isinstance(owner, ModuleType):
+            return f"global {key!r} of module {owner.__name__}"
+        return f"attribute {key!r} of {_short.repr(owner)}"
+    return f"key {_short.repr(key)} of a dict"
+
+
+def _owns_dict(owner: object, candidate: dict[Any, Any]) -> bool:
+    if isinstance(owner, type):
+        # A class shows its dict only through a mappingproxy that refers to it.
+        return any(d is candidate for d in gc.get_referents(owner.__dict__))
+    return getattr(owner, "__dict__", None) is candidate
+
+
+def _is_internal_frame(obj: object) -> bool:
+    """True for frames of the unload machinery itself, which hold modules only briefly."""
+    return isinstance(obj, FrameType) and obj.f_globals.get("__name__") in _INTERNAL_MODULES

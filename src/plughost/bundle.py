@@ -1,0 +1,301 @@
+"""Bundles as files: safe archive extraction, the module index and the content digest.
+
+A bundle is a folder (or a ``.zip`` / ``.tar.gz`` of one) holding ``.py`` files,
+subpackages (folders with ``__init__.py``) and data files. This module knows
+which files are modules and how to unpack an archive without letting any entry
+escape its target; it imports nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import stat
+import tarfile
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import IO
+
+from .errors import BundleRejectedError
+from .naming import is_plain_stem_part
+
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+_GZIP_MAGIC = b"\x1f\x8b"
+_COPY_CHUNK = 1 << 16
+
+_Opener = Callable[[], IO[bytes] | None]
+
+
+@dataclass(frozen=True)
+class BundleLimits:
+    """Bounds on what one bundle may hold; a bundle past any of them is refused."""
+
+    max_total_bytes: int = 64 * 1024 * 1024
+    max_files: int = 5_000
+    max_file_bytes: int = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ModuleEntry:
+    """One module of a bundle: its dotted stem, its source file, whether it is a package."""
+
+    stem: str
+    path: Path
+    is_package: bool
+
+
+@dataclass(frozen=True)
+class BundleIndex:
+    """The modules of a bundle folder and the digest of all its files.
+
+    ``modules`` maps each dotted stem (``"helpers"``, ``"pkg.sub"``) to its
+    entry; ``init`` is the bundle's own top-level ``__init__.py``, if any, which
+    becomes the body of the namespace package.
+    """
+
+    root: Path
+    modules: dict[str, ModuleEntry]
+    init: Path | None
+    digest: str
+
+    @property
+    def top_names(self) -> frozenset[str]:
+        """The names a bundle module can import its siblings by."""
+        return frozenset(stem.partition(".")[0] for stem in self.modules)
+
+
+def index_bundle(root: Path) -> BundleIndex:
+    """Return the module index and digest of the bundle folder ``root``.
+
+    Top-level ``.py`` files and folders with an ``__init__.py`` (recursively)
+    are modules; everything else is data. ``__pycache__`` folders are ignored.
+
+    Raises:
+        BundleRejectedError: ``root`` is not a folder, or a module's file name
+            cannot be a module name (it holds a ``.`` or uses the reserved
+            ``_x__`` prefix).
+    """
+    if not root.is_dir():
+        raise BundleRejectedError("a bundle must be a folder, a .zip or a .tar.gz", str(root))
+    modules: dict[str, ModuleEntry] = {}
+    _index_package(root, (), modules)
+    init = root / "__init__.py"
+    return BundleIndex(
+        root=root,
+        modules=dict(sorted(modules.items())),
+        init=init if init.is_file() else None,
+        digest=folder_digest(root),
+    )
+
+
+def _index_package(folder: Path, prefix: tuple[str, ...], into: dict[str, ModuleEntry]) -> None:
+    for child in sorted(folder.iterdir()):
+        if child.is_dir() and (child / "__init__.py").is_file() and child.name != "__pycache__":
+            parts = (*prefix, _checked_part(child.name, child))
+            into[".".join(parts)] = ModuleEntry(".".join(parts), child / "__init__.py", True)
+            _index_package(child, parts, into)
+        elif child.is_file() and child.suffix == ".py" and child.name != "__init__.py":
+            parts = (*prefix, _checked_part(child.name[:-3], child))
+            into[".".join(parts)] = ModuleEntry(".".join(parts), child, False)
+
+
+def _checked_part(name: str, path: Path) -> str:
+    if "." in name:
+        raise BundleRejectedError("a module file name may not contain '.' besides '.py'", str(path))
+    if name.isidentifier() and not is_plain_stem_part(name):
+        raise BundleRejectedError("module names starting with '_x__' are reserved", str(path))
+    return name
+
+
+def iter_bundle_files(root: Path) -> Iterator[tuple[str, Path]]:
+    """Yield ``(relative posix path, path)`` for every file of a bundle folder, sorted."""
+    for path in sorted(root.rglob("*")):
+        relative = path.relative_to(root)
+        if "__pycache__" in relative.parts or not path.is_file():
+            continue
+        yield relative.as_posix(), path
+
+
+def folder_digest(root: Path) -> str:
+    """Return the sha256 over every file's relative path and content, in path order."""
+    digest = hashlib.sha256()
+    for relative, path in iter_bundle_files(root):
+        digest.update(relative.encode("utf-8", "surrogateescape") + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def is_archive(path: Path) -> bool:
+    """Return True when ``path`` is a file that starts like a zip or a gzip stream."""
+    if not path.is_file():
+        return False
+    with path.open("rb") as stream:
+        head = stream.read(4)
+    return head.startswith(_GZIP_MAGIC) or head in _ZIP_MAGIC
+
+
+def extract_archive(archive: Path, target: Path, limits: BundleLimits | None = None) -> None:
+    """Unpack the ``.zip`` or ``.tar.gz`` file ``archive`` into the empty folder ``target``.
+
+    Every entry is checked before anything is written: absolute names, ``..``,
+    backslashes, names that are not UTF-8, links, devices, duplicates, and the
+    count and size limits. Sizes are counted again while writing, so a header
+    that lies about them cannot get past the limits. On error ``target`` may
+    hold part of the content; the caller owns it and discards it.
+
+    Raises:
+        BundleRejectedError: the file is not such an archive, or an entry or
+            the whole is refused; the message names the entry.
+    """
+    limits = limits or BundleLimits()
+    with archive.open("rb") as stream:
+        head = stream.read(4)
+    if head in _ZIP_MAGIC:
+        _extract_zip(archive, target, limits)
+    elif head.startswith(_GZIP_MAGIC):
+        _extract_tar(archive, target, limits)
+    else:
+        raise BundleRejectedError("not a .zip or .tar.gz archive", archive.name)
+
+
+def _checked_entry_name(name: str) -> PurePosixPath:
+    if "\x00" in name or "\\" in name:
+        raise BundleRejectedError("entry name holds a NUL or a backslash", name)
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BundleRejectedError("entry name is not valid UTF-8", name) from None
+    if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+        raise BundleRejectedError("entry has an absolute path", name)
+    parts = [part for part in PurePosixPath(name).parts if part not in ("", ".")]
+    if ".." in parts:
+        raise BundleRejectedError("entry path contains '..'", name)
+    if not parts:
+        raise BundleRejectedError("entry has an empty name", name)
+    return PurePosixPath(*parts)
+
+
+class _Plan:
+    """The checked entries of an archive, before any of them is written."""
+
+    def __init__(self, limits: BundleLimits) -> None:
+        self.limits = limits
+        self.files: dict[PurePosixPath, int] = {}
+        self.total = 0
+
+    def add_file(self, name: str, size: int) -> PurePosixPath:
+        path = _checked_entry_name(name)
+        if path in self.files:
+            raise BundleRejectedError("entry appears twice", name)
+        if size > self.limits.max_file_bytes:
+            raise BundleRejectedError(
+                f"entry is {size} bytes, over the limit of {self.limits.max_file_bytes}", name
+            )
+        self.files[path] = size
+        self.total += size
+        if len(self.files) > self.limits.max_files:
+            raise BundleRejectedError(f"bundle has more than {self.limits.max_files} files")
+        if self.total > self.limits.max_total_bytes:
+            raise BundleRejectedError(
+                f"bundle is over the limit of {self.limits.max_total_bytes} bytes"
+            )
+        return path
+
+
+def _copy_bounded(source: IO[bytes], destination: Path, name: str, plan: _Plan) -> int:
+    """Copy one entry, counting real bytes against the limits; return bytes written."""
+    written = 0
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    with destination.open("xb") as out:
+        while chunk := source.read(_COPY_CHUNK):
+            written += len(chunk)
+            if written > plan.limits.max_file_bytes:
+                raise BundleRejectedError("entry expands past the single-file limit", name)
+            out.write(chunk)
+    return written
+
+
+def _extract_zip(archive: Path, target: Path, limits: BundleLimits) -> None:
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            _extract_zip_entries(zf, target, limits)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+        raise BundleRejectedError(f"not a readable zip archive: {exc}", archive.name) from None
+
+
+def _extract_zip_entries(zf: zipfile.ZipFile, target: Path, limits: BundleLimits) -> None:
+    plan = _Plan(limits)
+    entries: list[tuple[PurePosixPath, _Opener]] = []
+    for info in zf.infolist():
+        name = _zip_entry_name(info)
+        mode = info.external_attr >> 16
+        kind = stat.S_IFMT(mode)
+        if info.flag_bits & 0x1:
+            raise BundleRejectedError("entry is encrypted", name)
+        if kind == stat.S_IFLNK:
+            raise BundleRejectedError("entry is a symbolic link", name)
+        if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
+            raise BundleRejectedError("entry is not a regular file or folder", name)
+        if info.is_dir() or kind == stat.S_IFDIR:
+            _checked_entry_name(name)
+            continue
+        entries.append((plan.add_file(name, info.file_size), functools.partial(zf.open, info)))
+    _write_planned(entries, target, plan)
+
+
+def _zip_entry_name(info: zipfile.ZipInfo) -> str:
+    name = info.filename
+    if info.flag_bits & 0x800 or name.isascii():
+        return name
+    # Without the UTF-8 flag zipfile decodes names as cp437; most tools write UTF-8 anyway.
+    try:
+        return name.encode("cp437").decode("utf-8")
+    except UnicodeError:
+        raise BundleRejectedError("entry name is not valid UTF-8", name) from None
+
+
+def _extract_tar(archive: Path, target: Path, limits: BundleLimits) -> None:
+    try:
+        with tarfile.open(archive, "r:gz") as tf:
+            _extract_tar_members(tf, target, limits)
+    except (tarfile.TarError, gzip.BadGzipFile, zlib.error, EOFError) as exc:
+        raise BundleRejectedError(f"not a readable .tar.gz archive: {exc}", archive.name) from None
+
+
+def _extract_tar_members(tf: tarfile.TarFile, target: Path, limits: BundleLimits) -> None:
+    members = tf.getmembers()
+    plan = _Plan(limits)
+    entries: list[tuple[PurePosixPath, _Opener]] = []
+    for member in members:
+        if member.issym() or member.islnk():
+            raise BundleRejectedError("entry is a link", member.name)
+        if member.isdir():
+            _checked_entry_name(member.name)
+            continue
+        if not member.isfile():
+            raise BundleRejectedError("entry is not a regular file or folder", member.name)
+        path = plan.add_file(member.name, member.size)
+        entries.append((path, functools.partial(tf.extractfile, member)))
+    _write_planned(entries, target, plan)
+
+
+def _write_planned(entries: list[tuple[PurePosixPath, _Opener]], target: Path, plan: _Plan) -> None:
+    total = 0
+    for path, open_entry in entries:
+        source = open_entry()
+        if source is None:
+            raise BundleRejectedError("entry has no content", str(path))
+        destination = target.joinpath(*path.parts)
+        with source:
+            try:
+                total += _copy_bounded(source, destination, str(path), plan)
+            except (FileExistsError, NotADirectoryError, IsADirectoryError):
+                raise BundleRejectedError("entry collides with another entry", str(path)) from None
+        if total > plan.limits.max_total_bytes:
+            raise BundleRejectedError(
+                f"bundle expands past the limit of {plan.limits.max_total_bytes} bytes"
+            )
