@@ -12,9 +12,19 @@ from __future__ import annotations
 
 import gc
 import reprlib
+import sys
+import threading
 import weakref
 from collections import deque
-from types import CellType, FrameType, FunctionType, MethodType, ModuleType
+from types import (
+    CellType,
+    FrameType,
+    FunctionType,
+    GetSetDescriptorType,
+    MemberDescriptorType,
+    MethodType,
+    ModuleType,
+)
 from typing import Any
 
 _PASS_THROUGH = (
@@ -28,6 +38,8 @@ _PASS_THROUGH = (
     classmethod,
     staticmethod,
     property,
+    GetSetDescriptorType,
+    MemberDescriptorType,
 )
 _INTERNAL_MODULES = frozenset({__name__, "plughost.loader"})
 _MAX_VISITED = 500
@@ -89,16 +101,18 @@ class _Walk:
 
 def _holders(objects: list[object], package_name: str) -> list[str]:
     walk = _Walk(package_name)
+    running, snapshots = _running_references()
     queue: deque[object] = deque(objects)
-    walk.ignored.update({id(queue), id(objects)})
+    walk.ignored.update({id(queue), id(objects), id(running), *snapshots})
     seen = {id(obj) for obj in objects}
     holders: list[str] = []
     while queue and len(seen) < _MAX_VISITED and len(holders) < _MAX_HOLDERS:
         child = queue.popleft()
+        holders += [h for h in running.get(id(child), ()) if h not in holders]
         referrers = gc.get_referrers(child)
         walk.ignored.add(id(referrers))
         for referrer in referrers:
-            if id(referrer) in walk.ignored or id(referrer) in seen or _is_internal_frame(referrer):
+            if id(referrer) in walk.ignored or id(referrer) in seen:
                 continue
             description = _describe_external(walk, referrer, child)
             if description is None:
@@ -110,11 +124,45 @@ def _holders(objects: list[object], package_name: str) -> list[str]:
     return holders or ["unknown holder (not found through the garbage collector)"]
 
 
+def _running_references() -> tuple[dict[int, list[str]], set[int]]:
+    """Map ids of objects that running frames refer to (locals, globals) to descriptions.
+
+    The garbage collector does not see the locals of a running frame, so every
+    thread's stack is read directly. The objects stay referenced by their
+    frames for as long as the walk needs the ids. Also returns the ids of the
+    ``f_locals`` snapshots this creates, which are not holders of their own.
+    """
+    names = {thread.ident: thread.name for thread in threading.enumerate()}
+    found: dict[int, list[str]] = {}
+    snapshots: set[int] = set()
+    for ident, top in sys._current_frames().items():
+        frame: FrameType | None = top
+        while frame is not None:
+            if frame.f_globals.get("__name__") not in _INTERNAL_MODULES:
+                code = frame.f_code
+                where = f"{code.co_name}() at {code.co_filename}:{frame.f_lineno}"
+                thread = names.get(ident, str(ident))
+                local_values = frame.f_locals
+                snapshots.add(id(local_values))
+                for name, value in local_values.items():
+                    found.setdefault(id(value), []).append(
+                        f"local {name!r} of {where} in thread {thread!r}"
+                    )
+                found.setdefault(id(frame.f_globals), []).append(
+                    f"running frame of {where} in thread {thread!r}"
+                )
+            frame = frame.f_back
+    return found, snapshots
+
+
 def _describe_external(walk: _Walk, holder: object, child: object) -> str | None:
     """Describe ``holder`` if it is outside the namespace; None means keep walking up."""
     if isinstance(holder, FrameType):
+        if holder.f_globals.get("__name__") in _INTERNAL_MODULES:
+            return None
         code = holder.f_code
-        return f"frame of {code.co_name}() at {code.co_filename}:{holder.f_lineno}"
+        where = f"{code.co_name}() at {code.co_filename}:{holder.f_lineno}"
+        return f"frame of {where} (a stored traceback or a suspended generator)"
     if isinstance(holder, _PASS_THROUGH) or walk.belongs(holder):
         return None
     if isinstance(holder, dict):
@@ -140,8 +188,3 @@ def _owns_dict(owner: object, candidate: dict[Any, Any]) -> bool:
         # A class shows its dict only through a mappingproxy that refers to it.
         return any(d is candidate for d in gc.get_referents(owner.__dict__))
     return getattr(owner, "__dict__", None) is candidate
-
-
-def _is_internal_frame(obj: object) -> bool:
-    """True for frames of the unload machinery itself, which hold modules only briefly."""
-    return isinstance(obj, FrameType) and obj.f_globals.get("__name__") in _INTERNAL_MODULES

@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO
 
 from .errors import BundleRejectedError
-from .naming import is_plain_stem_part
+from .naming import RESERVED_STEM_PREFIX
 
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -106,8 +106,10 @@ def _index_package(folder: Path, prefix: tuple[str, ...], into: dict[str, Module
 def _checked_part(name: str, path: Path) -> str:
     if "." in name:
         raise BundleRejectedError("a module file name may not contain '.' besides '.py'", str(path))
-    if name.isidentifier() and not is_plain_stem_part(name):
-        raise BundleRejectedError("module names starting with '_x__' are reserved", str(path))
+    if name.startswith(RESERVED_STEM_PREFIX):
+        raise BundleRejectedError(
+            f"module names starting with {RESERVED_STEM_PREFIX!r} are reserved", str(path)
+        )
     return name
 
 

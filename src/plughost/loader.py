@@ -311,10 +311,17 @@ class LoadedBundle:
 
 
 def _watch(module: ModuleType) -> list[weakref.ref[Any]]:
-    # The spec lives only in the module's globals, so it dies exactly when they do.
+    """Weak references that all die once the module, its globals and its classes are freed."""
     refs: list[weakref.ref[Any]] = [weakref.ref(module)]
+    # The spec lives only in the module's globals, so it dies exactly when they do.
     if module.__spec__ is not None:
         refs.append(weakref.ref(module.__spec__))
+    # A class can outlive its module's globals (an instance stashed elsewhere holds it).
+    refs += [
+        weakref.ref(value)
+        for value in vars(module).values()
+        if isinstance(value, type) and value.__module__ == module.__name__
+    ]
     return refs
 
 

@@ -22,12 +22,14 @@ The encoding is injective and reversible for any strings:
   keys; any other part (``my-agent``, ``2fast``, unicode that is not an
   identifier, the empty string) is written as ``_x__`` plus its escaped form.
   Identifiers that themselves start with ``_x__`` are escaped too, which
-  keeps the two forms apart.
+  keeps the two forms apart, and so are identifiers that NFKC normalization
+  would change (the parser would import them under another name).
 """
 
 from __future__ import annotations
 
 import functools
+import unicodedata
 from collections.abc import Mapping
 
 ROOT_PACKAGE = "plughost_ns"
@@ -35,7 +37,8 @@ ROOT_PACKAGE = "plughost_ns"
 
 _NAMESPACE_MARK = "t_"
 _FIELD_SEPARATOR = "__"
-_ESCAPED_PART_MARK = "_x__"
+RESERVED_STEM_PREFIX = "_x__"
+"""Marks an escaped stem part; bundle files may not use it in their names."""
 _SHORT_ESCAPES = {"_": "u", "-": "d", ".": "p"}
 _SHORT_UNESCAPES = {code: char for char, code in _SHORT_ESCAPES.items()}
 
@@ -83,22 +86,30 @@ def _unescape(text: str) -> str:
 
 
 def _encode_stem_part(part: str) -> str:
-    if part.isidentifier() and not part.startswith(_ESCAPED_PART_MARK):
+    if is_plain_stem_part(part):
         return part
-    return _ESCAPED_PART_MARK + _escape(part)
+    return RESERVED_STEM_PREFIX + _escape(part)
 
 
 def _decode_stem_part(part: str) -> str:
-    if part.startswith(_ESCAPED_PART_MARK):
-        return _unescape(part[len(_ESCAPED_PART_MARK) :])
-    if not part.isidentifier():
-        raise ValueError(f"stem part {part!r} is neither an identifier nor escaped")
+    if part.startswith(RESERVED_STEM_PREFIX):
+        return _unescape(part[len(RESERVED_STEM_PREFIX) :])
+    if not is_plain_stem_part(part):
+        raise ValueError(f"stem part {part!r} is neither a plain identifier nor escaped")
     return part
 
 
 def is_plain_stem_part(part: str) -> bool:
-    """Return True when ``part`` keeps its own name as a ``sys.modules`` key part."""
-    return part.isidentifier() and not part.startswith(_ESCAPED_PART_MARK)
+    """Return True when ``part`` keeps its own name as a ``sys.modules`` key part.
+
+    That is an identifier as the parser would read it: unchanged by NFKC, which
+    Python applies to identifiers in source, and without the escape prefix.
+    """
+    return (
+        part.isidentifier()
+        and not part.startswith(RESERVED_STEM_PREFIX)
+        and unicodedata.normalize("NFKC", part) == part
+    )
 
 
 def check_tenant_name(tenant: str) -> str:

@@ -1,0 +1,62 @@
+"""Shared fixtures: bundles written to real folders, and loads that are always unloaded."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from plughost import Namespace
+from plughost.loader import LoadedBundle, load_bundle, loaded_namespaces
+from plughost.naming import ROOT_PACKAGE
+
+WriteBundle = Callable[..., Path]
+Load = Callable[..., LoadedBundle]
+
+
+@pytest.fixture
+def write_bundle(tmp_path: Path) -> WriteBundle:
+    """Write ``{relative path: source}`` into a fresh folder and return it."""
+    counter = iter(range(1_000_000))
+
+    def write(files: dict[str, str], name: str | None = None) -> Path:
+        folder = tmp_path / (name or f"bundle{next(counter)}")
+        for relative, source in files.items():
+            path = folder / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(textwrap.dedent(source))
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    return write
+
+
+@pytest.fixture
+def load() -> Iterator[Load]:
+    """``load_bundle`` that unloads, at teardown, whatever the test left loaded."""
+    handles: list[LoadedBundle] = []
+
+    def do_load(namespace: Namespace, source: Path) -> LoadedBundle:
+        loaded = load_bundle(namespace, source)
+        handles.append(loaded)
+        return loaded
+
+    yield do_load
+    for loaded in handles:
+        loaded.unload(verify=False)
+
+
+@pytest.fixture(autouse=True)
+def no_namespace_outlives_a_test() -> Iterator[None]:
+    yield
+    left = [key for key in sys.modules if key.startswith(ROOT_PACKAGE + ".")]
+    assert left == [], f"namespace modules left in sys.modules: {left}"
+    assert loaded_namespaces() == []
+
+
+def namespace_keys() -> set[str]:
+    """The ``sys.modules`` keys that belong to any namespace."""
+    return {key for key in sys.modules if key.startswith(ROOT_PACKAGE + ".")}

@@ -1,0 +1,271 @@
+"""Each namespace runs its own code and its own siblings, in any load order."""
+
+from __future__ import annotations
+
+import importlib.resources
+import itertools
+import json
+import sys
+import tarfile
+import warnings
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from plughost import Agent, BasicAgent, BundleWarning, Namespace
+from plughost.loader import code_cache
+
+from .conftest import Load, WriteBundle
+
+
+def _swarm(write_bundle: WriteBundle, word: str) -> Path:
+    return write_bundle(
+        {
+            "notifier_agent.py": f"""
+                from agents.basic_agent import BasicAgent
+                from helpers import decorate
+
+                class NotifierAgent(BasicAgent):
+                    name = "Notifier"
+                    def perform(self, **kwargs):
+                        return decorate({word!r} + ":" + kwargs["message"])
+            """,
+            "helpers.py": f"""
+                CALLS = []
+                def decorate(text):
+                    CALLS.append(text)
+                    return "<" + {word!r} + ">" + text
+            """,
+        }
+    )
+
+
+def _notify(loaded_module: object, message: str = "hi") -> str:
+    agent = loaded_module.NotifierAgent()  # type: ignore[attr-defined]
+    return str(agent.perform(message=message))
+
+
+@pytest.mark.parametrize("order", ["AB", "BA"])
+def test_two_swarms_with_the_same_file_names_run_their_own_code(
+    write_bundle: WriteBundle, load: Load, order: str
+) -> None:
+    sources = {"A": _swarm(write_bundle, "alpha"), "B": _swarm(write_bundle, "beta")}
+    loaded = {tenant: load(Namespace(f"swarm-{tenant}"), sources[tenant]) for tenant in order}
+
+    assert _notify(loaded["A"].modules["notifier_agent"]) == "<alpha>alpha:hi"
+    assert _notify(loaded["B"].modules["notifier_agent"]) == "<beta>beta:hi"
+    helpers_a, helpers_b = loaded["A"].modules["helpers"], loaded["B"].modules["helpers"]
+    assert helpers_a is not helpers_b
+    assert helpers_a.CALLS == ["alpha:hi"] and helpers_b.CALLS == ["beta:hi"]
+    assert "notifier_agent" not in sys.modules and "helpers" not in sys.modules
+
+
+def test_live_and_two_snapshots_load_side_by_side(write_bundle: WriteBundle, load: Load) -> None:
+    versions = {None: "live", "jan": "january", "jun": "june"}
+    loaded = {
+        snapshot: load(Namespace("acme", snapshot=snapshot), _swarm(write_bundle, word))
+        for snapshot, word in versions.items()
+    }
+    for snapshot, word in versions.items():
+        module = loaded[snapshot].modules["notifier_agent"]
+        assert _notify(module, "x") == f"<{word}>{word}:x"
+        assert module.decorate.__module__ == loaded[snapshot].modules["helpers"].__name__
+    assert len({id(b.modules["helpers"]) for b in loaded.values()}) == 3
+
+
+@pytest.mark.parametrize("names", list(itertools.permutations(["aa", "mm", "zz"])))
+def test_a_chain_of_sibling_imports_loads_whatever_the_file_order(
+    write_bundle: WriteBundle, load: Load, names: tuple[str, str, str]
+) -> None:
+    first, middle, last = names
+    folder = write_bundle(
+        {
+            f"{first}.py": f"import {middle}\nVALUE = {middle}.VALUE + 1\n",
+            f"{middle}.py": f"from {last} import VALUE as BASE\nVALUE = BASE * 10\n",
+            f"{last}.py": "VALUE = 4\n",
+        }
+    )
+    loaded = load(Namespace("chain"), folder)
+    assert loaded.modules[first].VALUE == 41
+
+
+def test_every_import_form_resolves_to_the_namespace_copy(
+    write_bundle: WriteBundle, load: Load
+) -> None:
+    folder = write_bundle(
+        {
+            "main.py": """
+                import helpers
+                import pkg.sub
+                from helpers import WHO
+                from . import helpers as relative_helpers
+                from pkg.sub import deep
+                from pkg import sub as sub_module
+                from agents.helpers import WHO as COMPAT_WHO
+                import agents
+
+                def lazy():
+                    import helpers as again
+                    from pkg.sub import deep as deep_again
+                    return again.WHO, deep_again()
+
+                SAME = (helpers is relative_helpers, sub_module is pkg.sub,
+                        agents.helpers is helpers)
+            """,
+            "helpers.py": "WHO = __name__\n",
+            "pkg/__init__.py": "from . import sub\n",
+            "pkg/sub.py": "from ..helpers import WHO\ndef deep():\n    return 'deep:' + WHO\n",
+        }
+    )
+    ns = Namespace("forms", env="test")
+    main = load(ns, folder).modules["main"]
+    helpers_key = ns.module_name("helpers")
+    assert helpers_key == main.WHO == main.COMPAT_WHO
+    assert main.deep() == "deep:" + helpers_key
+    assert main.lazy() == (helpers_key, "deep:" + helpers_key)
+    assert main.SAME == (True, True, True)
+    assert main.pkg.__name__ == ns.module_name("pkg")
+
+
+def test_agent_files_written_for_other_hosts_load_unchanged(
+    write_bundle: WriteBundle, load: Load
+) -> None:
+    folder = write_bundle(
+        {
+            "one.py": "from agents.basic_agent import BasicAgent as B\n",
+            "two.py": "from basic_agent import BasicAgent as B\nimport basic_agent\n",
+            "three.py": "import agents.basic_agent\n",
+        }
+    )
+    modules = load(Namespace("compat"), folder).modules
+    assert modules["one"].B is BasicAgent is Agent
+    assert modules["two"].B is BasicAgent
+    assert modules["two"].basic_agent.BasicAgent is BasicAgent
+
+
+def test_a_bundle_may_ship_its_own_basic_agent(write_bundle: WriteBundle, load: Load) -> None:
+    folder = write_bundle(
+        {
+            "basic_agent.py": "class BasicAgent:\n    OWN = True\n",
+            "user.py": "from basic_agent import BasicAgent\nfrom agents.basic_agent import "
+            "BasicAgent as Again\n",
+        }
+    )
+    user = load(Namespace("own"), folder).modules["user"]
+    assert user.BasicAgent.OWN and user.Again is user.BasicAgent
+
+
+def test_stdlib_and_installed_modules_are_shared(write_bundle: WriteBundle, load: Load) -> None:
+    folder = write_bundle({"uses.py": "import json\nimport pytest\n"})
+    uses = load(Namespace("shared"), folder).modules["uses"]
+    assert uses.json is json and uses.pytest is pytest
+
+
+def test_a_bundle_module_can_shadow_a_stdlib_name_for_itself_only(
+    write_bundle: WriteBundle, load: Load
+) -> None:
+    folder = write_bundle({"json.py": "OWN = True\n", "user.py": "import json\n"})
+    user = load(Namespace("shadow"), folder).modules["user"]
+    assert user.json.OWN is True
+    assert sys.modules["json"] is json and not hasattr(json, "OWN")
+
+
+def test_a_bundle_that_appends_to_sys_path_is_undone_with_a_warning(
+    write_bundle: WriteBundle, load: Load
+) -> None:
+    folder = write_bundle({"bad.py": "import sys\nsys.path.append('/somewhere')\n"})
+    path_before = list(sys.path)
+    with pytest.warns(BundleWarning, match=r"bad\.py changed sys\.path"):
+        load(Namespace("pathy"), folder)
+    assert sys.path == path_before
+
+
+def test_data_files_are_readable_from_bundle_code(write_bundle: WriteBundle, load: Load) -> None:
+    folder = write_bundle(
+        {
+            "reader.py": """
+                import importlib.resources
+                import json
+                from pathlib import Path
+                BY_RESOURCES = json.loads(
+                    importlib.resources.files(__package__).joinpath("data/config.json").read_text()
+                )
+                BY_FILE = json.loads((Path(__file__).parent / "data/config.json").read_text())
+                import pkg
+                TEMPLATE = importlib.resources.files(pkg).joinpath("t.txt").read_text()
+            """,
+            "data/config.json": '{"answer": 42}',
+            "pkg/__init__.py": "",
+            "pkg/t.txt": "template",
+        }
+    )
+    loaded = load(Namespace("data"), folder)
+    reader = loaded.modules["reader"]
+    assert reader.BY_RESOURCES == reader.BY_FILE == {"answer": 42}
+    assert reader.TEMPLATE == "template"
+    assert (loaded.bundle_path / "data/config.json").is_file()
+    assert importlib.resources.files(loaded.package_name).joinpath("data").is_dir()
+
+
+def test_files_that_are_not_identifiers_load_under_escaped_keys(
+    write_bundle: WriteBundle, load: Load
+) -> None:
+    folder = write_bundle({"my-agent.py": "X = 1\n", "2fast.py": "Y = 2\n"})
+    ns = Namespace("odd")
+    loaded = load(ns, folder)
+    assert loaded.modules["my-agent"].__name__ == ns.module_name("my-agent")
+    assert loaded.modules["2fast"].Y == 2
+    assert Namespace.parse_module_name(loaded.modules["my-agent"].__name__) == (ns, "my-agent")
+
+
+def test_a_top_level_init_is_the_namespace_package(write_bundle: WriteBundle, load: Load) -> None:
+    folder = write_bundle({"__init__.py": "ROOT = True\n", "child.py": "from . import ROOT\n"})
+    loaded = load(Namespace("initpkg"), folder)
+    assert loaded.modules["child"].ROOT is True
+    assert sys.modules[loaded.package_name].ROOT is True
+
+
+def test_zip_and_tar_gz_bundles_load(write_bundle: WriteBundle, load: Load, tmp_path: Path) -> None:
+    folder = _swarm(write_bundle, "packed")
+    zip_path, tar_path = tmp_path / "b.zip", tmp_path / "b.tar.gz"
+    with zipfile.ZipFile(zip_path, "w") as zf:
+        for file in folder.iterdir():
+            zf.write(file, file.name)
+    with tarfile.open(tar_path, "w:gz") as tf:
+        for file in folder.iterdir():
+            tf.add(file, file.name)
+    by_zip = load(Namespace("zipped"), zip_path)
+    by_tar = load(Namespace("tarred"), tar_path)
+    assert _notify(by_zip.modules["notifier_agent"]) == "<packed>packed:hi"
+    assert _notify(by_tar.modules["notifier_agent"]) == "<packed>packed:hi"
+    assert by_zip.digest == by_tar.digest == load(Namespace("plain"), folder).digest
+    extracted = by_zip.bundle_path
+    by_zip.unload()
+    assert not extracted.exists()
+
+
+def test_the_same_file_is_compiled_once_for_many_namespaces(
+    write_bundle: WriteBundle, load: Load
+) -> None:
+    source = {"unique_for_cache_test.py": "def where():\n    1 / 0\n"}
+    first, second = write_bundle(source), write_bundle(source)
+    misses = code_cache.misses
+    loaded = [load(Namespace(f"cache{i}"), first if i % 2 else second) for i in range(6)]
+    assert code_cache.misses == misses + 1
+    modules = [b.modules["unique_for_cache_test"] for b in loaded]
+    assert len({id(m) for m in modules}) == 6
+    for bundle, module in zip(loaded, modules, strict=True):
+        with pytest.raises(ZeroDivisionError) as caught:
+            module.where()
+        frame_files = [entry.path for entry in caught.traceback]
+        assert bundle.bundle_path / "unique_for_cache_test.py" in frame_files
+    del modules
+
+
+def test_loading_writes_no_bytecode_into_the_bundle(write_bundle: WriteBundle, load: Load) -> None:
+    folder = _swarm(write_bundle, "clean")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load(Namespace("nopyc"), folder)
+    assert not (folder / "__pycache__").exists()
