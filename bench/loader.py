@@ -101,6 +101,29 @@ def _bundle_description(paths: list[Path]) -> str:
     )
 
 
+def _plughost_cold(namespace: Namespace, source: Path) -> int:
+    """Time one load with an empty code cache, so that every module compiles; then unload."""
+    code_cache.clear()
+    misses = code_cache.misses
+    start = time.perf_counter_ns()
+    loaded = load_bundle(namespace, source)
+    elapsed = time.perf_counter_ns() - start
+    compiled = code_cache.misses - misses
+    loaded.unload(verify=False)
+    if compiled != BUNDLE_MODULES:
+        raise RuntimeError(f"a cold load compiled {compiled} modules, not {BUNDLE_MODULES}")
+    return elapsed
+
+
+def _bare_timed(paths: list[Path], prefix: str) -> int:
+    """Time one bare import of ``paths``; then remove the modules again."""
+    start = time.perf_counter_ns()
+    names = _bare_load(paths, prefix)
+    elapsed = time.perf_counter_ns() - start
+    _forget(names)
+    return elapsed
+
+
 def cold_load(rounds: int = COLD_ROUNDS) -> Outcome:
     """Benchmark 1: a cold load of the 20-file bundle against the bare import of its files."""
     preload_imports()
@@ -109,30 +132,10 @@ def cold_load(rounds: int = COLD_ROUNDS) -> Outcome:
         paths = write_bundle(folder, modules=BUNDLE_MODULES)
         sibling_folder = Path(tmp, "bundle_siblings")
         write_bundle(sibling_folder, modules=BUNDLE_MODULES, sibling_imports=True)
-
-        def plughost_cold(round_: int, source: Path) -> int:
-            code_cache.clear()
-            misses = code_cache.misses
-            start = time.perf_counter_ns()
-            loaded = load_bundle(Namespace(f"cold{round_}"), source)
-            elapsed = time.perf_counter_ns() - start
-            compiled = code_cache.misses - misses
-            loaded.unload(verify=False)
-            if compiled != BUNDLE_MODULES:
-                raise RuntimeError(f"cold load compiled {compiled} modules, not {BUNDLE_MODULES}")
-            return elapsed
-
-        def bare(round_: int) -> int:
-            start = time.perf_counter_ns()
-            names = _bare_load(paths, f"bench_bare_cold{round_}")
-            elapsed = time.perf_counter_ns() - start
-            _forget(names)
-            return elapsed
-
         arms: list[tuple[list[int], Callable[[int], int]]] = [
-            ([], lambda r: plughost_cold(r, folder)),
-            ([], bare),
-            ([], lambda r: plughost_cold(r, sibling_folder)),
+            ([], lambda r: _plughost_cold(Namespace(f"cold{r}"), folder)),
+            ([], lambda r: _bare_timed(paths, f"bench_bare_cold{r}")),
+            ([], lambda r: _plughost_cold(Namespace(f"siblings{r}"), sibling_folder)),
         ]
         for round_ in range(rounds):
             # Rotate the order each round so that no arm always runs first or last.
@@ -140,9 +143,8 @@ def cold_load(rounds: int = COLD_ROUNDS) -> Outcome:
                 samples, measure = arms[(round_ + offset) % len(arms)]
                 gc.collect()
                 samples.append(measure(round_))
-        _assert_no_bytecode(tmp_path := Path(tmp))
+        _assert_no_bytecode(Path(tmp))
         description = _bundle_description(paths)
-        del tmp_path
     gc.collect()
     plughost_ns, bare_ns, siblings_ns = (samples for samples, _ in arms)
     ratio = statistics.median(plughost_ns) / statistics.median(bare_ns)
@@ -248,7 +250,10 @@ def many_namespaces(namespaces: int = NAMESPACES) -> Outcome:
                 f"{seconds(copies_ns)} total, {ms(copies_ns / namespaces)} per namespace, "
                 f"cache hits {copies_hits:,}/{total:,} (co_filename copies)",
             ),
-            ("bare importlib, copies", f"{seconds(bare_ns)} total, {ms(bare_ns / namespaces)} each"),
+            (
+                "bare importlib, copies",
+                f"{seconds(bare_ns)} total, {ms(bare_ns / namespaces)} each",
+            ),
             ("speedup, copies variant", f"{copies_speedup:.2f}x bare/plughost"),
             (
                 "unload all (verify=False)",
@@ -273,7 +278,7 @@ def load_unload_cycles(cycles: int = CYCLES) -> Outcome:
         gc.collect()
         modules_before = len(sys.modules)
         verified = leaky = 0
-        warmup_ns = growth = 0
+        warmup_ns = growth = baseline = 0
         top_allocations: list[str] = []
         start = time.perf_counter_ns()
         for cycle in range(cycles):
@@ -315,7 +320,7 @@ def load_unload_cycles(cycles: int = CYCLES) -> Outcome:
         title=f"{cycles:,} load/unload cycles of a {CYCLE_MODULES}-file bundle",
         notes=notes,
         figures=[
-            ("bundle", _bundle_with_siblings(description)),
+            ("bundle", f"{description}; modules import 1-2 siblings each"),
             ("sys.modules size", f"{modules_before} before, {modules_after} after"),
             ("namespace modules alive after", str(alive)),
             ("verified unloads with leaks", f"{leaky} of {verified}"),
@@ -335,10 +340,6 @@ def load_unload_cycles(cycles: int = CYCLES) -> Outcome:
         goal="growth < 1 MiB, 0 leaks, 0 alive, sys.modules unchanged",
         met=checks_met,
     )
-
-
-def _bundle_with_siblings(description: str) -> str:
-    return description + "; modules import their siblings (import mod_x / from mod_y import f)"
 
 
 BENCHMARKS: tuple[Callable[[], Outcome], ...] = (cold_load, many_namespaces, load_unload_cycles)
