@@ -4,8 +4,9 @@ How isolation works, without touching ``sys.path``:
 
 * A meta path finder serves every key below ``plughost_ns.<namespace>`` from
   that namespace's bundle folder, and only while the namespace is loaded.
-* Each namespace's modules get their own ``__builtins__`` whose
-  ``__import__`` first resolves a bare name against the bundle: ``import
+* Bundle modules get ``__builtins__`` whose ``__import__`` first resolves a
+  bare name against the importing module's own bundle (known from the
+  ``__name__`` in the globals every import statement passes): ``import
   helpers`` inside tenant acme's code imports ``plughost_ns.t_acme.helpers``.
   Lazy imports inside functions go through the same ``__builtins__``. Names
   the bundle does not define (stdlib, installed packages) import as usual and
@@ -49,6 +50,7 @@ from .naming import ROOT_PACKAGE, Namespace
 __all__ = ["Leak", "LoadedBundle", "UnloadReport", "code_cache", "load_bundle", "loaded_namespaces"]
 
 _original_import = builtins.__import__
+_PREFIX = ROOT_PACKAGE + "."
 _COMPAT_BASIC_AGENT = "plughost.agent"
 
 code_cache = CodeCache()
@@ -110,18 +112,14 @@ class _PackageLoader(importlib.abc.Loader):
 
 
 class _ModuleLoader(importlib.machinery.SourceFileLoader):
-    """Executes one bundle file with its namespace's ``__builtins__`` and shared code cache."""
-
-    def __init__(self, fullname: str, path: str, imports: _NamespaceImports) -> None:
-        super().__init__(fullname, path)
-        self._imports = imports
+    """Executes one bundle file with the bundle ``__builtins__`` and the shared code cache."""
 
     def get_code(self, fullname: str) -> CodeType:
         return code_cache.code_for(self.get_data(self.path), self.path)
 
     def exec_module(self, module: ModuleType) -> None:
         code = self.get_code(module.__name__)
-        module.__dict__["__builtins__"] = self._imports.builtins
+        module.__dict__["__builtins__"] = _bundle_builtins
         path_before = sys.path[:]
         try:
             exec(code, module.__dict__)
@@ -137,15 +135,13 @@ class _ModuleLoader(importlib.machinery.SourceFileLoader):
 
 
 class _NamespaceImports:
-    """Everything the import machinery needs about one namespace: its files and its import hook."""
+    """What the import machinery needs about one namespace: its files and its sibling names."""
 
     def __init__(self, namespace: Namespace, index: BundleIndex) -> None:
         self.namespace = namespace
         self.index = index
         self.package_name = namespace.package_name
         self._top_names = index.top_names
-        self.builtins: dict[str, Any] = dict(builtins.__dict__)
-        self.builtins["__import__"] = self.import_
         self.done = threading.Event()
         self.loaded: LoadedBundle | None = None
         self.error: BaseException | None = None
@@ -176,11 +172,11 @@ class _NamespaceImports:
         return importlib.util.spec_from_file_location(
             fullname,
             str(path),
-            loader=_ModuleLoader(fullname, str(path), self),
+            loader=_ModuleLoader(fullname, str(path)),
             submodule_search_locations=[str(package_dir)] if package_dir else None,
         )
 
-    def _resolve(self, name: str) -> tuple[str, str] | None:
+    def resolve(self, name: str) -> tuple[str, str] | None:
         """Return (key to import, key to bind for a plain ``import``) for a bundle name."""
         head, _, rest = name.partition(".")
         if head in self._top_names:
@@ -196,27 +192,37 @@ class _NamespaceImports:
             return _COMPAT_BASIC_AGENT, _COMPAT_BASIC_AGENT
         return None
 
-    def import_(
-        self,
-        name: str,
-        globals: Mapping[str, object] | None = None,
-        locals: Mapping[str, object] | None = None,
-        fromlist: Sequence[str] = (),
-        level: int = 0,
-    ) -> ModuleType:
-        if level == 0:
-            resolved = self._resolve(name)
+
+def _bundle_import(
+    name: str,
+    globals: Mapping[str, object] | None = None,
+    locals: Mapping[str, object] | None = None,
+    fromlist: Sequence[str] = (),
+    level: int = 0,
+) -> ModuleType:
+    """``__import__`` for bundle code: a bare name the bundle defines means its own module.
+
+    The import statement passes the importing module's globals, whose
+    ``__name__`` says which namespace is asking.
+    """
+    if level == 0 and globals is not None:
+        importer = globals.get("__name__")
+        if isinstance(importer, str) and importer.startswith(_PREFIX):
+            imports = _active.get(".".join(importer.split(".", 2)[:2]))
+            resolved = imports.resolve(name) if imports is not None else None
             if resolved is not None:
                 key, bound = resolved
                 module = _original_import(key, globals, locals, fromlist, 0)
                 return module if fromlist else sys.modules[bound]
-        return _original_import(name, globals, locals, fromlist, level)
+    return _original_import(name, globals, locals, fromlist, level)
+
+
+_bundle_builtins: dict[str, Any] = {**builtins.__dict__, "__import__": _bundle_import}
+"""The ``__builtins__`` of every bundle module: the real ones but for ``__import__``."""
 
 
 class _BundleFinder(importlib.abc.MetaPathFinder):
     """Serves ``plughost_ns.*`` keys from the bundles of loaded namespaces."""
-
-    _prefix = ROOT_PACKAGE + "."
 
     def find_spec(
         self,
@@ -224,7 +230,7 @@ class _BundleFinder(importlib.abc.MetaPathFinder):
         path: Sequence[str] | None = None,
         target: ModuleType | None = None,
     ) -> importlib.machinery.ModuleSpec | None:
-        if not fullname.startswith(self._prefix):
+        if not fullname.startswith(_PREFIX):
             return None
         imports = _active.get(".".join(fullname.split(".", 2)[:2]))
         return imports.spec_for(fullname) if imports is not None else None
