@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import sys
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from plughost import Namespace
+from plughost import Namespace, Network
 from plughost.loader import LoadedBundle, load_bundle, loaded_namespaces
 from plughost.naming import ROOT_PACKAGE
 
@@ -60,3 +60,46 @@ def no_namespace_outlives_a_test() -> Iterator[None]:
 def namespace_keys() -> set[str]:
     """The ``sys.modules`` keys that belong to any namespace."""
     return {key for key in sys.modules if key.startswith(ROOT_PACKAGE + ".")}
+
+
+def agent_bundle(word: str, *, agent: str = "Notifier", extra: str = "") -> dict[str, object]:
+    """A JSON bundle whose agent answers with ``word``, using a sibling helper module.
+
+    ``extra`` is more module source appended to the agent file.
+    """
+    source = textwrap.dedent(
+        f"""\
+        from agents.basic_agent import BasicAgent
+        from helpers import decorate
+
+        class NotifierAgent(BasicAgent):
+            name = {agent!r}
+            metadata = {{
+                "name": {agent!r},
+                "description": "Posts a message",
+                "parameters": {{
+                    "type": "object",
+                    "properties": {{"message": {{"type": "string"}}}},
+                }},
+            }}
+
+            def perform(self, **kwargs):
+                return decorate(kwargs.get("message", ""))
+        """
+    )
+    return {
+        "agents": [
+            {"filename": "notifier_agent.py", "source": source + extra},
+            {
+                "filename": "helpers.py",
+                "source": f"def decorate(m):\n    return {word!r} + ':' + m\n",
+            },
+        ]
+    }
+
+
+@pytest.fixture
+async def network(tmp_path: Path) -> AsyncIterator[Network]:
+    """A started network on a fresh data folder, stopped at teardown."""
+    async with Network(tmp_path / "data", network_id="test") as started:
+        yield started

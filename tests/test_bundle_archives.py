@@ -201,7 +201,13 @@ def test_non_utf8_entry_names_are_refused(tmp_path: Path, make: Callable[[Path],
 def test_safe_archives_with_folders_and_unicode_names_extract(tmp_path: Path) -> None:
     archive = _zip(
         tmp_path / "ok.zip",
-        [("pkg/", b""), ("pkg/__init__.py", b""), ("pkg/été.txt", b"hi"), ("./top.py", b"X=1")],
+        [
+            ("./", b""),
+            ("pkg/", b""),
+            ("pkg/__init__.py", b""),
+            ("pkg/été.txt", b"hi"),
+            ("./top.py", b"X=1"),
+        ],
     )
     target = tmp_path / "target"
     target.mkdir()

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import abc
+import inspect
+from collections.abc import Mapping
+from types import ModuleType
 from typing import Any, ClassVar
+
+from .errors import DuplicateAgentError
 
 
 class Agent(abc.ABC):
@@ -45,3 +50,37 @@ class Agent(abc.ABC):
 
 BasicAgent = Agent
 """The name existing agent files import (``from agents.basic_agent import BasicAgent``)."""
+
+
+def agent_name(cls: type[Agent]) -> str:
+    """Return the name an agent class is called by: ``name``, else ``metadata["name"]``, else
+    the class name."""
+    return cls.name or str(cls.metadata.get("name") or "") or cls.__name__
+
+
+def find_agents(modules: Mapping[str, ModuleType]) -> dict[str, type[Agent]]:
+    """Return the agent classes that ``modules`` define, by agent name.
+
+    A class counts in the module that defines it, not in modules that import
+    it; abstract classes (``Agent`` itself, ``BasicAgent``) do not count.
+
+    Raises:
+        DuplicateAgentError: two classes share an agent name; both modules are named.
+    """
+    found: dict[str, type[Agent]] = {}
+    where: dict[str, str] = {}
+    for stem, module in modules.items():
+        for value in vars(module).values():
+            if not (
+                isinstance(value, type)
+                and issubclass(value, Agent)
+                and value.__module__ == module.__name__
+                and not inspect.isabstract(value)
+            ):
+                continue
+            name = agent_name(value)
+            if name in found:
+                raise DuplicateAgentError(name, [where[name], stem])
+            found[name] = value
+            where[name] = stem
+    return found

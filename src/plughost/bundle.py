@@ -11,14 +11,17 @@ from __future__ import annotations
 import functools
 import gzip
 import hashlib
+import json
+import os
 import stat
 import tarfile
+import tempfile
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO
+from typing import IO, Any
 
 from .errors import BundleRejectedError
 from .naming import RESERVED_STEM_PREFIX
@@ -122,13 +125,122 @@ def iter_bundle_files(root: Path) -> Iterator[tuple[str, Path]]:
         yield relative.as_posix(), path
 
 
-def folder_digest(root: Path) -> str:
-    """Return the sha256 over every file's relative path and content, in path order."""
+def manifest_digest(manifest: Mapping[str, str]) -> str:
+    """Return the bundle digest of ``{relative path: sha256 hex of content}``.
+
+    It covers every path and every content, so two bundles share a digest
+    exactly when they hold the same files.
+    """
     digest = hashlib.sha256()
-    for relative, path in iter_bundle_files(root):
+    for relative in sorted(manifest):
         digest.update(relative.encode("utf-8", "surrogateescape") + b"\0")
-        digest.update(hashlib.sha256(path.read_bytes()).digest())
+        digest.update(bytes.fromhex(manifest[relative]))
     return digest.hexdigest()
+
+
+def folder_digest(root: Path) -> str:
+    """Return the :func:`manifest_digest` of the files of a bundle folder."""
+    return manifest_digest(
+        {
+            rel: hashlib.sha256(path.read_bytes()).hexdigest()
+            for rel, path in iter_bundle_files(root)
+        }
+    )
+
+
+@dataclass(frozen=True)
+class BundleFiles:
+    """A bundle read into memory: its files by relative path, and the metadata it came with."""
+
+    files: dict[str, bytes]
+    metadata: dict[str, Any]
+
+    @functools.cached_property
+    def manifest(self) -> dict[str, str]:
+        """``{relative path: sha256 hex}`` of every file."""
+        return {rel: hashlib.sha256(data).hexdigest() for rel, data in self.files.items()}
+
+    @functools.cached_property
+    def digest(self) -> str:
+        return manifest_digest(self.manifest)
+
+
+BundleSource = str | os.PathLike[str] | bytes | Mapping[str, Any]
+"""A folder or archive path, the raw bytes of a ``.zip`` or ``.tar.gz``, or a JSON bundle."""
+
+
+def read_bundle(source: BundleSource, limits: BundleLimits | None = None) -> BundleFiles:
+    """Read and check a bundle from any :data:`BundleSource`.
+
+    A JSON bundle is ``{"agents": [{"filename": ..., "source": ...}], ...}``
+    (``"files"`` in the same shape is accepted too); its other keys are kept
+    as metadata. Folders may not hold links that lead outside them.
+
+    Raises:
+        BundleRejectedError: the source is none of these, an entry is unsafe,
+            a limit is passed, or the bundle holds no file.
+    """
+    limits = limits or BundleLimits()
+    if isinstance(source, Mapping):
+        bundle = _read_json_bundle(source, limits)
+    elif isinstance(source, bytes):
+        with tempfile.TemporaryDirectory(prefix="plughost-upload-") as tmp:
+            archive = Path(tmp, "upload")
+            archive.write_bytes(source)
+            bundle = _read_archive(archive, limits)
+    else:
+        path = Path(source)
+        if path.is_dir():
+            bundle = BundleFiles(_read_folder(path, limits), {})
+        elif path.is_file():
+            bundle = _read_archive(path, limits)
+        else:
+            raise BundleRejectedError("no such folder or file", str(path))
+    if not bundle.files:
+        raise BundleRejectedError("the bundle holds no file")
+    return bundle
+
+
+def _read_archive(archive: Path, limits: BundleLimits) -> BundleFiles:
+    with tempfile.TemporaryDirectory(prefix="plughost-extract-") as tmp:
+        extract_archive(archive, Path(tmp), limits)
+        return BundleFiles(_read_folder(Path(tmp), limits), {})
+
+
+def _read_folder(root: Path, limits: BundleLimits) -> dict[str, bytes]:
+    plan = _Plan(limits)
+    resolved_root = root.resolve()
+    files: dict[str, bytes] = {}
+    for relative, path in iter_bundle_files(root):
+        if not path.resolve().is_relative_to(resolved_root):
+            raise BundleRejectedError("link leads outside the bundle", relative)
+        plan.add_file(relative, path.stat().st_size)
+        files[relative] = path.read_bytes()
+    return files
+
+
+def _read_json_bundle(document: Mapping[str, Any], limits: BundleLimits) -> BundleFiles:
+    entries = [*document.get("agents", []), *document.get("files", [])]
+    if not entries:
+        raise BundleRejectedError("a JSON bundle needs a non-empty 'agents' or 'files' list")
+    plan = _Plan(limits)
+    files: dict[str, bytes] = {}
+    for position, entry in enumerate(entries):
+        if not isinstance(entry, Mapping):
+            raise BundleRejectedError(f"entry {position} is not an object")
+        filename, source = entry.get("filename"), entry.get("source")
+        if not isinstance(filename, str) or not isinstance(source, str):
+            raise BundleRejectedError(
+                f"entry {position} needs a string 'filename' and a string 'source'"
+            )
+        data = source.encode("utf-8", "surrogatepass")
+        files[str(plan.add_file(filename, len(data)))] = data
+    metadata = {k: v for k, v in document.items() if k not in ("agents", "files")}
+    try:
+        json.dumps(metadata)
+    except (TypeError, ValueError) as exc:
+        raise BundleRejectedError(f"bundle metadata is not JSON: {exc}") from None
+    return BundleFiles(files, metadata)
 
 
 def is_archive(path: Path) -> bool:
@@ -162,6 +274,12 @@ def extract_archive(archive: Path, target: Path, limits: BundleLimits | None = N
         _extract_tar(archive, target, limits)
     else:
         raise BundleRejectedError("not a .zip or .tar.gz archive", archive.name)
+
+
+def _checked_folder_entry(name: str) -> None:
+    """Check a folder entry; unlike a file entry, it may name the root (``./``)."""
+    if name.strip("/") not in ("", "."):
+        _checked_entry_name(name)
 
 
 def _checked_entry_name(name: str) -> PurePosixPath:
@@ -243,7 +361,7 @@ def _extract_zip_entries(zf: zipfile.ZipFile, target: Path, limits: BundleLimits
         if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
             raise BundleRejectedError("entry is not a regular file or folder", name)
         if info.is_dir() or kind == stat.S_IFDIR:
-            _checked_entry_name(name)
+            _checked_folder_entry(name)
             continue
         entries.append((plan.add_file(name, info.file_size), functools.partial(zf.open, info)))
     _write_planned(entries, target, plan)
@@ -276,7 +394,7 @@ def _extract_tar_members(tf: tarfile.TarFile, target: Path, limits: BundleLimits
         if member.issym() or member.islnk():
             raise BundleRejectedError("entry is a link", member.name)
         if member.isdir():
-            _checked_entry_name(member.name)
+            _checked_folder_entry(member.name)
             continue
         if not member.isfile():
             raise BundleRejectedError("entry is not a regular file or folder", member.name)

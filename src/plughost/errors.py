@@ -73,3 +73,134 @@ class NamespaceConflictError(PlughostError):
 
 class BundleWarning(UserWarning):
     """Bundle code did something plughost undid or could not honour (changed ``sys.path``)."""
+
+
+class InvalidNameError(PlughostError, ValueError):
+    """A tenant or snapshot name breaks the naming rule.
+
+    Attributes:
+        kind: ``"tenant"`` or ``"snapshot"``.
+        name: the refused name.
+    """
+
+    def __init__(self, kind: str, name: str, rule: str) -> None:
+        self.kind = kind
+        self.name = name
+        super().__init__(f"invalid {kind} name {name!r}: expected {rule}")
+
+
+class UnknownTenantError(PlughostError, LookupError):
+    """No tenant by that name has a deployment.
+
+    Attributes:
+        tenant: the name asked for.
+        known: the tenants that do exist.
+    """
+
+    def __init__(self, tenant: str, known: list[str]) -> None:
+        self.tenant = tenant
+        self.known = known
+        super().__init__(f"unknown tenant {tenant!r}; tenants: {_listing(known)}")
+
+
+class UnknownSnapshotError(PlughostError, LookupError):
+    """The tenant has no snapshot by that name.
+
+    Attributes:
+        tenant: the tenant.
+        snapshot: the name asked for.
+        known: the tenant's snapshots.
+    """
+
+    def __init__(self, tenant: str, snapshot: str, known: list[str]) -> None:
+        self.tenant = tenant
+        self.snapshot = snapshot
+        self.known = known
+        super().__init__(
+            f"tenant {tenant!r} has no snapshot {snapshot!r}; snapshots: {_listing(known)}"
+        )
+
+
+class UnknownAgentError(PlughostError, LookupError):
+    """The namespace has no agent by that name.
+
+    Attributes:
+        tenant: the tenant.
+        agent: the name asked for.
+        snapshot: the snapshot, or ``None`` for the live code.
+        known: the agents that do exist there.
+    """
+
+    def __init__(self, tenant: str, agent: str, snapshot: str | None, known: list[str]) -> None:
+        self.tenant = tenant
+        self.agent = agent
+        self.snapshot = snapshot
+        self.known = known
+        where = f"tenant {tenant!r}" + (f" snapshot {snapshot!r}" if snapshot else "")
+        super().__init__(f"{where} has no agent {agent!r}; agents: {_listing(known)}")
+
+
+class DuplicateSnapshotError(PlughostError):
+    """A snapshot by that name exists already; snapshots are never overwritten.
+
+    Attributes:
+        tenant: the tenant.
+        snapshot: the name.
+    """
+
+    def __init__(self, tenant: str, snapshot: str) -> None:
+        self.tenant = tenant
+        self.snapshot = snapshot
+        super().__init__(f"tenant {tenant!r} already has a snapshot {snapshot!r}")
+
+
+class DuplicateAgentError(PlughostError):
+    """Two agents of one bundle share a name.
+
+    Attributes:
+        agent: the shared name.
+        modules: the bundle modules (dotted stems) that define them.
+    """
+
+    def __init__(self, agent: str, modules: list[str]) -> None:
+        self.agent = agent
+        self.modules = modules
+        super().__init__(f"agent name {agent!r} is defined twice: in {' and '.join(modules)}")
+
+
+class AgentError(PlughostError):
+    """An agent raised; the network keeps serving.
+
+    Attributes:
+        tenant: the tenant.
+        agent: the agent's name.
+        error_type: the class name of what it raised.
+        message: the text of what it raised.
+    """
+
+    def __init__(self, tenant: str, agent: str, error_type: str, message: str) -> None:
+        self.tenant = tenant
+        self.agent = agent
+        self.error_type = error_type
+        self.message = message
+        super().__init__(f"agent {agent!r} of tenant {tenant!r} raised {error_type}: {message}")
+
+
+class DataFolderInUseError(PlughostError):
+    """Another process has the data folder open.
+
+    Attributes:
+        data_dir: the folder.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        super().__init__(f"data folder {data_dir} is in use by another process")
+
+
+class NotStartedError(PlughostError):
+    """The network was used before ``start()`` or after ``stop()``."""
+
+
+def _listing(names: list[str]) -> str:
+    return ", ".join(repr(n) for n in names) if names else "(none)"

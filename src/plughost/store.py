@@ -1,0 +1,392 @@
+"""Durable state in the data folder: SQLite metadata and content-addressed files.
+
+Layout of a data folder::
+
+    plughost.db            tenants, deployments (with file manifests), snapshots
+    blobs/ab/abcdef...     each file content once, named by its sha256
+    bundles/<digest>/      a bundle's files laid out for import, one per bundle digest
+    lock                   held (flock) by the one process that has the folder open
+
+A deploy writes its blobs first (each fsynced, then renamed into place) and
+commits one SQLite transaction last, so a crash at any moment leaves either
+the old deployment or the new one, never a partial one. Bundle folders are
+built in a temporary folder and renamed, so one is complete or absent; they
+can always be rebuilt from the blobs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .bundle import manifest_digest
+from .errors import DataFolderInUseError, DuplicateSnapshotError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tenants (
+    name TEXT PRIMARY KEY,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deployments (
+    tenant TEXT NOT NULL REFERENCES tenants(name) ON DELETE CASCADE,
+    version INTEGER NOT NULL,
+    digest TEXT NOT NULL,
+    manifest TEXT NOT NULL,
+    agents TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (tenant, version)
+);
+CREATE TABLE IF NOT EXISTS versions (
+    tenant TEXT PRIMARY KEY,
+    last INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS snapshots (
+    tenant TEXT NOT NULL REFERENCES tenants(name) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    digest TEXT NOT NULL,
+    manifest TEXT NOT NULL,
+    agents TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (tenant, name)
+);
+"""
+_SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """A tenant's bundle at one version.
+
+    ``files`` are the bundle's relative paths; ``agents`` the names of the
+    agents it defines; ``metadata`` the extra keys of a JSON bundle.
+    """
+
+    tenant: str
+    version: int
+    digest: str
+    files: list[str]
+    agents: list[str]
+    created_at: float
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A named, immutable copy of a tenant's bundle, taken from deployment ``version``."""
+
+    tenant: str
+    name: str
+    digest: str
+    version: int
+    agents: list[str]
+    created_at: float
+
+
+@dataclass(frozen=True)
+class GarbageReport:
+    """What a garbage pass removed."""
+
+    blobs: int
+    bundles: int
+
+
+class Store:
+    """The data folder of one network. Thread-safe; one process at a time.
+
+    Args:
+        data_dir: the folder; created if missing.
+        keep_versions: how many past deployments of a tenant to keep
+            (their files stay until then); the live one always stays.
+
+    Raises:
+        DataFolderInUseError: on :meth:`open`, if another process holds the folder.
+    """
+
+    def __init__(self, data_dir: Path, *, keep_versions: int = 5) -> None:
+        self.data_dir = data_dir
+        self.keep_versions = max(1, keep_versions)
+        self._blobs = data_dir / "blobs"
+        self._bundles = data_dir / "bundles"
+        self._lock = threading.RLock()
+        self._db: sqlite3.Connection | None = None
+        self._lock_file: int | None = None
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def open(self) -> None:
+        """Create the folder if needed, take its lock, and open the database."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._blobs.mkdir(exist_ok=True)
+        self._bundles.mkdir(exist_ok=True)
+        descriptor = os.open(self.data_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            raise DataFolderInUseError(self.data_dir) from None
+        self._lock_file = descriptor
+        db = sqlite3.connect(self.data_dir / "plughost.db", check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA foreign_keys=ON")
+        db.executescript(_SCHEMA)
+        db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+        self._db = db
+        self._remove_temporaries()
+
+    def close(self) -> None:
+        """Close the database and release the folder."""
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+            if self._lock_file is not None:
+                os.close(self._lock_file)
+                self._lock_file = None
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            if self._db is None:
+                raise RuntimeError("the store is not open")
+            with self._db:
+                yield self._db
+
+    def _query(self, sql: str, *args: object) -> list[tuple[Any, ...]]:
+        with self._lock:
+            if self._db is None:
+                raise RuntimeError("the store is not open")
+            return self._db.execute(sql, args).fetchall()
+
+    # -- files ---------------------------------------------------------------------
+
+    def _blob_path(self, sha256: str) -> Path:
+        return self._blobs / sha256[:2] / sha256
+
+    def put_files(self, files: Mapping[str, bytes], manifest: Mapping[str, str]) -> None:
+        """Store each file's content as a blob (fsynced), skipping blobs that exist."""
+        for relative, sha256 in manifest.items():
+            path = self._blob_path(sha256)
+            if not path.exists():
+                _write_durably(path, files[relative])
+
+    def bundle_dir(self, digest: str, manifest: Mapping[str, str]) -> Path:
+        """Return the folder holding bundle ``digest``, building it from blobs if missing.
+
+        Raises:
+            FileNotFoundError: a blob of the manifest is missing.
+        """
+        target = self._bundles / digest
+        if target.is_dir():
+            return target
+        staging = self._bundles / f".tmp-{uuid.uuid4().hex}"
+        try:
+            for relative, sha256 in manifest.items():
+                destination = staging / relative
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(self._blob_path(sha256), destination)
+            try:
+                staging.rename(target)
+            except OSError:
+                if not target.is_dir():
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return target
+
+    # -- deployments ---------------------------------------------------------------
+
+    def next_version(self, tenant: str) -> int:
+        """The version the tenant's next deployment gets; never reused, even after a removal."""
+        rows = self._query("SELECT last FROM versions WHERE tenant = ?", tenant)
+        return int(rows[0][0]) + 1 if rows else 1
+
+    def record_deployment(
+        self,
+        tenant: str,
+        version: int,
+        manifest: Mapping[str, str],
+        agents: list[str],
+        metadata: Mapping[str, Any],
+    ) -> Deployment:
+        """Commit a deployment whose blobs are stored; prune versions past ``keep_versions``."""
+        now = time.time()
+        digest = manifest_digest(manifest)
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO tenants (name, created_at) VALUES (?, ?)", (tenant, now)
+            )
+            db.execute("INSERT OR REPLACE INTO versions VALUES (?, ?)", (tenant, version))
+            db.execute(
+                "INSERT INTO deployments VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    tenant,
+                    version,
+                    digest,
+                    json.dumps(dict(sorted(manifest.items()))),
+                    json.dumps(agents),
+                    json.dumps(dict(metadata)),
+                    now,
+                ),
+            )
+            db.execute(
+                "DELETE FROM deployments WHERE tenant = ? AND version <= ?",
+                (tenant, version - self.keep_versions),
+            )
+        return Deployment(tenant, version, digest, sorted(manifest), agents, now, dict(metadata))
+
+    def current_deployments(self) -> dict[str, Deployment]:
+        """Return each tenant's live (newest) deployment."""
+        rows = self._query(
+            "SELECT tenant, version, digest, manifest, agents, created_at, metadata"
+            " FROM deployments d WHERE version ="
+            " (SELECT MAX(version) FROM deployments WHERE tenant = d.tenant)"
+        )
+        return {
+            row[0]: Deployment(
+                row[0],
+                row[1],
+                row[2],
+                sorted(json.loads(row[3])),
+                json.loads(row[4]),
+                row[5],
+                json.loads(row[6]),
+            )
+            for row in rows
+        }
+
+    def manifest(
+        self, tenant: str, *, version: int | None = None, snapshot: str | None = None
+    ) -> dict[str, str]:
+        """Return the manifest of a deployment version or of a snapshot.
+
+        Raises:
+            KeyError: there is no such deployment or snapshot.
+        """
+        if snapshot is not None:
+            rows = self._query(
+                "SELECT manifest FROM snapshots WHERE tenant = ? AND name = ?", tenant, snapshot
+            )
+        else:
+            rows = self._query(
+                "SELECT manifest FROM deployments WHERE tenant = ? AND version = ?", tenant, version
+            )
+        if not rows:
+            raise KeyError((tenant, version, snapshot))
+        manifest: dict[str, str] = json.loads(rows[0][0])
+        return manifest
+
+    def remove_tenant(self, tenant: str) -> None:
+        """Delete a tenant with its deployments and snapshots (blobs go at the next GC)."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM tenants WHERE name = ?", (tenant,))
+
+    # -- snapshots -----------------------------------------------------------------
+
+    def create_snapshot(self, deployment: Deployment, name: str) -> Snapshot:
+        """Record a snapshot of ``deployment`` named ``name``.
+
+        Raises:
+            DuplicateSnapshotError: the tenant has a snapshot by that name.
+        """
+        manifest = self.manifest(deployment.tenant, version=deployment.version)
+        now = time.time()
+        try:
+            with self._transaction() as db:
+                db.execute(
+                    "INSERT INTO snapshots VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        deployment.tenant,
+                        name,
+                        deployment.version,
+                        deployment.digest,
+                        json.dumps(manifest),
+                        json.dumps(deployment.agents),
+                        now,
+                    ),
+                )
+        except sqlite3.IntegrityError:
+            raise DuplicateSnapshotError(deployment.tenant, name) from None
+        return Snapshot(
+            deployment.tenant, name, deployment.digest, deployment.version, deployment.agents, now
+        )
+
+    def snapshots(self) -> dict[tuple[str, str], Snapshot]:
+        """Return every snapshot, keyed by ``(tenant, name)``."""
+        rows = self._query(
+            "SELECT tenant, name, digest, version, agents, created_at FROM snapshots"
+        )
+        return {
+            (row[0], row[1]): Snapshot(row[0], row[1], row[2], row[3], json.loads(row[4]), row[5])
+            for row in rows
+        }
+
+    def delete_snapshot(self, tenant: str, name: str) -> bool:
+        """Delete a snapshot; return whether it existed."""
+        with self._transaction() as db:
+            cursor = db.execute(
+                "DELETE FROM snapshots WHERE tenant = ? AND name = ?", (tenant, name)
+            )
+            return cursor.rowcount > 0
+
+    # -- garbage -------------------------------------------------------------------
+
+    def collect_garbage(self, in_use: Iterable[str] = ()) -> GarbageReport:
+        """Remove blobs and bundle folders that no deployment or snapshot references.
+
+        ``in_use`` names bundle digests that must stay although no row refers
+        to them any more (code still running). Callers serialize this with
+        deploys, so a blob written for a deploy not yet committed is not seen.
+        """
+        referenced_blobs: set[str] = set()
+        referenced_bundles = set(in_use)
+        for table in ("deployments", "snapshots"):
+            for digest, manifest in self._query(f"SELECT digest, manifest FROM {table}"):
+                referenced_bundles.add(digest)
+                referenced_blobs.update(json.loads(manifest).values())
+        blobs = 0
+        for path in self._blobs.glob("*/*"):
+            if path.name not in referenced_blobs:
+                path.unlink(missing_ok=True)
+                blobs += 1
+        bundles = 0
+        for path in self._bundles.iterdir():
+            if path.name not in referenced_bundles:
+                shutil.rmtree(path, ignore_errors=True)
+                bundles += 1
+        return GarbageReport(blobs, bundles)
+
+    def _remove_temporaries(self) -> None:
+        for path in self._bundles.glob(".tmp-*"):
+            shutil.rmtree(path, ignore_errors=True)
+        for path in self._blobs.glob("*/.tmp-*"):
+            path.unlink(missing_ok=True)
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that it is complete and on disk before it is visible."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.parent / f".tmp-{uuid.uuid4().hex}"
+    with temporary.open("wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+    temporary.replace(path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)

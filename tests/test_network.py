@@ -1,0 +1,475 @@
+"""The Network over a real data folder: deployments, snapshots, agents, restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from plughost import (
+    AgentError,
+    BundleLoadError,
+    BundleRejectedError,
+    DataFolderInUseError,
+    DuplicateAgentError,
+    DuplicateSnapshotError,
+    InvalidNameError,
+    Network,
+    NotStartedError,
+    UnknownAgentError,
+    UnknownSnapshotError,
+    UnknownTenantError,
+)
+
+from .conftest import WriteBundle, agent_bundle, namespace_keys
+
+
+async def test_the_swarm_story_survives_a_restart(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    async with Network(data, network_id="swarms") as network:
+        a1 = await network.deploy("swarm-a", agent_bundle("alpha-1"))
+        b1 = await network.deploy("swarm-b", agent_bundle("beta"))
+        assert (a1.version, b1.version) == (1, 1)
+        assert a1.agents == ["Notifier"] and sorted(a1.files) == ["helpers.py", "notifier_agent.py"]
+        assert await network.call_agent("swarm-a", "Notifier", {"message": "hi"}) == "alpha-1:hi"
+        assert await network.call_agent("swarm-b", "Notifier", {"message": "hi"}) == "beta:hi"
+
+        jan = await network.create_snapshot("swarm-a", "jan")
+        assert (jan.tenant, jan.name, jan.digest) == ("swarm-a", "jan", a1.digest)
+        a2 = await network.deploy("swarm-a", agent_bundle("alpha-2"))
+        assert a2.version == 2 and a2.digest != a1.digest
+
+        expected = {
+            ("swarm-a", None): "alpha-2:x",
+            ("swarm-a", "jan"): "alpha-1:x",
+            ("swarm-b", None): "beta:x",
+        }
+        for (tenant, snapshot), answer in expected.items():
+            assert (
+                await network.call_agent(tenant, "Notifier", {"message": "x"}, snapshot=snapshot)
+                == answer
+            )
+
+    assert namespace_keys() == set()
+    async with Network(data, network_id="swarms") as reopened:
+        assert reopened.loaded_namespaces() == []
+        assert reopened.list_tenants() == ["swarm-a", "swarm-b"]
+        assert reopened.get_deployment("swarm-a").version == 2
+        assert [s.name for s in reopened.list_snapshots("swarm-a")] == ["jan"]
+        for (tenant, snapshot), answer in expected.items():
+            assert (
+                await reopened.call_agent(tenant, "Notifier", {"message": "x"}, snapshot=snapshot)
+                == answer
+            )
+
+
+@pytest.fixture
+def counter() -> ModuleType:
+    """A shared module bundle code can import to count how often its body ran."""
+    module = ModuleType("plughost_test_counter")
+    module.runs = 0  # type: ignore[attr-defined]
+    module.lock = threading.Lock()  # type: ignore[attr-defined]
+    sys.modules[module.__name__] = module
+    yield module
+    del sys.modules[module.__name__]
+
+
+COUNTED = """
+import time
+import plughost_test_counter as counter
+with counter.lock:
+    counter.runs += 1
+time.sleep(0.05)  # widen the window in which the other callers arrive
+"""
+
+
+async def test_fifty_threads_calling_a_cold_tenant_load_it_once(
+    tmp_path: Path, counter: ModuleType
+) -> None:
+    data = tmp_path / "data"
+    bundle = agent_bundle("cold")
+    bundle["agents"].append({"filename": "counted.py", "source": COUNTED})  # type: ignore[attr-defined]
+    async with Network(data) as network:
+        await network.deploy("cold", bundle)
+    counter.runs = 0  # type: ignore[attr-defined]
+
+    async with Network(data) as network:
+        loop = asyncio.get_running_loop()
+        start = threading.Barrier(50)
+        answers: list[str] = []
+
+        def call() -> None:
+            start.wait()
+            future = asyncio.run_coroutine_threadsafe(
+                network.call_agent("cold", "Notifier", {"message": "m"}), loop
+            )
+            answers.append(future.result())
+
+        threads = [threading.Thread(target=call) for _ in range(50)]
+        for thread in threads:
+            thread.start()
+        await asyncio.to_thread(lambda: [t.join() for t in threads])
+
+    assert answers == ["cold:m"] * 50
+    assert counter.runs == 1  # type: ignore[attr-defined]
+
+
+async def test_the_least_recently_used_namespaces_are_evicted(tmp_path: Path) -> None:
+    async with Network(tmp_path / "data", max_loaded_namespaces=10) as network:
+        for i in range(50):
+            await network.deploy(f"t{i}", agent_bundle(f"w{i}"))
+            assert len(network.loaded_namespaces()) <= 10
+        for i in [*range(50), 49, 3, 49]:
+            assert await network.call_agent(f"t{i}", "Notifier", {"message": ""}) == f"w{i}:"
+            loaded = network.loaded_namespaces()
+            assert len(loaded) <= 10
+            prefixes = {ns.package_name for ns in loaded}
+            assert {
+                key.split(".")[0] + "." + key.split(".")[1] for key in namespace_keys()
+            } == prefixes
+        assert [ns.tenant for ns in network.loaded_namespaces()][-2:] == ["t3", "t49"]
+        assert network.health()["namespaces"] == {"loaded": 10, "limit": 10}
+
+
+async def test_a_namespace_with_a_call_in_flight_is_never_evicted(tmp_path: Path) -> None:
+    entered, gate = threading.Event(), threading.Event()
+    blocking = agent_bundle(
+        "blocked",
+        extra=(
+            "class Wait(BasicAgent):\n"
+            "    name = 'Wait'\n"
+            "    def perform(self, **kwargs):\n"
+            "        import plughost_test_gate\n"
+            "        plughost_test_gate.wait()\n"
+            "        return 'done'\n"
+        ),
+    )
+    module = ModuleType("plughost_test_gate")
+    module.wait = lambda: entered.set() or gate.wait(timeout=60)  # type: ignore[attr-defined]
+    sys.modules[module.__name__] = module
+    try:
+        async with Network(tmp_path / "data", max_loaded_namespaces=1) as network:
+            await network.deploy("busy", blocking)
+            await network.deploy("other", agent_bundle("other"))
+            pending = asyncio.create_task(network.call_agent("busy", "Wait"))
+            assert await asyncio.to_thread(entered.wait, 60)
+            assert await network.call_agent("other", "Notifier") == "other:"
+            # The bound is 1: the idle namespace goes, the one with a call stays.
+            assert [ns.tenant for ns in network.loaded_namespaces()] == ["busy"]
+            gate.set()
+            assert await pending == "done"
+            assert await network.call_agent("other", "Notifier") == "other:"
+            assert [ns.tenant for ns in network.loaded_namespaces()] == ["other"]
+    finally:
+        gate.set()
+        del sys.modules[module.__name__]
+
+
+async def test_a_redeploy_replaces_the_whole_bundle(network: Network) -> None:
+    first = agent_bundle(
+        "one",
+        extra="class Extra(BasicAgent):\n    name = 'Extra'\n"
+        "    def perform(self, **kwargs):\n        return 'extra'\n",
+    )
+    await network.deploy("acme", first)
+    assert [a.name for a in await network.list_agents("acme")] == ["Extra", "Notifier"]
+    second = {
+        "agents": [
+            {
+                "filename": "only.py",
+                "source": (
+                    "from plughost import Agent\nclass Only(Agent):\n    name = 'Only'\n"
+                    "    def perform(self, **kwargs):\n        return 'only'\n"
+                ),
+            }
+        ]
+    }
+    deployment = await network.deploy("acme", second)
+    assert deployment.files == ["only.py"] and deployment.agents == ["Only"]
+    with pytest.raises(UnknownAgentError, match="agents: 'Only'"):
+        await network.call_agent("acme", "Notifier")
+
+
+async def test_deploying_identical_content_changes_nothing(network: Network) -> None:
+    first = await network.deploy("same", agent_bundle("x"))
+    again = await network.deploy("same", agent_bundle("x"))
+    assert again == first and again.version == 1
+
+
+async def test_agents_are_discovered_where_they_are_defined(network: Network) -> None:
+    bundle = {
+        "agents": [
+            {
+                "filename": "base.py",
+                "source": (
+                    "from basic_agent import BasicAgent\n"
+                    "class Shared(BasicAgent):\n    name = 'Shared'\n"
+                    "    metadata = {'description': 'shared one'}\n"
+                    "    def perform(self, **kwargs):\n        return 'shared'\n"
+                ),
+            },
+            {
+                "filename": "user.py",
+                "source": (
+                    "from base import Shared\nfrom plughost import Agent\n"
+                    "class User(Agent):\n    name = 'User'\n"
+                    "    async def perform(self, **kwargs):\n        return {'user': kwargs}\n"
+                ),
+            },
+        ]
+    }
+    await network.deploy("disc", bundle)
+    agents = await network.list_agents("disc")
+    assert [a.name for a in agents] == ["Shared", "User"]
+    shared = agents[0]
+    assert shared.description == "shared one"
+    assert shared.tool == {
+        "type": "function",
+        "function": {
+            "name": "Shared",
+            "description": "shared one",
+            "parameters": {"type": "object", "properties": {}},
+        },
+    }
+    assert await network.call_agent("disc", "User", {"a": 1}) == {"user": {"a": 1}}
+
+
+async def test_two_agents_with_one_name_fail_the_deploy_naming_both_files(
+    network: Network,
+) -> None:
+    twice = (
+        "from plughost import Agent\n"
+        "class A(Agent):\n"
+        "    name = 'Dup'\n"
+        "    def perform(self, **k):\n"
+        "        return 1\n"
+    )
+    bundle = {
+        "agents": [{"filename": "one.py", "source": twice}, {"filename": "two.py", "source": twice}]
+    }
+    with pytest.raises(DuplicateAgentError, match="'Dup' is defined twice: in one and two"):
+        await network.deploy("dup", bundle)
+    assert network.list_tenants() == []
+    assert namespace_keys() == set()
+
+
+async def test_a_failing_deploy_keeps_the_previous_deployment(network: Network) -> None:
+    await network.deploy("keep", agent_bundle("good"))
+    broken = {"agents": [{"filename": "bad.py", "source": "raise RuntimeError('nope')\n"}]}
+    with pytest.raises(BundleLoadError, match=r"bad\.py:1: RuntimeError: nope"):
+        await network.deploy("keep", broken)
+    assert network.get_deployment("keep").version == 1
+    assert await network.call_agent("keep", "Notifier", {"message": "m"}) == "good:m"
+    assert {ns.version for ns in network.loaded_namespaces()} == {"1"}
+
+
+async def test_agent_errors_reach_the_caller_and_the_network_keeps_serving(
+    network: Network,
+) -> None:
+    failing = agent_bundle(
+        "ok",
+        extra=(
+            "class Fails(BasicAgent):\n    name = 'Fails'\n"
+            "    def perform(self, **kwargs):\n        raise ValueError('bad value')\n"
+        ),
+    )
+    await network.deploy("errs", failing)
+    with pytest.raises(AgentError) as caught:
+        await network.call_agent("errs", "Fails")
+    assert (caught.value.error_type, caught.value.message) == ("ValueError", "bad value")
+    with pytest.raises(AgentError, match="TypeError"):
+        await network.call_agent("errs", "Notifier", {"nonsense": 1, "message": 2})
+    assert await network.call_agent("errs", "Notifier", {"message": "still"}) == "ok:still"
+
+
+async def test_unknown_names_get_errors_that_list_what_exists(network: Network) -> None:
+    await network.deploy("known", agent_bundle("k"))
+    await network.create_snapshot("known", "jan")
+    with pytest.raises(UnknownTenantError, match="tenants: 'known'"):
+        await network.call_agent("nobody", "Notifier")
+    with pytest.raises(UnknownAgentError, match="agents: 'Notifier'"):
+        await network.call_agent("known", "Nope")
+    with pytest.raises(UnknownSnapshotError, match="snapshots: 'jan'"):
+        await network.call_agent("known", "Notifier", snapshot="feb")
+    with pytest.raises(TypeError, match="args must be a mapping"):
+        await network.call_agent("known", "Notifier", ["x"])  # type: ignore[arg-type]
+
+
+async def test_a_slow_sync_agent_does_not_stall_the_others(network: Network) -> None:
+    gate = threading.Event()
+    module = ModuleType("plughost_test_slow")
+    module.gate = gate  # type: ignore[attr-defined]
+    sys.modules[module.__name__] = module
+    try:
+        await network.deploy(
+            "slow",
+            agent_bundle(
+                "fast",
+                extra=(
+                    "class Slow(BasicAgent):\n    name = 'Slow'\n"
+                    "    def perform(self, **kwargs):\n"
+                    "        import plughost_test_slow\n"
+                    "        return plughost_test_slow.gate.wait(timeout=60)\n"
+                ),
+            ),
+        )
+        slow = asyncio.create_task(network.call_agent("slow", "Slow"))
+        for _ in range(20):
+            assert await network.call_agent("slow", "Notifier", {"message": "m"}) == "fast:m"
+        assert not slow.done()
+        gate.set()
+        assert await slow is True
+    finally:
+        gate.set()
+        del sys.modules[module.__name__]
+
+
+async def test_snapshots_are_immutable_unique_and_deletable(network: Network) -> None:
+    await network.deploy("snap", agent_bundle("v1"))
+    names = ["jan", "jan 2026 (final)", "été", "a.b-c_d", "x" * 128]
+    for name in names:
+        await network.create_snapshot("snap", name)
+    assert [s.name for s in network.list_snapshots("snap")] == names
+    with pytest.raises(DuplicateSnapshotError):
+        await network.create_snapshot("snap", "jan")
+    for bad in ["", "a/b", "tab\there", "x" * 129]:
+        with pytest.raises(InvalidNameError):
+            await network.create_snapshot("snap", bad)
+
+    await network.deploy("snap", agent_bundle("v2"))
+    for name in names:
+        assert await network.call_agent("snap", "Notifier", {"message": ""}, snapshot=name) == "v1:"
+    assert await network.call_agent("snap", "Notifier", {"message": ""}) == "v2:"
+
+    await network.delete_snapshot("snap", "jan")
+    with pytest.raises(UnknownSnapshotError):
+        await network.call_agent("snap", "Notifier", snapshot="jan")
+    with pytest.raises(UnknownSnapshotError):
+        await network.delete_snapshot("snap", "jan")
+    await network.create_snapshot("snap", "jan")
+    assert await network.call_agent("snap", "Notifier", {"message": ""}, snapshot="jan") == "v2:"
+
+
+async def test_removing_a_tenant_removes_everything_and_its_files(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    async with Network(data) as network:
+        await network.deploy("gone", agent_bundle("gone-only-content"))
+        await network.create_snapshot("gone", "jan")
+        await network.deploy("stays", agent_bundle("stays"))
+        await network.call_agent("gone", "Notifier", snapshot="jan")
+        blobs_before = set((data / "blobs").rglob("*"))
+
+        await network.remove_tenant("gone")
+
+        assert network.list_tenants() == ["stays"]
+        assert {ns.tenant for ns in network.loaded_namespaces()} <= {"stays"}
+        assert set((data / "blobs").rglob("*")) < blobs_before
+        with pytest.raises(UnknownTenantError):
+            await network.remove_tenant("gone")
+        with pytest.raises(UnknownTenantError):
+            network.list_snapshots("gone")
+        await network.deploy("gone", agent_bundle("again"))
+        assert network.get_deployment("gone").version == 2
+
+    async with Network(data) as reopened:
+        assert await reopened.call_agent("stays", "Notifier", {"message": "m"}) == "stays:m"
+        assert await reopened.call_agent("gone", "Notifier", {"message": "m"}) == "again:m"
+
+
+async def test_garbage_collection_keeps_every_referenced_file(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    async with Network(data, keep_versions=1) as network:
+        for i in range(5):
+            await network.deploy("gc", agent_bundle(f"v{i}"))
+        await network.create_snapshot("gc", "keep")
+        await network.deploy("gc", agent_bundle("last"))
+        await network.collect_garbage()
+        report = await network.collect_garbage()
+        assert (report.blobs, report.bundles) == (0, 0)
+    for bundle_dir in (data / "bundles").iterdir():
+        __import__("shutil").rmtree(bundle_dir)
+    async with Network(data) as reopened:
+        assert await reopened.call_agent("gc", "Notifier", {"message": ""}) == "last:"
+        assert (
+            await reopened.call_agent("gc", "Notifier", {"message": ""}, snapshot="keep") == "v4:"
+        )
+
+
+async def test_deploy_sources_folder_zip_tar_bytes_and_json(
+    network: Network, write_bundle: WriteBundle, tmp_path: Path
+) -> None:
+    import shutil
+
+    json_bundle = agent_bundle("same")
+    folder = write_bundle({e["filename"]: e["source"] for e in json_bundle["agents"]})  # type: ignore[index, union-attr]
+    zip_path = Path(shutil.make_archive(str(tmp_path / "b"), "zip", folder))
+    tar_path = Path(shutil.make_archive(str(tmp_path / "b"), "gztar", folder))
+    digests = set()
+    for tenant, source in [
+        ("by-folder", folder),
+        ("by-zip", zip_path),
+        ("by-tar", str(tar_path)),
+        ("by-bytes", zip_path.read_bytes()),
+        ("by-json", {**json_bundle, "owner": "team-x"}),
+    ]:
+        deployment = await network.deploy(tenant, source)
+        digests.add(deployment.digest)
+        assert await network.call_agent(tenant, "Notifier", {"message": "m"}) == "same:m"
+    assert len(digests) == 1
+    assert network.get_deployment("by-json").metadata == {"owner": "team-x"}
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        (b"not an archive", "not a .zip or .tar.gz"),
+        ({"agents": []}, "non-empty 'agents'"),
+        ({"agents": [{"filename": "../x.py", "source": "x"}]}, "'..'"),
+        ({"agents": [{"filename": "/abs.py", "source": "x"}]}, "absolute"),
+        ({"agents": [{"filename": "x.py"}]}, "string 'source'"),
+        ({"agents": ["x"]}, "not an object"),
+        ({"agents": [{"filename": "x.py", "source": "x"}], "meta": {1, 2}}, "not JSON"),
+    ],
+)
+async def test_bad_bundles_are_refused_and_change_nothing(
+    network: Network, source: object, message: str
+) -> None:
+    await network.deploy("victim", agent_bundle("before"))
+    with pytest.raises(BundleRejectedError, match=message):
+        await network.deploy("victim", source)  # type: ignore[arg-type]
+    assert network.get_deployment("victim").version == 1
+    assert await network.call_agent("victim", "Notifier", {"message": ""}) == "before:"
+
+
+async def test_names_and_lifecycle_are_checked(tmp_path: Path) -> None:
+    network = Network(tmp_path / "data")
+    with pytest.raises(NotStartedError):
+        await network.deploy("x", agent_bundle("x"))
+    await network.start()
+    try:
+        with pytest.raises(InvalidNameError, match="invalid tenant name"):
+            await network.deploy("../etc", agent_bundle("x"))
+        with pytest.raises(DataFolderInUseError):
+            await Network(tmp_path / "data").start()
+    finally:
+        await network.stop()
+    second = Network(tmp_path / "data")
+    await second.start()
+    await second.stop()
+
+
+def test_health_has_the_established_fields(tmp_path: Path) -> None:
+    async def scenario() -> dict[str, object]:
+        async with Network(tmp_path / "data", network_id="my_network") as network:
+            await network.deploy("h", agent_bundle("h"))
+            return network.health()
+
+    health = asyncio.run(scenario())
+    assert health["status"] == "healthy" and health["network_id"] == "my_network"
+    assert health["mods"] == {"loaded": [], "count": 0, "details": {}}
+    assert health["tenants"] == {"count": 1}
+    assert isinstance(health["uptime"], int)
