@@ -375,6 +375,14 @@ class Network:
             await asyncio.sleep(self.gc_interval)
             await self.collect_garbage()
 
+    async def check(self) -> list[str]:
+        """Check the data folder: every deployment's and snapshot's files are present and intact.
+
+        Returns the problems found; an empty list means all is well.
+        """
+        self._check_started()
+        return await asyncio.to_thread(self._store.check)
+
     def loaded_namespaces(self) -> list[Namespace]:
         """The namespaces loaded now, least recently used first."""
         return self._runtime.loaded()

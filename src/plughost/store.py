@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -368,6 +369,31 @@ class Store:
                 shutil.rmtree(path, ignore_errors=True)
                 bundles += 1
         return GarbageReport(blobs, bundles)
+
+    def check(self) -> list[str]:
+        """Return every inconsistency found: a manifest whose blob is missing or corrupt.
+
+        An empty list means every deployment and snapshot can be loaded.
+        """
+        problems: list[str] = []
+        verified: dict[str, bool] = {}
+        for table, key in (("deployments", "version"), ("snapshots", "name")):
+            for tenant, which, manifest in self._query(
+                f"SELECT tenant, {key}, manifest FROM {table}"
+            ):
+                for relative, sha256 in json.loads(manifest).items():
+                    if sha256 not in verified:
+                        path = self._blob_path(sha256)
+                        verified[sha256] = (
+                            path.is_file()
+                            and hashlib.sha256(path.read_bytes()).hexdigest() == sha256
+                        )
+                    if not verified[sha256]:
+                        problems.append(
+                            f"{table[:-1]} {tenant}/{which}: file {relative} (blob {sha256[:12]}) "
+                            "is missing or corrupt"
+                        )
+        return problems
 
     def _remove_temporaries(self) -> None:
         for path in self._bundles.glob(".tmp-*"):
