@@ -269,3 +269,10 @@ def test_loading_writes_no_bytecode_into_the_bundle(write_bundle: WriteBundle, l
         warnings.simplefilter("error")
         load(Namespace("nopyc"), folder)
     assert not (folder / "__pycache__").exists()
+
+
+def test_a_single_file_is_a_bundle_of_one_module(write_bundle: WriteBundle, load: Load) -> None:
+    folder = write_bundle({"alone.py": "X = 1\n", "sibling.py": "raise RuntimeError('not me')\n"})
+    loaded = load(Namespace("single"), folder / "alone.py")
+    assert list(loaded.modules) == ["alone"]
+    assert loaded.modules["alone"].X == 1

@@ -76,12 +76,22 @@ def index_bundle(root: Path) -> BundleIndex:
 
     Top-level ``.py`` files and folders with an ``__init__.py`` (recursively)
     are modules; everything else is data. ``__pycache__`` folders are ignored.
+    ``root`` may also be one ``.py`` file: a bundle of that module alone.
 
     Raises:
         BundleRejectedError: ``root`` is not a folder, or a module's file name
             cannot be a module name (it holds a ``.`` or uses the reserved
             ``_x__`` prefix).
     """
+    if root.is_file() and root.suffix == ".py":
+        stem = _checked_part(root.name[:-3], root)
+        manifest = {root.name: hashlib.sha256(root.read_bytes()).hexdigest()}
+        return BundleIndex(
+            root=root.parent,
+            modules={stem: ModuleEntry(stem, root, False)},
+            init=None,
+            digest=manifest_digest(manifest),
+        )
     if not root.is_dir():
         raise BundleRejectedError("a bundle must be a folder, a .zip or a .tar.gz", str(root))
     modules: dict[str, ModuleEntry] = {}

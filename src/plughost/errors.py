@@ -202,5 +202,100 @@ class NotStartedError(PlughostError):
     """The network was used before ``start()`` or after ``stop()``."""
 
 
+class ModPathRefusedError(PlughostError):
+    """A ``mod_path`` is not under an allowed mod root; nothing was imported.
+
+    Attributes:
+        mod_path: the refused path.
+        reason: why.
+    """
+
+    def __init__(self, mod_path: str, reason: str) -> None:
+        self.mod_path = mod_path
+        self.reason = reason
+        super().__init__(f"mod_path {mod_path!r} refused: {reason}")
+
+
+class ModLoadError(PlughostError):
+    """Loading a mod failed at one step; everything done before it was undone.
+
+    Attributes:
+        mod_path: the mod's path.
+        step: the step that failed (``import``, ``find class``, ``initialize``, ...).
+        cause: the original exception, if any.
+    """
+
+    def __init__(self, mod_path: str, step: str, message: str, cause: BaseException | None = None):
+        self.mod_path = mod_path
+        self.step = step
+        self.cause = cause
+        super().__init__(f"loading mod {mod_path!r} failed at {step}: {message}")
+
+
+class ModAlreadyLoadedError(PlughostError):
+    """A mod with that id is loaded already in that scope.
+
+    Attributes:
+        mod_key: the id (``tenant/mod_id`` inside a tenant).
+        holder_path: the ``mod_path`` of the mod that holds the id.
+    """
+
+    def __init__(self, mod_key: str, holder_path: str) -> None:
+        self.mod_key = mod_key
+        self.holder_path = holder_path
+        super().__init__(
+            f"mod {mod_key!r} is already loaded (from {holder_path!r}); "
+            "unload it first or give the new one its own mod_id"
+        )
+
+
+class ModNotLoadedError(PlughostError, LookupError):
+    """No loaded mod has that id or path.
+
+    Attributes:
+        mod: the id or path asked for.
+        loaded: the ids of the loaded mods.
+    """
+
+    def __init__(self, mod: str, loaded: list[str], reason: str = "not loaded") -> None:
+        self.mod = mod
+        self.loaded = loaded
+        super().__init__(f"mod {mod!r} {reason}; loaded mods: {_listing(loaded)}")
+
+
+class UnknownRpcError(PlughostError, LookupError):
+    """No RPC method by that name on that target.
+
+    Attributes:
+        target: the RPC name of the instance (``robot1/camera``).
+        method: the method asked for.
+        known: the target's RPC methods.
+    """
+
+    def __init__(self, target: str, method: str, known: list[str]) -> None:
+        self.target = target
+        self.method = method
+        self.known = known
+        super().__init__(f"{target!r} has no RPC method {method!r}; methods: {_listing(known)}")
+
+
+class RpcError(PlughostError):
+    """An RPC method raised.
+
+    Attributes:
+        target: the RPC name of the instance.
+        method: the method.
+        error_type: the class name of what it raised.
+        message: the text of what it raised.
+    """
+
+    def __init__(self, target: str, method: str, error_type: str, message: str) -> None:
+        self.target = target
+        self.method = method
+        self.error_type = error_type
+        self.message = message
+        super().__init__(f"RPC {target}.{method} raised {error_type}: {message}")
+
+
 def _listing(names: list[str]) -> str:
     return ", ".join(repr(n) for n in names) if names else "(none)"

@@ -348,6 +348,8 @@ def loaded_namespaces() -> list[Namespace]:
 def load_bundle(namespace: Namespace, source: str | os.PathLike[str]) -> LoadedBundle:
     """Load the bundle at ``source`` (a folder, ``.zip`` or ``.tar.gz``) into ``namespace``.
 
+    ``source`` may also be a single ``.py`` file, loaded as a bundle of one module.
+
     Every module of the bundle is imported, in stem order, under the
     namespace's keys. Threads that load the same namespace at once share one
     load; loading a namespace that is already loaded with the same content
@@ -361,7 +363,7 @@ def load_bundle(namespace: Namespace, source: str | os.PathLike[str]) -> LoadedB
     """
     path = Path(source)
     workdir: tempfile.TemporaryDirectory[str] | None = None
-    if path.is_dir():
+    if path.is_dir() or (path.is_file() and path.suffix == ".py"):
         root = path.resolve()
     elif is_archive(path):
         workdir = tempfile.TemporaryDirectory(prefix="plughost-bundle-")

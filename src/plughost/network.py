@@ -12,12 +12,13 @@ import asyncio
 import contextlib
 import functools
 import inspect
+import json
 import os
 import time
 import unicodedata
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -27,16 +28,46 @@ from .errors import (
     AgentError,
     DuplicateSnapshotError,
     InvalidNameError,
+    ModAlreadyLoadedError,
+    ModLoadError,
+    ModNotLoadedError,
     NotStartedError,
+    PlughostError,
+    RpcError,
     UnknownAgentError,
+    UnknownRpcError,
     UnknownSnapshotError,
     UnknownTenantError,
 )
+from .events import Event, EventResponse, as_response, matches, resolve_topic
+from .mod import (
+    FailedMod,
+    LoadedMod,
+    Mod,
+    ModRegistry,
+    ModRoots,
+    ModUnloadReport,
+    mod_key,
+    start_mod,
+    stop_mod,
+)
 from .naming import TENANT_NAME_RULE, Namespace, check_tenant_name
 from .runtime import LoadedNamespace, Loader, Runtime, load_namespace
-from .store import Deployment, GarbageReport, Snapshot, Store
+from .store import Deployment, GarbageReport, Snapshot, Store, StoredMod
 
 SNAPSHOT_NAME_RULE = "1-128 characters, no '/' and no control characters"
+MOD_ID_RULE = "1-64 characters of [A-Za-z0-9_.-], not starting with '.'"
+SYSTEM_EVENTS = ("system.mod.load", "system.mod.unload", "system.mod.list")
+
+
+@dataclass(frozen=True)
+class ModSpec:
+    """A mod to load when the network starts (from a config file)."""
+
+    mod_path: str
+    config: dict[str, Any] = field(default_factory=dict)
+    mod_id: str | None = None
+    tenant: str | None = None
 
 
 @dataclass(frozen=True)
@@ -58,8 +89,12 @@ class Network:
             recently used idle one is unloaded past it.
         limits: size and count limits for every deployed bundle.
         keep_versions: how many past deployments of a tenant keep their files.
-        agent_threads: threads that run sync agents, off the event loop.
+        agent_threads: threads that run sync agents and handlers, off the event loop.
         gc_interval: seconds between garbage passes over unreferenced files.
+        mod_roots: where mods may be loaded from: dotted packages and folders
+            (default: ``plughost.mods`` and the data folder's ``mods/``).
+        mods: mods to load at start, besides those loaded before a restart.
+        unload_timeout: seconds an unload waits for a mod's running handlers.
 
     Use as ``async with Network(...) as network:`` or ``start()`` / ``stop()``.
     """
@@ -74,6 +109,9 @@ class Network:
         keep_versions: int = 5,
         agent_threads: int = 32,
         gc_interval: float = 60.0,
+        mod_roots: list[str | Path] | None = None,
+        mods: list[ModSpec] | None = None,
+        unload_timeout: float = 10.0,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.network_id = network_id
@@ -89,6 +127,13 @@ class Network:
         self._snapshots: dict[tuple[str, str], Snapshot] = {}
         self._started_at: float | None = None
         self._gc_task: asyncio.Task[None] | None = None
+        self._mod_root_names = mod_roots
+        self._startup_mods = list(mods or [])
+        self.unload_timeout = unload_timeout
+        self._mods = ModRegistry()
+        self._mod_roots = ModRoots([])
+        self._mod_lock = asyncio.Lock()
+        self.events_handled = 0
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -107,6 +152,12 @@ class Network:
         self._executor = ThreadPoolExecutor(self._agent_threads, "plughost-agent")
         self._started_at = time.time()
         self._gc_task = asyncio.get_running_loop().create_task(self._collect_periodically())
+        (self.data_dir / "mods").mkdir(exist_ok=True)
+        roots = self._mod_root_names
+        self._mod_roots = ModRoots(
+            roots if roots is not None else ["plughost.mods", self.data_dir / "mods"]
+        )
+        await self._load_startup_mods()
 
     async def stop(self) -> None:
         """Unload every namespace and close the data folder."""
@@ -116,6 +167,11 @@ class Network:
             self._gc_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._gc_task
+        # Stopping is not unloading: the mods stay recorded and load again at the next start.
+        async with self._mod_lock:
+            for mod in reversed(self._mods.loaded()):
+                self._mods.unregister(mod.key)
+                await stop_mod(mod, self.unload_timeout)
         self._runtime.close()
         if self._executor is not None:
             self._executor.shutdown(wait=False)
@@ -359,6 +415,345 @@ class Network:
             self._runtime.release(entry)
         return result
 
+    # -- mods ------------------------------------------------------------------------
+
+    async def load_mod(
+        self,
+        mod_path: str,
+        config: Mapping[str, Any] | None = None,
+        *,
+        mod_id: str | None = None,
+        tenant: str | None = None,
+    ) -> Mod:
+        """Load a mod while the network runs, globally or inside ``tenant``; return its instance.
+
+        ``mod_path`` is a dotted path or a ``.py`` file / package folder path
+        under an allowed mod root, optionally ending in ``:ClassName``. The
+        load is recorded, so a restart loads the mod again. Subscribers of
+        ``system.mod.loaded`` hear of it once it is complete.
+
+        Raises:
+            ModPathRefusedError: the path is outside every mod root (nothing imported).
+            ModAlreadyLoadedError: the mod id is taken in that scope.
+            ModLoadError: a step failed; every step before it was undone.
+            InvalidNameError: the mod id or tenant name breaks the rule.
+        """
+        self._check_started()
+        loaded = await self._load_mod(mod_path, dict(config or {}), mod_id, tenant, persist=True)
+        await self._notify("system.mod.loaded", loaded.mod_id, loaded.mod_path, loaded.tenant)
+        return loaded.instance
+
+    async def _load_mod(
+        self,
+        mod_path: str,
+        config: dict[str, Any],
+        mod_id: str | None,
+        tenant: str | None,
+        *,
+        persist: bool,
+    ) -> LoadedMod:
+        if tenant is not None:
+            _check_tenant(tenant)
+        resolved = self._mod_roots.resolve(mod_path)
+        chosen_id = mod_id or resolved.default_id
+        _check_mod_id(chosen_id)
+        try:
+            json.dumps(config)
+        except (TypeError, ValueError) as exc:
+            raise ModLoadError(mod_path, "config", f"config is not JSON: {exc}") from None
+        async with self._mod_lock:
+            key = mod_key(chosen_id, tenant)
+            holder = self._mods.get(key)
+            if holder is not None:
+                raise ModAlreadyLoadedError(key, holder.mod_path)
+            loaded = await start_mod(resolved, chosen_id, config, tenant, self)
+            if persist:
+                stored = StoredMod(key, chosen_id, mod_path, tenant, config, loaded.loaded_at)
+                try:
+                    await asyncio.to_thread(self._store.save_mod, stored)
+                except Exception as exc:
+                    await stop_mod(loaded, self.unload_timeout)
+                    raise ModLoadError(mod_path, "record", str(exc), exc) from exc
+            self._mods.register(loaded)
+        return loaded
+
+    async def unload_mod(
+        self, mod_path_or_id: str, *, tenant: str | None = None
+    ) -> ModUnloadReport:
+        """Unload one mod, named by its id, its key (``tenant/mod_id``) or its exact ``mod_path``.
+
+        Its handlers stop receiving events at once; calls already in them may
+        finish (up to ``unload_timeout``); then ``shutdown()`` runs and its
+        code is unloaded. The report says if ``shutdown()`` raised or if its
+        modules are still referenced; the mod is removed in every case.
+
+        Raises:
+            ModNotLoadedError: nothing loaded matches, or several mods do.
+        """
+        self._check_started()
+        async with self._mod_lock:
+            found = self._mods.find(mod_path_or_id, tenant)
+            if len(found) != 1:
+                reason = "is not loaded" if not found else "matches several mods: name it by key"
+                raise ModNotLoadedError(mod_path_or_id, self._mods.list_loaded(), reason)
+            mod = found[0]
+            self._mods.unregister(mod.key)
+            await asyncio.to_thread(self._store.delete_mod, mod.key)
+            report = await stop_mod(mod, self.unload_timeout)
+        await self._notify("system.mod.unloaded", mod.mod_id, mod.mod_path, mod.tenant)
+        return report
+
+    def get_loaded_mods(self) -> list[str]:
+        """The keys of the loaded mods: ``mod_id``, or ``tenant/mod_id`` inside a tenant."""
+        return self._mods.list_loaded()
+
+    def get_mod(self, key: str) -> Mod:
+        """The instance of a loaded mod.
+
+        Raises:
+            ModNotLoadedError: no such mod.
+        """
+        mod = self._mods.get(key)
+        if mod is None:
+            raise ModNotLoadedError(key, self._mods.list_loaded())
+        return mod.instance
+
+    async def _load_startup_mods(self) -> None:
+        recorded = await asyncio.to_thread(self._store.mods)
+        wanted: list[tuple[str, dict[str, Any], str | None, str | None, bool]]
+        wanted = [(m.mod_path, m.config, m.mod_id, m.tenant, False) for m in recorded]
+        wanted += [(m.mod_path, m.config, m.mod_id, m.tenant, True) for m in self._startup_mods]
+        for mod_path, config, mod_id, tenant, from_config in wanted:
+            if from_config and self._mods.find(mod_id or mod_path, tenant):
+                continue
+            try:
+                await self._load_mod(mod_path, dict(config), mod_id, tenant, persist=from_config)
+            except PlughostError as exc:
+                failed_id = mod_id or mod_path.rsplit(".", 1)[-1].split(":")[0]
+                self._mods.record_failure(FailedMod(failed_id, mod_path, tenant, str(exc)))
+
+    # -- events, topics, RPC -------------------------------------------------------
+
+    async def send_event(self, event: Event) -> EventResponse:
+        """Deliver ``event`` by its ``destination_id``, or to every matching handler.
+
+        Never raises for what a handler or the routing did: failures come back
+        as ``success=False`` with the error text, and the network keeps serving.
+        """
+        self._check_started()
+        self.events_handled += 1
+        try:
+            return await self._route(event)
+        except PlughostError as exc:
+            return EventResponse(success=False, message=str(exc))
+        except Exception as exc:
+            return EventResponse(success=False, message=f"{type(exc).__name__}: {exc}")
+
+    async def _route(self, event: Event) -> EventResponse:
+        destination = event.destination_id
+        if not destination:
+            return await self._broadcast(event)
+        kind, _, target = destination.partition(":")
+        if kind == "system" and target == "system":
+            return await self._system_event(event)
+        if kind == "mod" and target:
+            mod = self._mod_for(target, event.tenant)
+            for pattern, handler in mod.handlers:
+                if matches(pattern, event.event_name):
+                    return as_response(await self._invoke(mod, handler, event))
+            return EventResponse(
+                success=False, message=f"mod {mod.key!r} has no handler for {event.event_name!r}"
+            )
+        if kind == "agent" and "/" in target:
+            tenant, _, agent = target.partition("/")
+            output = await self.call_agent(tenant, agent, event.payload)
+            return EventResponse(success=True, data={"output": output})
+        if kind == "topic" and target:
+            topic = resolve_topic(target, event.tenant)
+            delivered = await self.publish(
+                target, event.payload, tenant=event.tenant, source_id=event.source_id
+            )
+            return EventResponse(
+                success=True,
+                message=f"delivered to {delivered} subscribers",
+                data={"topic": topic, "delivered": delivered},
+            )
+        return EventResponse(
+            success=False,
+            message=(
+                f"unknown destination_id {destination!r}: expected system:system, mod:<mod_id>, "
+                "agent:<tenant>/<agent> or topic:<name>"
+            ),
+        )
+
+    async def _system_event(self, event: Event) -> EventResponse:
+        payload, name = event.payload, event.event_name
+        tenant = payload.get("tenant", event.tenant)
+        if name == "system.mod.load":
+            mod_path = payload.get("mod_path")
+            if not mod_path:
+                return EventResponse(success=False, message="mod_path is required")
+            config = payload.get("config") or {}
+            if not isinstance(config, dict):
+                return EventResponse(success=False, message="config must be an object")
+            mod = await self.load_mod(
+                str(mod_path), config, mod_id=payload.get("mod_id"), tenant=tenant
+            )
+            key = mod_key(mod.mod_id, mod.tenant)
+            return EventResponse(
+                success=True, message=f"mod {key!r} loaded", data={"mod_id": mod.mod_id}
+            )
+        if name == "system.mod.unload":
+            target = payload.get("mod_id") or payload.get("mod_path")
+            if not target:
+                return EventResponse(success=False, message="mod_path or mod_id is required")
+            report = await self.unload_mod(str(target), tenant=tenant)
+            data = {"mod_id": report.mod_id, "mod_path": report.mod_path, "leaked": report.leaked}
+            if report.shutdown_error:
+                data["shutdown_error"] = report.shutdown_error
+            return EventResponse(success=True, message=report.message, data=data)
+        if name == "system.mod.list":
+            return EventResponse(success=True, data={"mods": self._mods.details()})
+        return EventResponse(
+            success=False,
+            message=f"unknown system event {name!r}; known: {', '.join(SYSTEM_EVENTS)}",
+        )
+
+    def _mod_for(self, target: str, tenant: str | None) -> LoadedMod:
+        """The mod ``target`` names, looked up inside ``tenant`` first, then globally."""
+        candidates = [target] if "/" in target else [mod_key(target, tenant), target]
+        for key in candidates:
+            mod = self._mods.get(key)
+            if mod is not None and mod.accepting:
+                return mod
+        raise ModNotLoadedError(target, self._mods.list_loaded())
+
+    async def _broadcast(self, event: Event) -> EventResponse:
+        """Deliver to every handler matching ``event_name``: of global mods and, for an event
+        with a tenant, that tenant's mods; without a tenant, of every mod; and of loaded agents."""
+        calls: list[tuple[str, Any]] = []
+        for mod in self._mods.loaded():
+            if not mod.accepting or (event.tenant and mod.tenant not in (None, event.tenant)):
+                continue
+            for pattern, handler in mod.handlers:
+                if matches(pattern, event.event_name):
+                    calls.append((mod.key, self._invoke(mod, handler, event)))
+        held = self._runtime.hold()
+        try:
+            for entry in held:
+                if event.tenant and entry.namespace.tenant != event.tenant:
+                    continue
+                for agent in entry.agents.values():
+                    for pattern, handler in agent.handlers:
+                        if matches(pattern, event.event_name):
+                            owner = f"agent:{entry.namespace.tenant}/{agent.name}"
+                            calls.append((owner, self._run_handler(handler, event)))
+            if not calls:
+                return EventResponse(
+                    success=False, message=f"no handler for event {event.event_name!r}"
+                )
+            results = await asyncio.gather(*(call for _, call in calls), return_exceptions=True)
+        finally:
+            for entry in held:
+                self._runtime.release(entry)
+        responses = {
+            owner: (
+                EventResponse(success=False, message=f"{type(r).__name__}: {r}")
+                if isinstance(r, BaseException)
+                else as_response(r)
+            )
+            for (owner, _), r in zip(calls, results, strict=True)
+        }
+        if len(responses) == 1:
+            return next(iter(responses.values()))
+        return EventResponse(
+            success=all(r.success for r in responses.values()),
+            message=f"delivered to {len(responses)} handlers",
+            data={"responses": {owner: r.model_dump() for owner, r in responses.items()}},
+        )
+
+    async def _invoke(self, mod: LoadedMod, function: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run a handler or RPC method of ``mod``, counted so that an unload can wait for it."""
+        mod.in_flight += 1
+        mod.idle.clear()
+        try:
+            return await self._run_handler(function, *args, **kwargs)
+        finally:
+            mod.in_flight -= 1
+            if mod.in_flight == 0:
+                mod.idle.set()
+
+    async def _run_handler(self, function: Any, *args: Any, **kwargs: Any) -> Any:
+        if inspect.iscoroutinefunction(function):
+            return await function(*args, **kwargs)
+        call = functools.partial(function, *args, **kwargs)
+        result = await asyncio.get_running_loop().run_in_executor(self._executor, call)
+        return await result if inspect.isawaitable(result) else result
+
+    async def _notify(
+        self, event_name: str, mod_id: str, mod_path: str, tenant: str | None
+    ) -> None:
+        event = Event(
+            event_name=event_name,
+            payload={"mod_id": mod_id, "mod_path": mod_path, "tenant": tenant},
+        )
+        await self._broadcast(event)
+
+    async def publish(
+        self,
+        topic: str,
+        data: Mapping[str, Any],
+        *,
+        tenant: str | None = None,
+        source_id: str = "system",
+    ) -> int:
+        """Publish ``data`` to ``topic`` resolved against ``tenant``; return how many received it.
+
+        Subscribers are mods with ``@on("topic:<name>")`` whose name resolves to
+        the same topic; each gets an event ``topic.message`` with ``data`` as payload.
+
+        Raises:
+            ValueError: the topic is empty.
+        """
+        resolved = resolve_topic(topic, tenant)
+        event = Event(
+            event_name="topic.message",
+            source_id=source_id,
+            destination_id=f"topic:{resolved}",
+            payload=dict(data),
+            tenant=tenant,
+        )
+        calls = [
+            self._invoke(mod, handler, event)
+            for mod in self._mods.loaded()
+            if mod.accepting
+            for handler in mod.topics.get(resolved, ())
+        ]
+        await asyncio.gather(*calls, return_exceptions=True)
+        return len(calls)
+
+    async def rpc(
+        self, name: str, method: str, *args: Any, tenant: str | None = None, **kwargs: Any
+    ) -> Any:
+        """Call an ``@rpc`` method of the mod named ``name`` (``mod_id`` or ``tenant/mod_id``).
+
+        A bare ``mod_id`` is looked up inside ``tenant`` first, then globally.
+
+        Raises:
+            ModNotLoadedError: no such mod.
+            UnknownRpcError: the mod has no such RPC method.
+            RpcError: the method raised.
+        """
+        self._check_started()
+        mod = self._mod_for(name, tenant)
+        function = mod.rpcs.get(method)
+        if function is None:
+            raise UnknownRpcError(mod.key, method, sorted(mod.rpcs))
+        try:
+            return await self._invoke(mod, function, *args, **kwargs)
+        except Exception as exc:
+            raise RpcError(mod.key, method, type(exc).__name__, str(exc)) from exc
+
     # -- housekeeping ----------------------------------------------------------------
 
     async def collect_garbage(self) -> GarbageReport:
@@ -390,11 +785,21 @@ class Network:
     def health(self) -> dict[str, Any]:
         """The document ``GET /api/health`` returns."""
         uptime = int(time.time() - self._started_at) if self._started_at is not None else 0
+        if self._started_at is None:
+            status = "stopped"
+        else:
+            status = "degraded" if self._mods.failed() else "healthy"
+        loaded = self._mods.list_loaded()
         return {
-            "status": "healthy" if self._started_at is not None else "stopped",
+            "status": status,
             "network_id": self.network_id,
             "uptime": uptime,
-            "mods": {"loaded": [], "count": 0, "details": {}},
+            "mods": {
+                "loaded": loaded,
+                "count": len(loaded),
+                "failed": [mod_key(f.mod_id, f.tenant) for f in self._mods.failed()],
+                "details": self._mods.details(),
+            },
             "tenants": {"count": len(self._live)},
             "namespaces": {"loaded": len(self._runtime), "limit": self._runtime.max_loaded},
         }
@@ -405,6 +810,13 @@ def _check_tenant(tenant: str) -> None:
         check_tenant_name(tenant)
     except ValueError:
         raise InvalidNameError("tenant", tenant, TENANT_NAME_RULE) from None
+
+
+def _check_mod_id(mod_id: str) -> None:
+    try:
+        check_tenant_name(mod_id)
+    except ValueError:
+        raise InvalidNameError("mod id", mod_id, MOD_ID_RULE) from None
 
 
 def _check_snapshot_name(name: str) -> None:

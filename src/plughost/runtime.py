@@ -22,19 +22,25 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .agent import Agent, find_agents
+from .events import handlers_of, is_topic_pattern
 from .loader import LoadedBundle, load_bundle
 from .naming import Namespace
 
 
 @dataclass(frozen=True)
 class AgentInstance:
-    """An agent of a loaded namespace, instantiated once and reused by every call."""
+    """An agent of a loaded namespace, instantiated once and reused by every call.
+
+    ``handlers`` are its ``@on`` event handlers, as ``(pattern, bound method)``.
+    """
 
     name: str
     instance: Agent
     is_async: bool
+    handlers: list[tuple[str, Callable[..., Any]]]
 
 
 @dataclass(eq=False)
@@ -63,7 +69,10 @@ def load_namespace(namespace: Namespace, folder: Path) -> LoadedNamespace:
         for name, cls in find_agents(bundle.modules).items():
             instance = cls()
             agents[name] = AgentInstance(
-                name, instance, inspect.iscoroutinefunction(instance.perform)
+                name,
+                instance,
+                inspect.iscoroutinefunction(instance.perform),
+                [h for h in handlers_of(instance) if not is_topic_pattern(h[0])],
             )
     except BaseException:
         bundle.unload(verify=False)
@@ -123,6 +132,13 @@ class Runtime:
                 continue
             task = self._loading.get(namespace) or self._start_load(namespace, load)
             await asyncio.shield(task)
+
+    def hold(self) -> list[LoadedNamespace]:
+        """Lease every loaded namespace that takes calls; release each with :meth:`release`."""
+        held = [entry for entry in self._entries.values() if not entry.retired]
+        for entry in held:
+            entry.in_flight += 1
+        return held
 
     def release(self, entry: LoadedNamespace) -> None:
         """End one lease; unload a retired namespace once its last lease ends."""

@@ -49,6 +49,14 @@ CREATE TABLE IF NOT EXISTS deployments (
     created_at REAL NOT NULL,
     PRIMARY KEY (tenant, version)
 );
+CREATE TABLE IF NOT EXISTS mods (
+    key TEXT PRIMARY KEY,
+    mod_id TEXT NOT NULL,
+    mod_path TEXT NOT NULL,
+    tenant TEXT,
+    config TEXT NOT NULL,
+    loaded_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS versions (
     tenant TEXT PRIMARY KEY,
     last INTEGER NOT NULL
@@ -94,6 +102,18 @@ class Snapshot:
     version: int
     agents: list[str]
     created_at: float
+
+
+@dataclass(frozen=True)
+class StoredMod:
+    """A mod that was loaded and should be loaded again at start."""
+
+    key: str
+    mod_id: str
+    mod_path: str
+    tenant: str | None
+    config: dict[str, Any]
+    loaded_at: float
 
 
 @dataclass(frozen=True)
@@ -342,6 +362,34 @@ class Store:
                 "DELETE FROM snapshots WHERE tenant = ? AND name = ?", (tenant, name)
             )
             return cursor.rowcount > 0
+
+    # -- mods ------------------------------------------------------------------------
+
+    def save_mod(self, mod: StoredMod) -> None:
+        """Record a loaded mod so that a restart loads it again."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO mods VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    mod.key,
+                    mod.mod_id,
+                    mod.mod_path,
+                    mod.tenant,
+                    json.dumps(mod.config),
+                    mod.loaded_at,
+                ),
+            )
+
+    def delete_mod(self, key: str) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM mods WHERE key = ?", (key,))
+
+    def mods(self) -> list[StoredMod]:
+        """The recorded mods, in the order they were loaded."""
+        rows = self._query(
+            "SELECT key, mod_id, mod_path, tenant, config, loaded_at FROM mods ORDER BY loaded_at"
+        )
+        return [StoredMod(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5]) for r in rows]
 
     # -- garbage -------------------------------------------------------------------
 

@@ -1,0 +1,132 @@
+"""Events, their responses, handler declarations and topic names.
+
+An event names what happened (``shared_cache.set``) and where it should go
+(``destination_id``): ``system:system``, ``mod:<mod_id>``,
+``agent:<tenant>/<agent>``, ``topic:<name>``, or nothing, which delivers it
+to every handler whose pattern matches ``event_name``.
+
+Handlers are methods marked with :func:`on`. A pattern is matched against
+``event_name`` with shell wildcards (``*`` also matches dots:
+``shared_cache.*`` matches ``shared_cache.set``). A pattern ``topic:<name>``
+subscribes to a topic instead.
+
+Topics are resolved against a namespace path: ``camera`` published by a mod
+of tenant ``robot1`` is ``/robot1/camera``; a name starting with ``/`` is
+absolute; a global mod's ``camera`` is ``/camera``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+_EVENT_NAME = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+_TOPIC_PREFIX = "topic:"
+_ON_ATTRIBUTE = "__plughost_on__"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Event(BaseModel):
+    """A message between agents, mods and the network."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    event_name: str = Field(description="dotted name, e.g. shared_cache.set")
+    source_id: str = Field(default="system", max_length=256)
+    destination_id: str | None = Field(default=None, max_length=512)
+    payload: dict[str, Any] = Field(default_factory=dict)
+    event_id: str = Field(default_factory=lambda: uuid.uuid4().hex, max_length=128)
+    timestamp: float = Field(default_factory=time.time)
+    tenant: str | None = Field(default=None, max_length=64)
+
+    @field_validator("event_name")
+    @classmethod
+    def _dotted(cls, value: str) -> str:
+        if len(value) > 256 or not _EVENT_NAME.match(value):
+            raise ValueError(
+                "event_name must be dotted words of letters, digits, '_' or '-' (at most 256)"
+            )
+        return value
+
+
+class EventResponse(BaseModel):
+    """The answer to one event: whether it succeeded, a message, and data."""
+
+    success: bool
+    message: str = ""
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+def on(pattern: str) -> Callable[[F], F]:
+    """Mark a method as the handler of events matching ``pattern`` (or of ``topic:<name>``).
+
+    The method takes the :class:`Event` and returns an :class:`EventResponse`,
+    a dict (the response data), or ``None`` (success); it may be async.
+
+    Raises:
+        ValueError: the pattern is empty.
+    """
+    if not pattern or pattern == _TOPIC_PREFIX:
+        raise ValueError("a handler pattern must not be empty")
+
+    def mark(method: F) -> F:
+        patterns: list[str] = getattr(method, _ON_ATTRIBUTE, [])
+        setattr(method, _ON_ATTRIBUTE, [*patterns, pattern])
+        return method
+
+    return mark
+
+
+def handlers_of(obj: object) -> list[tuple[str, Callable[..., Any]]]:
+    """Return ``(pattern, bound method)`` for every handler ``obj``'s class declares."""
+    found = []
+    for name in dir(type(obj)):
+        function = getattr(type(obj), name, None)
+        for pattern in getattr(function, _ON_ATTRIBUTE, ()):
+            found.append((pattern, getattr(obj, name)))
+    return found
+
+
+def is_topic_pattern(pattern: str) -> bool:
+    return pattern.startswith(_TOPIC_PREFIX)
+
+
+def topic_of(pattern: str) -> str:
+    """The topic name of a ``topic:<name>`` pattern."""
+    return pattern[len(_TOPIC_PREFIX) :]
+
+
+def matches(pattern: str, event_name: str) -> bool:
+    """Whether an event named ``event_name`` goes to a handler of ``pattern``."""
+    return not is_topic_pattern(pattern) and fnmatch.fnmatchcase(event_name, pattern)
+
+
+def resolve_topic(topic: str, namespace_path: str | None) -> str:
+    """Return the absolute topic name of ``topic`` as seen from ``namespace_path``.
+
+    Raises:
+        ValueError: the topic is empty.
+    """
+    if not topic.strip("/"):
+        raise ValueError("a topic name must not be empty")
+    if topic.startswith("/"):
+        return topic
+    return f"/{namespace_path}/{topic}" if namespace_path else f"/{topic}"
+
+
+def as_response(result: object) -> EventResponse:
+    """Turn what a handler returned into an :class:`EventResponse`."""
+    if isinstance(result, EventResponse):
+        return result
+    if result is None:
+        return EventResponse(success=True)
+    if isinstance(result, dict):
+        return EventResponse(success=True, data=result)
+    return EventResponse(success=True, data={"result": result})

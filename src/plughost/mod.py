@@ -1,0 +1,446 @@
+"""Mods: extensions loaded and unloaded while the network runs.
+
+A mod is a class (a :class:`Mod` subclass) in a ``.py`` file or a package
+folder found under an allowed mod root. Its code is loaded like a bundle,
+under its own namespace (``Namespace("*", mod="shared_cache")``, or
+``Namespace("robot1", mod="camera")`` inside a tenant), never under its plain
+dotted name, so an unload followed by a load runs the code as it is on disk.
+
+Loading is a sequence of steps (resolve the path, import, find the class,
+instantiate, initialize, collect handlers); a failure at any step undoes the
+ones before it. :class:`ModRegistry` is the single record of what is loaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import inspect
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from .errors import ModLoadError, ModPathRefusedError, PlughostError
+from .events import handlers_of, is_topic_pattern, resolve_topic, topic_of
+from .loader import LoadedBundle, load_bundle
+from .naming import Namespace
+
+if TYPE_CHECKING:
+    from .network import Network
+
+GLOBAL_SCOPE = "*"
+"""The tenant part of the namespace of a mod loaded outside any tenant."""
+
+_RPC_ATTRIBUTE = "__plughost_rpc__"
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def rpc(method: F) -> F:
+    """Mark a mod method as callable through ``network.rpc("<mod_id>", "<method>", ...)``."""
+    setattr(method, _RPC_ATTRIBUTE, True)
+    return method
+
+
+class Mod:
+    """Base class of mods.
+
+    The network sets, before ``initialize()``: ``mod_id``, ``config`` (exactly
+    the dict the user gave), ``network``, ``tenant`` (``None`` for a global
+    mod) and ``namespace`` (where the mod's code is loaded). Subclasses take
+    no constructor arguments; set up in ``initialize()``.
+    """
+
+    mod_id: str
+    config: dict[str, Any]
+    network: Network
+    tenant: str | None
+    namespace: Namespace
+
+    def initialize(self) -> bool | None:
+        """Start the mod; sync or async. ``False`` or an exception fails the load."""
+        return None
+
+    def shutdown(self) -> None:
+        """Stop the mod; sync or async. The mod is removed whatever this does."""
+
+    async def publish(self, topic: str, data: dict[str, Any]) -> int:
+        """Publish ``data`` to ``topic`` resolved against this mod's tenant.
+
+        Returns how many subscribers received it.
+        """
+        return await self.network.publish(topic, data, tenant=self.tenant, source_id=self.mod_id)
+
+    async def rpc(self, name: str, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Call ``method`` on the mod ``name``, looked up inside this mod's tenant first."""
+        return await self.network.rpc(name, method, *args, tenant=self.tenant, **kwargs)
+
+
+@dataclass(frozen=True)
+class ResolvedModPath:
+    """Where a ``mod_path`` leads: the ``.py`` file or package folder, and a class name if given."""
+
+    mod_path: str
+    source: Path
+    class_name: str | None
+
+    @property
+    def default_id(self) -> str:
+        """The last dotted segment, or the file or folder stem."""
+        module_part = self.mod_path.split(":", 1)[0]
+        if _looks_like_file_path(module_part):
+            return self.source.stem if self.source.is_file() else self.source.name
+        return module_part.rsplit(".", 1)[-1]
+
+
+def _looks_like_file_path(text: str) -> bool:
+    return "/" in text or text.endswith(".py") or text.startswith(".")
+
+
+class ModRoots:
+    """The places mods may be loaded from: dotted packages and folders.
+
+    Args:
+        roots: each a dotted package name (``plughost.mods``) or a folder path.
+            A dotted ``mod_path`` must start with a dotted root or lie, as
+            folders, below a folder root; a file ``mod_path`` must lie inside
+            a folder root or a dotted root's folder.
+    """
+
+    def __init__(self, roots: Sequence[str | Path]) -> None:
+        self.dotted: list[tuple[str, Path]] = []
+        self.folders: list[Path] = []
+        for root in roots:
+            if isinstance(root, str) and _is_dotted(root):
+                folder = _package_folder(root)
+                if folder is not None:
+                    self.dotted.append((root, folder))
+            else:
+                self.folders.append(Path(root).resolve())
+
+    def describe(self) -> str:
+        return ", ".join([name for name, _ in self.dotted] + [str(f) for f in self.folders])
+
+    def resolve(self, mod_path: str) -> ResolvedModPath:
+        """Find the file or package folder ``mod_path`` names, without importing it.
+
+        Raises:
+            ModPathRefusedError: it is malformed, outside every root, or missing.
+        """
+        if not isinstance(mod_path, str) or not mod_path.strip():
+            raise ModPathRefusedError(str(mod_path), "mod_path must be a non-empty string")
+        module_part, _, class_name = mod_path.partition(":")
+        if class_name and not class_name.isidentifier():
+            raise ModPathRefusedError(mod_path, f"{class_name!r} is not a class name")
+        if _looks_like_file_path(module_part):
+            source = self._resolve_file(mod_path, Path(module_part))
+        elif _is_dotted(module_part):
+            source = self._resolve_dotted(mod_path, module_part)
+        else:
+            raise ModPathRefusedError(mod_path, "expected a dotted module path or a .py file path")
+        return ResolvedModPath(mod_path, source, class_name or None)
+
+    def _resolve_dotted(self, mod_path: str, dotted: str) -> Path:
+        parts = dotted.split(".")
+        candidates: list[Path] = []
+        for name, folder in self.dotted:
+            root_parts = name.split(".")
+            if parts[: len(root_parts)] == root_parts and len(parts) > len(root_parts):
+                candidates.append(folder.joinpath(*parts[len(root_parts) :]))
+        candidates += [folder.joinpath(*parts) for folder in self.folders]
+        if not candidates:
+            raise ModPathRefusedError(
+                mod_path, f"not under an allowed mod root ({self.describe()})"
+            )
+        for base in candidates:
+            if base.with_suffix(".py").is_file():
+                return base.with_suffix(".py")
+            if (base / "__init__.py").is_file():
+                return base
+        raise ModPathRefusedError(
+            mod_path, f"no such module under the mod roots ({self.describe()})"
+        )
+
+    def _resolve_file(self, mod_path: str, path: Path) -> Path:
+        resolved = path.resolve()
+        allowed = self.folders + [folder for _, folder in self.dotted]
+        if not any(resolved.is_relative_to(folder) for folder in allowed):
+            raise ModPathRefusedError(
+                mod_path, f"not inside an allowed mod root ({self.describe()})"
+            )
+        if resolved.is_file() and resolved.suffix == ".py":
+            return resolved
+        if resolved.is_dir() and (resolved / "__init__.py").is_file():
+            return resolved
+        raise ModPathRefusedError(mod_path, "no such .py file or package folder")
+
+
+def _is_dotted(text: str) -> bool:
+    return all(part.isidentifier() for part in text.split("."))
+
+
+def _package_folder(dotted: str) -> Path | None:
+    """The folder of an importable package, found without running the package itself."""
+    try:
+        spec = importlib.util.find_spec(dotted)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))).resolve()
+
+
+@dataclass(eq=False)
+class LoadedMod:
+    """A mod that is loaded: its instance, its code, and its handlers and RPC methods."""
+
+    mod_id: str
+    mod_path: str
+    tenant: str | None
+    config: dict[str, Any]
+    instance: Mod
+    bundle: LoadedBundle
+    handlers: list[tuple[str, Callable[..., Any]]]
+    topics: dict[str, list[Callable[..., Any]]]
+    rpcs: dict[str, Callable[..., Any]]
+    loaded_at: float = field(default_factory=time.time)
+    in_flight: int = 0
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+    accepting: bool = True
+
+    @property
+    def key(self) -> str:
+        """The registry key and RPC name: ``mod_id``, or ``tenant/mod_id`` inside a tenant."""
+        return mod_key(self.mod_id, self.tenant)
+
+    def details(self) -> dict[str, Any]:
+        return {
+            "mod_id": self.mod_id,
+            "mod_path": self.mod_path,
+            "loaded_at": int(self.loaded_at),
+            "tenant": self.tenant,
+            "status": "loaded",
+        }
+
+
+@dataclass(frozen=True)
+class FailedMod:
+    """A mod the network was asked to load at start that failed to load."""
+
+    mod_id: str
+    mod_path: str
+    tenant: str | None
+    error: str
+
+    def details(self) -> dict[str, Any]:
+        return {
+            "mod_id": self.mod_id,
+            "mod_path": self.mod_path,
+            "tenant": self.tenant,
+            "status": "failed",
+            "error": self.error,
+        }
+
+
+def mod_key(mod_id: str, tenant: str | None) -> str:
+    return f"{tenant}/{mod_id}" if tenant else mod_id
+
+
+class ModRegistry:
+    """What mods are loaded, and which failed at start: the one record health and APIs read."""
+
+    def __init__(self) -> None:
+        self._loaded: dict[str, LoadedMod] = {}
+        self._failed: dict[str, FailedMod] = {}
+
+    def register(self, mod: LoadedMod) -> None:
+        self._loaded[mod.key] = mod
+        self._failed.pop(mod.key, None)
+
+    def unregister(self, key: str) -> LoadedMod | None:
+        return self._loaded.pop(key, None)
+
+    def record_failure(self, failed: FailedMod) -> None:
+        self._failed[mod_key(failed.mod_id, failed.tenant)] = failed
+
+    def get(self, key: str) -> LoadedMod | None:
+        return self._loaded.get(key)
+
+    def list_loaded(self) -> list[str]:
+        """The keys of the loaded mods, in load order."""
+        return list(self._loaded)
+
+    def loaded(self) -> list[LoadedMod]:
+        return list(self._loaded.values())
+
+    def failed(self) -> list[FailedMod]:
+        return list(self._failed.values())
+
+    def find(self, mod_path_or_id: str, tenant: str | None = None) -> list[LoadedMod]:
+        """The loaded mods whose key, id or exact ``mod_path`` is ``mod_path_or_id``."""
+        if mod_path_or_id in self._loaded:
+            return [self._loaded[mod_path_or_id]]
+        scoped = self._loaded.get(mod_key(mod_path_or_id, tenant))
+        if scoped is not None:
+            return [scoped]
+        return [
+            mod
+            for mod in self._loaded.values()
+            if mod.mod_path == mod_path_or_id and (tenant is None or mod.tenant == tenant)
+        ]
+
+    def details(self) -> dict[str, dict[str, Any]]:
+        found = {key: mod.details() for key, mod in self._loaded.items()}
+        found.update({mod_key(f.mod_id, f.tenant): f.details() for f in self._failed.values()})
+        return found
+
+
+def _pascal(mod_id: str) -> str:
+    return "".join(part[:1].upper() + part[1:] for part in re.split(r"[^A-Za-z0-9]+", mod_id))
+
+
+def find_mod_class(module: ModuleType, mod_id: str, class_name: str | None) -> type[Mod]:
+    """Pick the class of a mod: the named one, ``<PascalCase(mod_id)>Mod``, or the only one.
+
+    Raises:
+        LookupError: no such class, or several candidates and none named.
+    """
+    if class_name is not None:
+        found = getattr(module, class_name, None)
+        if not (isinstance(found, type) and issubclass(found, Mod)):
+            raise LookupError(f"{class_name!r} is not a Mod subclass in the module")
+        return found
+    conventional = getattr(module, _pascal(mod_id) + "Mod", None)
+    if isinstance(conventional, type) and issubclass(conventional, Mod):
+        return conventional
+    defined = [
+        value
+        for value in vars(module).values()
+        if isinstance(value, type)
+        and issubclass(value, Mod)
+        and value is not Mod
+        and value.__module__ == module.__name__
+    ]
+    if len(defined) != 1:
+        names = ", ".join(sorted(cls.__name__ for cls in defined)) or "none"
+        raise LookupError(
+            f"expected {_pascal(mod_id)}Mod or exactly one Mod subclass, found: {names}"
+        )
+    return defined[0]
+
+
+async def start_mod(
+    resolved: ResolvedModPath,
+    mod_id: str,
+    config: dict[str, Any],
+    tenant: str | None,
+    network: Network,
+) -> LoadedMod:
+    """Import, instantiate, bind and initialize a mod; undo every step on failure.
+
+    Raises:
+        ModLoadError: naming the failed step and its cause.
+    """
+    namespace = Namespace(tenant or GLOBAL_SCOPE, mod=mod_id)
+    path = resolved.mod_path
+    try:
+        bundle = await asyncio.to_thread(load_bundle, namespace, resolved.source)
+    except PlughostError as exc:
+        raise ModLoadError(path, "import", str(exc), exc) from exc
+    instance: Mod | None = None
+    initialized = False
+    try:
+        step = "find class"
+        module = bundle.modules.get(resolved.source.stem) if resolved.source.is_file() else None
+        if module is None:
+            module = sys.modules[bundle.package_name]
+        cls = find_mod_class(module, mod_id, resolved.class_name)
+        step = "instantiate"
+        instance = cls()
+        instance.mod_id, instance.config, instance.network = mod_id, config, network
+        instance.tenant, instance.namespace = tenant, namespace
+        step = "initialize"
+        initialized = True
+        outcome = instance.initialize()
+        if inspect.isawaitable(outcome):
+            outcome = await outcome
+        if outcome is False:
+            raise RuntimeError("initialize() returned False")
+        step = "register handlers"
+        handlers: list[tuple[str, Callable[..., Any]]] = []
+        topics: dict[str, list[Callable[..., Any]]] = {}
+        for pattern, handler in handlers_of(instance):
+            if is_topic_pattern(pattern):
+                topics.setdefault(resolve_topic(topic_of(pattern), tenant), []).append(handler)
+            else:
+                handlers.append((pattern, handler))
+        rpcs = {
+            name: getattr(instance, name)
+            for name in dir(type(instance))
+            if getattr(getattr(type(instance), name, None), _RPC_ATTRIBUTE, False)
+        }
+    except Exception as exc:
+        if initialized and instance is not None:
+            await _call_shutdown(instance)
+        del instance
+        await asyncio.to_thread(bundle.unload, verify=False)
+        raise ModLoadError(path, step, f"{type(exc).__name__}: {exc}", exc) from exc
+    return LoadedMod(mod_id, path, tenant, config, instance, bundle, handlers, topics, rpcs)
+
+
+async def _call_shutdown(instance: Mod) -> str | None:
+    """Run ``shutdown()``; return the error text if it raised."""
+    try:
+        outcome: object = instance.shutdown()  # type: ignore[func-returns-value]
+        if inspect.isawaitable(outcome):
+            await outcome
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+@dataclass
+class ModUnloadReport:
+    """What unloading a mod did: the shutdown error, leaks, and whether handlers were cut off."""
+
+    mod_id: str
+    mod_path: str
+    shutdown_error: str | None = None
+    leaked: list[str] = field(default_factory=list)
+    timed_out_handlers: int = 0
+
+    @property
+    def message(self) -> str:
+        parts = [f"mod {self.mod_id!r} unloaded"]
+        if self.timed_out_handlers:
+            parts.append(f"{self.timed_out_handlers} handler calls still running at the timeout")
+        if self.shutdown_error:
+            parts.append(f"shutdown() raised {self.shutdown_error}")
+        if self.leaked:
+            parts.append(f"modules still referenced: {'; '.join(self.leaked)}")
+        return "; ".join(parts)
+
+
+async def stop_mod(mod: LoadedMod, timeout: float) -> ModUnloadReport:
+    """Wait for the mod's handler calls (up to ``timeout``), shut it down, and unload its code."""
+    mod.accepting = False
+    report = ModUnloadReport(mod.mod_id, mod.mod_path)
+    if mod.in_flight:
+        try:
+            await asyncio.wait_for(mod.idle.wait(), timeout)
+        except TimeoutError:
+            report.timed_out_handlers = mod.in_flight
+    report.shutdown_error = await _call_shutdown(mod.instance)
+    mod.handlers.clear()
+    mod.topics.clear()
+    mod.rpcs.clear()
+    del mod.instance
+    unload = await asyncio.to_thread(mod.bundle.unload)
+    report.leaked = [
+        f"{leak.module_name} held by {', '.join(leak.holders)}" for leak in unload.leaked
+    ]
+    return report
