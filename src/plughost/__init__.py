@@ -16,15 +16,23 @@ from .errors import (
     DuplicateAgentError,
     DuplicateSnapshotError,
     InvalidNameError,
+    ModAlreadyLoadedError,
+    ModLoadError,
+    ModNotLoadedError,
+    ModPathRefusedError,
     NamespaceConflictError,
     NotStartedError,
     PlughostError,
+    RpcError,
     UnknownAgentError,
+    UnknownRpcError,
     UnknownSnapshotError,
     UnknownTenantError,
 )
+from .events import Event, EventResponse, on
+from .mod import Mod, ModUnloadReport, rpc
 from .naming import Namespace
-from .network import AgentInfo, Network
+from .network import AgentInfo, ModSpec, Network
 from .store import Deployment, Snapshot
 
 __version__ = "0.1.0"
@@ -42,15 +50,28 @@ __all__ = [
     "Deployment",
     "DuplicateAgentError",
     "DuplicateSnapshotError",
+    "Event",
+    "EventResponse",
     "InvalidNameError",
+    "Mod",
+    "ModAlreadyLoadedError",
+    "ModLoadError",
+    "ModNotLoadedError",
+    "ModPathRefusedError",
+    "ModSpec",
+    "ModUnloadReport",
     "Namespace",
     "NamespaceConflictError",
     "Network",
     "NotStartedError",
     "PlughostError",
+    "RpcError",
     "Snapshot",
     "UnknownAgentError",
+    "UnknownRpcError",
     "UnknownSnapshotError",
     "UnknownTenantError",
     "__version__",
+    "on",
+    "rpc",
 ]

@@ -17,9 +17,12 @@ import threading
 import weakref
 from collections import deque
 from types import (
+    AsyncGeneratorType,
     CellType,
+    CoroutineType,
     FrameType,
     FunctionType,
+    GeneratorType,
     GetSetDescriptorType,
     MemberDescriptorType,
     MethodType,
@@ -163,6 +166,14 @@ def _describe_external(walk: _Walk, holder: object, child: object) -> str | None
         code = holder.f_code
         where = f"{code.co_name}() at {code.co_filename}:{holder.f_lineno}"
         return f"frame of {where} (a stored traceback or a suspended generator)"
+    suspended = _suspended_frame(holder)
+    if suspended is not None:
+        code = suspended.f_code
+        where = f"{code.co_name}() at {code.co_filename}:{suspended.f_lineno}"
+        names = [name for name, value in suspended.f_locals.items() if value is child]
+        if names:
+            return f"local {names[0]!r} of suspended {type(holder).__name__} {where}"
+        return f"suspended {type(holder).__name__} {where}"
     if isinstance(holder, _PASS_THROUGH) or walk.belongs(holder):
         return None
     if isinstance(holder, dict):
@@ -181,6 +192,17 @@ def _describe_dict(walk: _Walk, holder: dict[Any, Any], child: object) -> str | 
             return f"global {key!r} of module {owner.__name__}"
         return f"attribute {key!r} of {_short.repr(owner)}"
     return f"key {_short.repr(key)} of a dict"
+
+
+def _suspended_frame(obj: object) -> FrameType | None:
+    """The frame of a suspended coroutine or generator, which owns its locals."""
+    if isinstance(obj, CoroutineType):
+        return obj.cr_frame
+    if isinstance(obj, GeneratorType):
+        return obj.gi_frame
+    if isinstance(obj, AsyncGeneratorType):
+        return obj.ag_frame
+    return None
 
 
 def _owns_dict(owner: object, candidate: dict[Any, Any]) -> bool:

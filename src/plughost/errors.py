@@ -257,7 +257,7 @@ class ModNotLoadedError(PlughostError, LookupError):
         loaded: the ids of the loaded mods.
     """
 
-    def __init__(self, mod: str, loaded: list[str], reason: str = "not loaded") -> None:
+    def __init__(self, mod: str, loaded: list[str], reason: str = "is not loaded") -> None:
         self.mod = mod
         self.loaded = loaded
         super().__init__(f"mod {mod!r} {reason}; loaded mods: {_listing(loaded)}")

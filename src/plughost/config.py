@@ -1,0 +1,106 @@
+"""The network config file (YAML): what a network starts with.
+
+Example::
+
+    network_id: my_network
+    data_dir: .plughost
+    max_loaded_namespaces: 1000
+    mod_roots: [plughost.mods, ./mods]
+    mods:
+      - mod_path: plughost.mods.shared_cache
+        config: {max_items: 100}
+
+Mods named here load at every start; loading or unloading mods at runtime
+never rewrites the file. Relative paths are relative to the file's folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import PlughostError
+from .network import ModSpec, Network
+
+
+class ModEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    mod_path: str
+    config: dict[str, Any] = Field(default_factory=dict)
+    mod_id: str | None = None
+    tenant: str | None = None
+
+
+class NetworkConfig(BaseModel):
+    """The settings a config file may hold; every one has the embedded default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    network_id: str = "plughost"
+    data_dir: Path = Path(".plughost")
+    max_loaded_namespaces: int = Field(default=1000, ge=1)
+    keep_versions: int = Field(default=5, ge=1)
+    agent_threads: int = Field(default=32, ge=1)
+    unload_timeout: float = Field(default=10.0, gt=0)
+    mod_roots: list[str] | None = None
+    mods: list[ModEntry] = Field(default_factory=list)
+
+    def network(self) -> Network:
+        """A :class:`Network` with these settings (not yet started)."""
+        return Network(
+            self.data_dir,
+            self.network_id,
+            max_loaded_namespaces=self.max_loaded_namespaces,
+            keep_versions=self.keep_versions,
+            agent_threads=self.agent_threads,
+            mod_roots=list(self.mod_roots) if self.mod_roots is not None else None,
+            mods=[ModSpec(m.mod_path, m.config, m.mod_id, m.tenant) for m in self.mods],
+            unload_timeout=self.unload_timeout,
+        )
+
+
+class ConfigError(PlughostError):
+    """A config file cannot be read or does not fit :class:`NetworkConfig`.
+
+    Attributes:
+        path: the file.
+    """
+
+    def __init__(self, path: Path, message: str) -> None:
+        self.path = path
+        super().__init__(f"config file {path}: {message}")
+
+
+def load_config(path: str | Path) -> NetworkConfig:
+    """Read a YAML config file; relative paths in it are made relative to its folder.
+
+    Raises:
+        ConfigError: the file is missing, not YAML, or holds unknown or invalid settings.
+    """
+    path = Path(path)
+    try:
+        document = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(path, str(exc)) from None
+    if not isinstance(document, dict):
+        raise ConfigError(path, "expected a mapping of settings at the top level")
+    try:
+        config = NetworkConfig.model_validate(document)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}" for error in exc.errors()
+        )
+        raise ConfigError(path, problems) from None
+    base = path.parent
+    if not config.data_dir.is_absolute():
+        config.data_dir = base / config.data_dir
+    if config.mod_roots is not None:
+        config.mod_roots = [
+            str(base / root) if ("/" in root or root.startswith(".")) else root
+            for root in config.mod_roots
+        ]
+    return config
