@@ -9,10 +9,14 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from . import loader
+from . import loader, mods, network
 from .report import Outcome
 
-GROUPS: dict[str, tuple[Callable[[], Outcome], ...]] = {"loader": loader.BENCHMARKS}
+GROUPS: dict[str, tuple[Callable[[], Outcome], ...]] = {
+    "loader": loader.BENCHMARKS,
+    "network": network.BENCHMARKS,
+    "mods": mods.BENCHMARKS,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -35,8 +39,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for group in args.groups or list(GROUPS):
         for benchmark in GROUPS[group]:
             print(flush=True)
+            started = time.perf_counter()
             outcome = benchmark()
             print(outcome.render(), flush=True)
+            print(f"   ({time.perf_counter() - started:.0f} s)", flush=True)
             outcomes.append(outcome)
     print(f"\nSummary ({time.perf_counter() - start:.0f} s):")
     for outcome in outcomes:

@@ -6,19 +6,24 @@ unique name + ``exec_module``, compiling from source (no ``__pycache__``).
 Both sides execute exactly the same files. Sibling imports (``import mod_03``)
 cannot resolve under unique names without plughost's redirect, so the bundles
 of the ratio benchmarks import only the stdlib; the cycle benchmark and an
-extra figure of the cold-load benchmark use sibling imports.
+extra figure of the cold-load benchmark use sibling imports. The cycle
+benchmark runs in a child ``python -X tracemalloc -B -m bench.loader``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import importlib.util
+import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 import tracemalloc
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
@@ -37,6 +42,7 @@ CYCLES = 10_000
 CYCLE_MODULES = 3
 CYCLE_VERIFY_EVERY = 100
 CYCLE_WARMUP = 100
+CYCLE_UNTRACED = 1_000
 CYCLE_GROWTH_GOAL = 1 << 20
 NAMESPACE_ROOT = "plughost_ns."
 SIBLING_NOTE = (
@@ -194,6 +200,40 @@ def _unload_all(loaded: list[LoadedBundle]) -> int:
     return elapsed
 
 
+def _time_bare_namespaces(copy_paths: list[list[Path]]) -> int:
+    """Bare-import copy i under unique names; keep all loaded while timing, then remove them."""
+    gc.collect()
+    start = time.perf_counter_ns()
+    loaded = [_bare_load(paths, f"bench_bare_c{i:04d}") for i, paths in enumerate(copy_paths)]
+    elapsed = time.perf_counter_ns() - start
+    for names in loaded:
+        _forget(names)
+    gc.collect()
+    return elapsed
+
+
+def _time_exec_floor(paths: list[Path], namespaces: int) -> int:
+    """Exec pre-compiled code into plain modules without the import system; no loader beats it."""
+    codes = [
+        (path, compile(path.read_bytes(), str(path), "exec", dont_inherit=True)) for path in paths
+    ]
+    modules: list[ModuleType] = []
+    gc.collect()
+    start = time.perf_counter_ns()
+    for i in range(namespaces):
+        for path, code in codes:
+            module = ModuleType(f"bench_floor_{i:04d}_{path.stem}")
+            module.__file__ = str(path)
+            sys.modules[module.__name__] = module
+            exec(code, module.__dict__)
+            modules.append(module)
+    elapsed = time.perf_counter_ns() - start
+    _forget([module.__name__ for module in modules])
+    modules.clear()
+    gc.collect()
+    return elapsed
+
+
 def many_namespaces(namespaces: int = NAMESPACES) -> Outcome:
     """Benchmark 2: the same bundle into 1,000 namespaces against 1,000 bare imports."""
     preload_imports()
@@ -205,21 +245,18 @@ def many_namespaces(namespaces: int = NAMESPACES) -> Outcome:
             copy_bundle(folder, copy)
         copy_paths = [sorted(copy.glob("*.py")) for copy in copies]
 
+        # Whichever run first grows the process to its full size paid up to ~25% more in
+        # trials, so an untimed run goes first.
+        warmup_ns, _, loaded = _time_plughost_namespaces([folder] * namespaces)
+        _unload_all(loaded)
+
         one_ns, one_hits, loaded = _time_plughost_namespaces([folder] * namespaces)
         modules_loaded = sum(len(bundle.modules) for bundle in loaded)
         one_unload_ns = _unload_all(loaded)
-
-        gc.collect()
-        start = time.perf_counter_ns()
-        bare_names = [_bare_load(p, f"bench_bare_c{i:04d}") for i, p in enumerate(copy_paths)]
-        bare_ns = time.perf_counter_ns() - start
-        for names in bare_names:
-            _forget(names)
-        bare_names.clear()
-        gc.collect()
-
+        bare_ns = _time_bare_namespaces(copy_paths)
         copies_ns, copies_hits, loaded = _time_plughost_namespaces(copies)
         copies_unload_ns = _unload_all(loaded)
+        floor_ns = _time_exec_floor(paths, namespaces)
         _assert_no_bytecode(Path(tmp))
         description = _bundle_description(paths)
     code_cache.clear()
@@ -228,36 +265,40 @@ def many_namespaces(namespaces: int = NAMESPACES) -> Outcome:
     speedup = bare_ns / one_ns
     copies_speedup = bare_ns / copies_ns
     total = namespaces * BUNDLE_MODULES
+
+    def per_run(elapsed: int) -> str:
+        return f"{seconds(elapsed)} total, {ms(elapsed / namespaces)} per namespace"
+
     return Outcome(
         name="loader.many_namespaces",
         title=f"one {BUNDLE_MODULES}-file bundle into {namespaces:,} namespaces vs bare imports",
         notes=[
             SIBLING_NOTE,
-            f"all {namespaces:,} namespaces stay loaded until the timed loop ends "
-            f"({modules_loaded:,} modules); code_cache cleared before each plughost run, "
+            f"each run keeps all {namespaces:,} namespaces loaded until its timed loop ends "
+            f"({modules_loaded:,} modules); code_cache is cleared before each plughost run, "
             "so its first load compiles",
             f"bare: {namespaces:,} copies on disk, each compiled from source, no __pycache__",
+            f"an untimed plughost run first grows the process "
+            f"(it took {seconds(warmup_ns)}, the timed one-folder run {seconds(one_ns)})",
         ],
         figures=[
             ("bundle", description),
+            ("plughost, one folder", f"{per_run(one_ns)}, cache hits {one_hits:,}/{total:,}"),
             (
-                "plughost, one folder",
-                f"{seconds(one_ns)} total, {ms(one_ns / namespaces)} per namespace, "
-                f"cache hits {one_hits:,}/{total:,}",
+                f"plughost, {namespaces:,} copies",
+                f"{per_run(copies_ns)}, cache hits {copies_hits:,}/{total:,} (co_filename copies)",
             ),
-            (
-                "plughost, 1,000 copies",
-                f"{seconds(copies_ns)} total, {ms(copies_ns / namespaces)} per namespace, "
-                f"cache hits {copies_hits:,}/{total:,} (co_filename copies)",
-            ),
-            (
-                "bare importlib, copies",
-                f"{seconds(bare_ns)} total, {ms(bare_ns / namespaces)} each",
-            ),
+            ("bare importlib, copies", per_run(bare_ns)),
             ("speedup, copies variant", f"{copies_speedup:.2f}x bare/plughost"),
             (
-                "unload all (verify=False)",
-                f"{seconds(one_unload_ns)} one folder, {seconds(copies_unload_ns)} copies (info)",
+                "exec-only floor (info)",
+                f"{per_run(floor_ns)}: pre-compiled code exec'd into plain modules, "
+                f"no import system; best possible speedup {bare_ns / floor_ns:.2f}x",
+            ),
+            (
+                "unload all (info)",
+                f"verify=False: {seconds(one_unload_ns)} one folder, "
+                f"{seconds(copies_unload_ns)} copies",
             ),
         ],
         verdict=(
@@ -269,24 +310,52 @@ def many_namespaces(namespaces: int = NAMESPACES) -> Outcome:
     )
 
 
-def load_unload_cycles(cycles: int = CYCLES) -> Outcome:
-    """Benchmark 3: many load/unload cycles of a small bundle must not leak."""
+def _traced_now() -> int:
+    """Bytes traced by tracemalloc that are still alive after a full collection."""
+    gc.collect()
+    return tracemalloc.get_traced_memory()[0]
+
+
+@dataclass
+class CycleFigures:
+    """What :func:`measure_cycles` saw; ``traced`` is (cycle, bytes grown since the warm-up)."""
+
+    bundle: str
+    modules_before: int
+    modules_after: int
+    alive: int
+    verified: int
+    leaky: int
+    traced: list[tuple[int, int]]
+    top_changes: list[str]
+    elapsed_ns: int
+
+
+def measure_cycles(cycles: int) -> CycleFigures:
+    """Load and unload a small bundle ``cycles`` times, each into a fresh namespace.
+
+    Memory is traced from cycle ``CYCLE_WARMUP`` on, or from interpreter start
+    when run under ``-X tracemalloc``; growth is counted from that cycle either way.
+    """
     preload_imports()
+    checkpoints = {cycles * k // 4 for k in (1, 2, 3)} - {0}
     with _temp_root() as tmp:
         folder = Path(tmp, "small")
         paths = write_bundle(folder, modules=CYCLE_MODULES, sibling_imports=True)
         gc.collect()
         modules_before = len(sys.modules)
-        verified = leaky = 0
-        warmup_ns = growth = baseline = 0
-        top_allocations: list[str] = []
+        verified = leaky = baseline = 0
+        before: tracemalloc.Snapshot | None = None
+        traced: list[tuple[int, int]] = []
         start = time.perf_counter_ns()
         for cycle in range(cycles):
             if cycle == CYCLE_WARMUP:
-                warmup_ns = time.perf_counter_ns() - start
-                gc.collect()
-                tracemalloc.start()
-                baseline = tracemalloc.get_traced_memory()[0]
+                if not tracemalloc.is_tracing():
+                    tracemalloc.start()
+                before = tracemalloc.take_snapshot()
+                baseline = _traced_now()
+            elif cycle in checkpoints and before is not None:
+                traced.append((cycle, _traced_now() - baseline))
             loaded = load_bundle(Namespace(f"cycle{cycle}"), folder)
             verify = cycle % CYCLE_VERIFY_EVERY == CYCLE_VERIFY_EVERY - 1
             report = loaded.unload(verify=verify)
@@ -295,51 +364,108 @@ def load_unload_cycles(cycles: int = CYCLES) -> Outcome:
                 leaky += bool(report.leaked)
             del loaded, report
         elapsed = time.perf_counter_ns() - start
-        if tracemalloc.is_tracing():
-            gc.collect()
-            growth = tracemalloc.get_traced_memory()[0] - baseline
-            snapshot = tracemalloc.take_snapshot()
-            tracemalloc.stop()
-            top_allocations = [str(stat) for stat in snapshot.statistics("lineno")[:3]]
+        top_changes: list[str] = []
+        if before is not None:
+            traced.append((cycles, _traced_now() - baseline))
+            changes = tracemalloc.take_snapshot().compare_to(before, "lineno")
+            top_changes = [str(stat) for stat in changes[:3]]
+            del before, changes
+        tracemalloc.stop()
         description = _bundle_description(paths)
-    alive = _namespace_modules_alive()
-    modules_after = len(sys.modules)
-    checks_met = (
-        growth < CYCLE_GROWTH_GOAL and leaky == 0 and alive == 0 and modules_after == modules_before
+    return CycleFigures(
+        bundle=description,
+        modules_before=modules_before,
+        modules_after=len(sys.modules),
+        alive=_namespace_modules_alive(),
+        verified=verified,
+        leaky=leaky,
+        traced=traced,
+        top_changes=top_changes,
+        elapsed_ns=elapsed,
     )
-    notes = [
-        f"a fresh namespace per cycle; unload(verify=True) every {CYCLE_VERIFY_EVERY}th cycle, "
-        "verify=False otherwise",
-        f"tracemalloc runs from cycle {CYCLE_WARMUP} to the end, which slows those cycles",
-    ]
-    if growth >= CYCLE_GROWTH_GOAL:
-        notes += [f"largest live allocation: {line}" for line in top_allocations]
-    traced = cycles - CYCLE_WARMUP
+
+
+def _measure_cycles_in_fresh_interpreter(cycles: int) -> CycleFigures:
+    """Run :func:`measure_cycles` in ``python -X tracemalloc -B -m bench.loader``; read its JSON."""
+    child = subprocess.run(
+        [sys.executable, "-X", "tracemalloc", "-B", "-m", __name__, str(cycles)],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if child.returncode != 0:
+        raise RuntimeError(f"the cycle benchmark failed:\n{child.stderr}")
+    data = json.loads(child.stdout.splitlines()[-1])
+    data["traced"] = [(cycle, size) for cycle, size in data["traced"]]
+    return CycleFigures(**data)
+
+
+def _untraced_cycle_ns(cycles: int) -> float:
+    """Mean time of one load/unload cycle of the small bundle, without tracemalloc."""
+    with _temp_root() as tmp:
+        folder = Path(tmp, "small")
+        write_bundle(folder, modules=CYCLE_MODULES, sibling_imports=True)
+        gc.collect()
+        start = time.perf_counter_ns()
+        for cycle in range(cycles):
+            load_bundle(Namespace(f"untraced{cycle}"), folder).unload(verify=False)
+        elapsed = time.perf_counter_ns() - start
+    gc.collect()
+    return elapsed / cycles
+
+
+def load_unload_cycles(cycles: int = CYCLES) -> Outcome:
+    """Benchmark 3: many load/unload cycles of a small bundle must not leak."""
+    seen = _measure_cycles_in_fresh_interpreter(cycles)
+    untraced_ns = _untraced_cycle_ns(CYCLE_UNTRACED)
+    growth = seen.traced[-1][1] if seen.traced else 0
+    met = (
+        growth < CYCLE_GROWTH_GOAL
+        and not seen.leaky
+        and not seen.alive
+        and seen.modules_after == seen.modules_before
+    )
+    series = ", ".join(f"{cycle:,}: {size / 1024:.0f}" for cycle, size in seen.traced)
     return Outcome(
         name="loader.load_unload_cycles",
         title=f"{cycles:,} load/unload cycles of a {CYCLE_MODULES}-file bundle",
-        notes=notes,
+        notes=[
+            "runs in a fresh interpreter under -X tracemalloc (python -X tracemalloc -B -m "
+            "bench.loader): nothing the other benchmarks left can move its figures, and a table "
+            "allocated before the warm-up that later moves is counted net (new minus freed)",
+            f"a fresh namespace per cycle; unload(verify=True) every {CYCLE_VERIFY_EVERY}th "
+            "cycle, verify=False otherwise",
+            *(f"largest change since cycle {CYCLE_WARMUP}: {line}" for line in seen.top_changes),
+        ],
         figures=[
-            ("bundle", f"{description}; modules import 1-2 siblings each"),
-            ("sys.modules size", f"{modules_before} before, {modules_after} after"),
-            ("namespace modules alive after", str(alive)),
-            ("verified unloads with leaks", f"{leaky} of {verified}"),
-            (f"tracemalloc growth, cycle {CYCLE_WARMUP} -> end", f"{growth / 1024:.1f} KiB"),
+            ("bundle", f"{seen.bundle}; modules import 1-2 siblings each"),
+            ("sys.modules size", f"{seen.modules_before} before, {seen.modules_after} after"),
+            ("namespace modules alive after", str(seen.alive)),
+            ("verified unloads with leaks", f"{seen.leaky} of {seen.verified}"),
+            (f"tracemalloc growth since cycle {CYCLE_WARMUP}", f"{growth / 1024:.1f} KiB"),
+            ("  growth at cycle (KiB)", series),
             (
                 "wall time",
-                f"{seconds(elapsed)} total; first {CYCLE_WARMUP} cycles untraced "
-                f"{ms(warmup_ns / CYCLE_WARMUP)} per cycle, then "
-                f"{ms((elapsed - warmup_ns) / traced)} per cycle traced",
+                f"{seconds(seen.elapsed_ns)} for {cycles:,} cycles under tracemalloc "
+                f"({ms(seen.elapsed_ns / cycles)} per cycle); untraced {ms(untraced_ns)} per "
+                f"cycle ({CYCLE_UNTRACED:,} cycles in this process)",
             ),
         ],
         verdict=(
-            f"growth {growth / 1024:.1f} KiB, {leaky} leaky of {verified} verified, "
-            f"{alive} modules alive, sys.modules {modules_before} -> {modules_after}, "
-            f"{seconds(elapsed)}"
+            f"growth {growth / 1024:.1f} KiB, {seen.leaky} leaky of {seen.verified} verified, "
+            f"{seen.alive} modules alive, "
+            f"sys.modules {seen.modules_before} -> {seen.modules_after}, {seconds(seen.elapsed_ns)}"
         ),
         goal="growth < 1 MiB, 0 leaks, 0 alive, sys.modules unchanged",
-        met=checks_met,
+        met=met,
     )
 
 
 BENCHMARKS: tuple[Callable[[], Outcome], ...] = (cold_load, many_namespaces, load_unload_cycles)
+
+
+if __name__ == "__main__":
+    # The child side of load_unload_cycles: measure, then print the figures as one JSON line.
+    sys.dont_write_bytecode = True
+    print(json.dumps(dataclasses.asdict(measure_cycles(int(sys.argv[1])))))
