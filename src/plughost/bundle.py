@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
-from .errors import BundleRejectedError
+from .errors import BundleRejectedError, BundleTooLargeError
 from .naming import RESERVED_STEM_PREFIX
 
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
@@ -322,15 +322,15 @@ class _Plan:
         if path in self.files:
             raise BundleRejectedError("entry appears twice", name)
         if size > self.limits.max_file_bytes:
-            raise BundleRejectedError(
+            raise BundleTooLargeError(
                 f"entry is {size} bytes, over the limit of {self.limits.max_file_bytes}", name
             )
         self.files[path] = size
         self.total += size
         if len(self.files) > self.limits.max_files:
-            raise BundleRejectedError(f"bundle has more than {self.limits.max_files} files")
+            raise BundleTooLargeError(f"bundle has more than {self.limits.max_files} files")
         if self.total > self.limits.max_total_bytes:
-            raise BundleRejectedError(
+            raise BundleTooLargeError(
                 f"bundle is over the limit of {self.limits.max_total_bytes} bytes"
             )
         return path
@@ -344,7 +344,7 @@ def _copy_bounded(source: IO[bytes], destination: Path, name: str, plan: _Plan) 
         while chunk := source.read(_COPY_CHUNK):
             written += len(chunk)
             if written > plan.limits.max_file_bytes:
-                raise BundleRejectedError("entry expands past the single-file limit", name)
+                raise BundleTooLargeError("entry expands past the single-file limit", name)
             out.write(chunk)
     return written
 
@@ -426,6 +426,6 @@ def _write_planned(entries: list[tuple[PurePosixPath, _Opener]], target: Path, p
             except (FileExistsError, NotADirectoryError, IsADirectoryError):
                 raise BundleRejectedError("entry collides with another entry", str(path)) from None
         if total > plan.limits.max_total_bytes:
-            raise BundleRejectedError(
+            raise BundleTooLargeError(
                 f"bundle expands past the limit of {plan.limits.max_total_bytes} bytes"
             )

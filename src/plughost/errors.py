@@ -27,6 +27,10 @@ class BundleRejectedError(PlughostError):
         super().__init__(f"{entry!r}: {reason}" if entry is not None else reason)
 
 
+class BundleTooLargeError(BundleRejectedError):
+    """A bundle passes a size or count limit (``BundleLimits``)."""
+
+
 class BundleLoadError(PlughostError):
     """A module of a bundle failed to load; nothing of the namespace was kept.
 

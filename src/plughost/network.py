@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import inspect
 import json
 import os
+import secrets
 import time
 import unicodedata
 from collections.abc import Mapping
@@ -40,6 +42,7 @@ from .errors import (
     UnknownTenantError,
 )
 from .events import Event, EventResponse, as_response, matches, resolve_topic
+from .metrics import Metrics
 from .mod import (
     FailedMod,
     LoadedMod,
@@ -133,7 +136,10 @@ class Network:
         self._mods = ModRegistry()
         self._mod_roots = ModRoots([])
         self._mod_lock = asyncio.Lock()
-        self.events_handled = 0
+        self._token_tenants: dict[str, str] = {}  # sha256 of a tenant token -> tenant
+        self.metrics = Metrics(self._sample_metrics)
+        self._calls_ok = self.metrics.calls.labels("ok")
+        self._calls_failed = self.metrics.calls.labels("error")
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -149,6 +155,7 @@ class Network:
         self._live = self._store.current_deployments()
         self._live_ns = {t: Namespace(t, version=d.version) for t, d in self._live.items()}
         self._snapshots = self._store.snapshots()
+        self._token_tenants = self._store.token_hashes()
         self._executor = ThreadPoolExecutor(self._agent_threads, "plughost-agent")
         self._started_at = time.time()
         self._gc_task = asyncio.get_running_loop().create_task(self._collect_periodically())
@@ -213,10 +220,16 @@ class Network:
             DuplicateAgentError: two agents share a name.
         """
         self._check_started()
-        _check_tenant(tenant)
-        bundle = await asyncio.to_thread(read_bundle, source, self.limits)
-        # Shielded: once started, a deploy runs to its end even if its caller goes away.
-        return await asyncio.shield(self._deploy(tenant, bundle))
+        try:
+            _check_tenant(tenant)
+            bundle = await asyncio.to_thread(read_bundle, source, self.limits)
+            # Shielded: once started, a deploy runs to its end even if its caller goes away.
+            deployment = await asyncio.shield(self._deploy(tenant, bundle))
+        except Exception:
+            self.metrics.deploys.labels("error").inc()
+            raise
+        self.metrics.deploys.labels("ok").inc()
+        return deployment
 
     async def _deploy(self, tenant: str, bundle: BundleFiles) -> Deployment:
         bundle_manifest, digest = bundle.manifest, bundle.digest
@@ -277,6 +290,8 @@ class Network:
             self.get_deployment(tenant)
             await asyncio.to_thread(self._store.remove_tenant, tenant)
             del self._live[tenant]
+            for token_hash in [h for h, t in self._token_tenants.items() if t == tenant]:
+                del self._token_tenants[token_hash]
             self._runtime.retire(self._live_ns.pop(tenant))
             for key in [key for key in self._snapshots if key[0] == tenant]:
                 del self._snapshots[key]
@@ -396,6 +411,7 @@ class Network:
             raise TypeError(
                 f"args must be a mapping of keyword arguments, not {type(args).__name__}"
             )
+        started = time.perf_counter()
         entry = await self._runtime.acquire(*self._resolve(tenant, snapshot))
         try:
             slot = entry.agents.get(agent)
@@ -410,9 +426,12 @@ class Network:
                     if inspect.isawaitable(result):
                         result = await result
             except Exception as exc:
+                self._calls_failed.inc()
                 raise AgentError(tenant, agent, type(exc).__name__, str(exc)) from exc
         finally:
             self._runtime.release(entry)
+        self._calls_ok.inc()
+        self.metrics.call_seconds.observe(time.perf_counter() - started)
         return result
 
     # -- mods ------------------------------------------------------------------------
@@ -439,7 +458,14 @@ class Network:
             InvalidNameError: the mod id or tenant name breaks the rule.
         """
         self._check_started()
-        loaded = await self._load_mod(mod_path, dict(config or {}), mod_id, tenant, persist=True)
+        try:
+            loaded = await self._load_mod(
+                mod_path, dict(config or {}), mod_id, tenant, persist=True
+            )
+        except Exception:
+            self.metrics.mod_loads.labels("error").inc()
+            raise
+        self.metrics.mod_loads.labels("ok").inc()
         await self._notify("system.mod.loaded", loaded.mod_id, loaded.mod_path, loaded.tenant)
         return loaded.instance
 
@@ -500,6 +526,7 @@ class Network:
             self._mods.unregister(mod.key)
             await asyncio.to_thread(self._store.delete_mod, mod.key)
             report = await stop_mod(mod, self.unload_timeout)
+        self.metrics.mod_unloads.inc()
         await self._notify("system.mod.unloaded", mod.mod_id, mod.mod_path, mod.tenant)
         return report
 
@@ -541,13 +568,14 @@ class Network:
         as ``success=False`` with the error text, and the network keeps serving.
         """
         self._check_started()
-        self.events_handled += 1
         try:
-            return await self._route(event)
+            response = await self._route(event)
         except PlughostError as exc:
-            return EventResponse(success=False, message=str(exc))
+            response = EventResponse(success=False, message=str(exc))
         except Exception as exc:
-            return EventResponse(success=False, message=f"{type(exc).__name__}: {exc}")
+            response = EventResponse(success=False, message=f"{type(exc).__name__}: {exc}")
+        self.metrics.events.labels("ok" if response.success else "failed").inc()
+        return response
 
     async def _route(self, event: Event) -> EventResponse:
         destination = event.destination_id
@@ -754,6 +782,36 @@ class Network:
         except Exception as exc:
             raise RpcError(mod.key, method, type(exc).__name__, str(exc)) from exc
 
+    # -- tokens ----------------------------------------------------------------------
+
+    async def issue_tenant_token(self, tenant: str, *, replace: bool = False) -> str | None:
+        """Create a token for ``tenant`` and return it; only its hash is kept.
+
+        Returns ``None`` when the tenant has a token already and ``replace`` is
+        False, so that a token is handed out once.
+
+        Raises:
+            UnknownTenantError: no such tenant.
+        """
+        self._check_started()
+        async with self._write_lock:
+            self.get_deployment(tenant)
+            token = "pht_" + secrets.token_urlsafe(32)
+            token_hash = hash_token(token)
+            stored = await asyncio.to_thread(
+                self._store.set_token_hash, tenant, token_hash, replace=replace
+            )
+            if not stored:
+                return None
+            for old in [h for h, t in self._token_tenants.items() if t == tenant]:
+                del self._token_tenants[old]
+            self._token_tenants[token_hash] = tenant
+            return token
+
+    def tenant_for_token(self, token: str) -> str | None:
+        """The tenant a token belongs to, or ``None``. Looks up the token's hash only."""
+        return self._token_tenants.get(hash_token(token))
+
     # -- housekeeping ----------------------------------------------------------------
 
     async def collect_garbage(self) -> GarbageReport:
@@ -777,6 +835,17 @@ class Network:
         """
         self._check_started()
         return await asyncio.to_thread(self._store.check)
+
+    def _sample_metrics(self) -> dict[str, float]:
+        return {
+            "loaded_namespaces": len(self._runtime),
+            "loaded_mods": len(self._mods.list_loaded()),
+            "failed_mods": len(self._mods.failed()),
+            "tenants": len(self._live),
+            "namespace_loads": self._runtime.loads,
+            "namespace_unloads": self._runtime.unloads,
+            "namespace_evictions": self._runtime.evictions,
+        }
 
     def loaded_namespaces(self) -> list[Namespace]:
         """The namespaces loaded now, least recently used first."""
@@ -803,6 +872,11 @@ class Network:
             "tenants": {"count": len(self._live)},
             "namespaces": {"loaded": len(self._runtime), "limit": self._runtime.max_loaded},
         }
+
+
+def hash_token(token: str) -> str:
+    """The stored form of a token: its sha256, hex."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _check_tenant(tenant: str) -> None:

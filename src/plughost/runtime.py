@@ -98,6 +98,8 @@ class Runtime:
         self._entries: OrderedDict[Namespace, LoadedNamespace] = OrderedDict()
         self._loading: dict[Namespace, asyncio.Task[LoadedNamespace]] = {}
         self.loads = 0
+        self.load_failures = 0
+        self.unloads = 0
         self.evictions = 0
 
     def __len__(self) -> int:
@@ -176,6 +178,9 @@ class Runtime:
         async def run() -> LoadedNamespace:
             try:
                 entry = await asyncio.to_thread(load)
+            except BaseException:
+                self.load_failures += 1
+                raise
             finally:
                 del self._loading[namespace]
             self.loads += 1
@@ -204,4 +209,5 @@ class Runtime:
             del self._entries[entry.namespace]
         entry.agents.clear()
         entry.bundle.unload(verify=False)
+        self.unloads += 1
         entry.unloaded.set()

@@ -49,6 +49,11 @@ CREATE TABLE IF NOT EXISTS deployments (
     created_at REAL NOT NULL,
     PRIMARY KEY (tenant, version)
 );
+CREATE TABLE IF NOT EXISTS tokens (
+    tenant TEXT PRIMARY KEY REFERENCES tenants(name) ON DELETE CASCADE,
+    token_hash TEXT NOT NULL UNIQUE,
+    created_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS mods (
     key TEXT PRIMARY KEY,
     mod_id TEXT NOT NULL,
@@ -362,6 +367,21 @@ class Store:
                 "DELETE FROM snapshots WHERE tenant = ? AND name = ?", (tenant, name)
             )
             return cursor.rowcount > 0
+
+    # -- tokens ----------------------------------------------------------------------
+
+    def set_token_hash(self, tenant: str, token_hash: str, *, replace: bool) -> bool:
+        """Record the hash of a tenant's token; return False if one exists and not ``replace``."""
+        verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
+        with self._transaction() as db:
+            cursor = db.execute(
+                f"{verb} INTO tokens VALUES (?, ?, ?)", (tenant, token_hash, time.time())
+            )
+            return cursor.rowcount > 0
+
+    def token_hashes(self) -> dict[str, str]:
+        """Every tenant token hash, mapped to its tenant."""
+        return dict(self._query("SELECT token_hash, tenant FROM tokens"))
 
     # -- mods ------------------------------------------------------------------------
 
