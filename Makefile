@@ -12,7 +12,7 @@ $(BIN)/plughost: pyproject.toml
 	touch $@
 
 serve: $(BIN)/plughost
-	$(BIN)/plughost demo
+	$(BIN)/plughost serve
 
 lint: $(BIN)/plughost
 	$(BIN)/ruff check src tests bench

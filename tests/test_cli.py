@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import plughost
+
+from .server import free_port
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -23,20 +26,34 @@ def test_version() -> None:
 def test_help_lists_the_commands() -> None:
     result = _run("--help")
     assert result.returncode == 0
-    assert "demo" in result.stdout
-
-
-def test_demo_shows_each_tenant_running_its_own_code() -> None:
-    result = _run("demo")
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    assert any("plughost_ns.t_alice.notifier_agent" in s and "Hello from alice" in s for s in lines)
-    assert any("plughost_ns.t_bob.notifier_agent" in s and "Bonjour from bob" in s for s in lines)
-    assert "unloaded alice: 3 modules freed" in lines
-    assert "unloaded bob: 3 modules freed" in lines
+    for command in ("serve", "network", "mod", "tenant", "snapshot", "call"):
+        assert command in result.stdout
 
 
 def test_an_unknown_command_fails_with_a_message() -> None:
     result = _run("frobnicate")
     assert result.returncode != 0
     assert "frobnicate" in result.stderr
+
+
+def test_a_server_that_is_not_there_gives_one_clear_line() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    result = _run("tenant", "list", "--url", url)
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"error: cannot reach server at {url}"
+
+
+def test_bad_json_options_are_named() -> None:
+    result = _run("call", "t", "a", "--args", "{nope", "--url", "http://127.0.0.1:1")
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: --args is not valid JSON")
+    result = _run("call", "t", "a", "--args", "[1]", "--url", "http://127.0.0.1:1")
+    assert result.stderr.strip() == "error: --args must be a JSON object"
+
+
+def test_a_bad_config_file_stops_serve_with_a_message(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("port: not-a-number\n")
+    result = _run("serve", "--config", str(config))
+    assert result.returncode == 1
+    assert "config file" in result.stderr and "port" in result.stderr

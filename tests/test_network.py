@@ -428,6 +428,8 @@ async def test_deploy_sources_folder_zip_tar_bytes_and_json(
     [
         (b"not an archive", "not a .zip or .tar.gz"),
         ({"agents": []}, "non-empty 'agents'"),
+        ({"agents": 5}, "'agents' must be a list"),
+        ({"agents": [], "files": {"a.py": "x"}}, "'files' must be a list"),
         ({"agents": [{"filename": "../x.py", "source": "x"}]}, "'..'"),
         ({"agents": [{"filename": "/abs.py", "source": "x"}]}, "absolute"),
         ({"agents": [{"filename": "x.py"}]}, "string 'source'"),

@@ -230,7 +230,12 @@ def _read_folder(root: Path, limits: BundleLimits) -> dict[str, bytes]:
 
 
 def _read_json_bundle(document: Mapping[str, Any], limits: BundleLimits) -> BundleFiles:
-    entries = [*document.get("agents", []), *document.get("files", [])]
+    entries: list[Any] = []
+    for key in ("agents", "files"):
+        listed = document.get(key, [])
+        if not isinstance(listed, list):
+            raise BundleRejectedError(f"'{key}' must be a list of {{filename, source}} objects")
+        entries += listed
     if not entries:
         raise BundleRejectedError("a JSON bundle needs a non-empty 'agents' or 'files' list")
     plan = _Plan(limits)

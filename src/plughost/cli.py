@@ -1,33 +1,50 @@
-"""The ``plughost`` command line."""
+"""The ``plughost`` command: ``serve``, and client commands for a running server.
+
+Client commands find the server and token in ``--url`` / ``--token`` or
+``PLUGHOST_URL`` / ``PLUGHOST_TOKEN``; they print tables for people and JSON
+with ``--json``, and on failure print one line and exit 1.
+"""
 
 from __future__ import annotations
 
-import tempfile
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Annotated, Any
 
 import typer
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
 
 from . import __version__
-from .loader import load_bundle
-from .naming import Namespace
+from .client import Client, ClientError, parse_json_option
+from .config import NetworkConfig, load_config
+
+DEFAULT_URL = "http://127.0.0.1:8700"
 
 app = typer.Typer(
     help="plughost: a multi-tenant plugin host for Python.",
     no_args_is_help=True,
     add_completion=False,
 )
+network_app = typer.Typer(help="The network: events, mods, health.", no_args_is_help=True)
+mod_app = typer.Typer(help="Load and unload mods.", no_args_is_help=True)
+tenant_app = typer.Typer(help="Deploy, list and remove tenants.", no_args_is_help=True)
+snapshot_app = typer.Typer(help="Create, list and delete snapshots.", no_args_is_help=True)
+app.add_typer(network_app, name="network")
+app.add_typer(mod_app, name="mod")
+app.add_typer(tenant_app, name="tenant")
+app.add_typer(snapshot_app, name="snapshot")
 
-_DEMO_AGENT = """\
-from agents.basic_agent import BasicAgent
-from helpers import greeting
+console = Console()
 
-
-class NotifierAgent(BasicAgent):
-    name = "Notifier"
-
-    def perform(self, **kwargs):
-        return greeting(kwargs.get("message", ""))
-"""
+Url = Annotated[str, typer.Option("--url", envvar="PLUGHOST_URL", help="The server.")]
+Token = Annotated[
+    str | None, typer.Option("--token", envvar="PLUGHOST_TOKEN", help="Admin or tenant token.")
+]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 
 def _version(value: bool) -> None:
@@ -38,35 +55,307 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(
-        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
-    ),
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
 ) -> None:
     """plughost: a multi-tenant plugin host for Python."""
 
 
+@contextmanager
+def _client(url: str, token: str | None) -> Iterator[Client]:
+    """A client; any :class:`ClientError` becomes one line on stderr and exit code 1."""
+    client = Client(url, token)
+    try:
+        yield client
+    except ClientError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        client.close()
+
+
+def _show(data: Any, as_json: bool, table: Callable[[], Table] | None = None) -> None:
+    if as_json or table is None:
+        typer.echo(json.dumps(data, indent=None if as_json else 2, default=str))
+    else:
+        console.print(table())
+
+
+def _table(title: str, columns: list[str], rows: list[list[Any]]) -> Callable[[], Table]:
+    def build() -> Table:
+        table = Table(title=title)
+        for column in columns:
+            table.add_column(column)
+        for row in rows:
+            table.add_row(*(str(cell) for cell in row))
+        return table
+
+    return build
+
+
+def _json_option(text: str | None, what: str) -> Any:
+    if text is None:
+        return None
+    try:
+        return parse_json_option(text, what)
+    except ClientError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(1) from None
+
+
+# -- serve ---------------------------------------------------------------------------
+
+
 @app.command()
-def demo() -> None:
-    """Load two tenants that both ship notifier_agent.py and show each runs its own code."""
-    with tempfile.TemporaryDirectory(prefix="plughost-demo-") as tmp:
-        loaded = []
-        for tenant, word in (("alice", "Hello"), ("bob", "Bonjour")):
-            folder = Path(tmp, tenant)
-            folder.mkdir()
-            (folder / "notifier_agent.py").write_text(_DEMO_AGENT)
-            (folder / "helpers.py").write_text(
-                f"def greeting(message):\n    return {word!r} + ' from {tenant}: ' + message\n"
-            )
-            loaded.append(load_bundle(Namespace(tenant), folder))
-        for bundle in loaded:
-            module = bundle.modules["notifier_agent"]
-            answer = module.NotifierAgent().perform(message="hi")
-            typer.echo(f"{bundle.namespace.tenant:>6}  {module.__name__:<40} -> {answer}")
-        del module  # the last module would otherwise outlive its unload
-        for bundle in loaded:
-            report = bundle.unload()
-            state = "freed" if not report.leaked else f"leaked {report.leaked}"
-            typer.echo(f"unloaded {bundle.namespace.tenant}: {len(report.modules)} modules {state}")
+def serve(
+    config: Annotated[Path | None, typer.Option(help="A YAML network config file.")] = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on [127.0.0.1].")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on [8700].")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="The data folder [.plughost].")] = None,
+) -> None:
+    """Run the server until SIGINT or SIGTERM."""
+    import uvicorn
+
+    from .api import admin_token_for, create_app
+    from .errors import PlughostError
+
+    try:
+        settings = load_config(config) if config is not None else NetworkConfig()
+    except PlughostError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if data_dir is not None:
+        settings.data_dir = data_dir
+    token, source = admin_token_for(settings.data_dir, settings.admin_token)
+    typer.echo(
+        f"plughost {__version__}: data folder {settings.data_dir}; admin token from {source}"
+    )
+    api = create_app(settings.network(), admin_token=token)
+    uvicorn.run(
+        api,
+        host=host or settings.host,
+        port=port if port is not None else settings.port,
+        log_level="info",
+        timeout_graceful_shutdown=30,
+    )
+
+
+# -- network -------------------------------------------------------------------------
+
+
+@network_app.command("health")
+def network_health(url: Url = DEFAULT_URL, token: Token = None, as_json: AsJson = False) -> None:
+    """Show what is loaded right now."""
+    with _client(url, token) as client:
+        health = client.health()
+    mods = health["mods"]
+    rows = [
+        ["status", health["status"]],
+        ["network", health["network_id"]],
+        ["uptime (s)", health["uptime"]],
+        ["mods", ", ".join(mods["loaded"]) or "-"],
+        ["failed mods", ", ".join(mods.get("failed", [])) or "-"],
+        ["tenants", health["tenants"]["count"]],
+        [
+            "loaded namespaces",
+            f"{health['namespaces']['loaded']} / {health['namespaces']['limit']}",
+        ],
+    ]
+    _show(health, as_json, _table("health", ["", ""], rows))
+
+
+@network_app.command("list-mods")
+def network_list_mods(url: Url = DEFAULT_URL, token: Token = None, as_json: AsJson = False) -> None:
+    """List the loaded mods."""
+    with _client(url, token) as client:
+        mods = client.list_mods()
+    rows = [
+        [key, d["mod_path"], d.get("tenant") or "-", d.get("status", "loaded")]
+        for key, d in mods["details"].items()
+    ]
+    _show(mods, as_json, _table("mods", ["mod", "mod_path", "tenant", "status"], rows))
+
+
+@network_app.command("send-event")
+def network_send_event(
+    event_name: Annotated[str, typer.Option("--event-name", help="e.g. shared_cache.set")],
+    payload: Annotated[str, typer.Option(help="The payload, a JSON object.")] = "{}",
+    source_id: Annotated[str, typer.Option("--source-id")] = "cli",
+    destination_id: Annotated[str | None, typer.Option("--destination-id")] = None,
+    tenant: Annotated[str | None, typer.Option()] = None,
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+    as_json: AsJson = False,
+) -> None:
+    """Send an event and print the response; exit 1 if it did not succeed."""
+    event = {
+        "event_name": event_name,
+        "source_id": source_id,
+        "destination_id": destination_id,
+        "payload": _json_option(payload, "--payload"),
+        "tenant": tenant,
+    }
+    with _client(url, token) as client:
+        response = client.send_event(event)
+    if as_json:
+        typer.echo(json.dumps(response))
+    else:
+        state = "ok" if response["success"] else "failed"
+        typer.echo(f"{state}: {response['message'] or event_name}")
+        if response["data"]:
+            typer.echo(json.dumps(response["data"], indent=2))
+    if not response["success"]:
+        raise typer.Exit(1)
+
+
+# -- mods ----------------------------------------------------------------------------
+
+
+@mod_app.command("load")
+def mod_load(
+    mod_path: str,
+    config: Annotated[str | None, typer.Option(help="The mod's config, a JSON object.")] = None,
+    mod_id: Annotated[str | None, typer.Option("--mod-id")] = None,
+    tenant: Annotated[str | None, typer.Option()] = None,
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+    as_json: AsJson = False,
+) -> None:
+    """Load a mod into the running network."""
+    with _client(url, token) as client:
+        loaded = client.load_mod(
+            mod_path, _json_option(config, "--config"), mod_id=mod_id, tenant=tenant
+        )
+    if as_json:
+        typer.echo(json.dumps(loaded))
+    else:
+        typer.echo(f"loaded {loaded['key']} from {mod_path}")
+
+
+@mod_app.command("unload")
+def mod_unload(
+    mod_path_or_id: str,
+    tenant: Annotated[str | None, typer.Option()] = None,
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+    as_json: AsJson = False,
+) -> None:
+    """Unload a mod by id (or by its mod_path's last segment)."""
+    mod_id = mod_path_or_id.rsplit(".", 1)[-1] if "/" not in mod_path_or_id else mod_path_or_id
+    with _client(url, token) as client:
+        report = client.unload_mod(mod_id, tenant=tenant)
+    typer.echo(json.dumps(report) if as_json else report["message"])
+
+
+# -- tenants -------------------------------------------------------------------------
+
+
+@tenant_app.command("deploy")
+def tenant_deploy(
+    tenant: str,
+    path: Path,
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+    as_json: AsJson = False,
+) -> None:
+    """Deploy a folder (zipped on the fly), a .zip, a .tar.gz or a .json bundle."""
+    with _client(url, token) as client, Progress(transient=True, disable=as_json) as bar:
+        task = bar.add_task(f"uploading {path.name}", total=None)
+        deployment = client.deploy(
+            tenant, path, progress=lambda done, total: bar.update(task, completed=done, total=total)
+        )
+    if as_json:
+        typer.echo(json.dumps(deployment))
+        return
+    typer.echo(
+        f"deployed {tenant} version {deployment['version']} "
+        f"({len(deployment['files'])} files; agents: {', '.join(deployment['agents']) or '-'})"
+    )
+    if deployment.get("token"):
+        typer.echo(f"tenant token (shown once): {deployment['token']}")
+
+
+@tenant_app.command("list")
+def tenant_list(url: Url = DEFAULT_URL, token: Token = None, as_json: AsJson = False) -> None:
+    """List the tenants."""
+    with _client(url, token) as client:
+        tenants = client.list_tenants()
+    rows = [
+        [t["name"], t["version"], ", ".join(t["agents"]), ", ".join(t["snapshots"]) or "-"]
+        for t in tenants
+    ]
+    _show(tenants, as_json, _table("tenants", ["tenant", "version", "agents", "snapshots"], rows))
+
+
+@tenant_app.command("remove")
+def tenant_remove(tenant: str, url: Url = DEFAULT_URL, token: Token = None) -> None:
+    """Remove a tenant with its snapshots and files."""
+    with _client(url, token) as client:
+        client.remove_tenant(tenant)
+    typer.echo(f"removed {tenant}")
+
+
+# -- snapshots -----------------------------------------------------------------------
+
+
+@snapshot_app.command("create")
+def snapshot_create(
+    tenant: str, name: str, url: Url = DEFAULT_URL, token: Token = None, as_json: AsJson = False
+) -> None:
+    """Snapshot the tenant's live code as NAME."""
+    with _client(url, token) as client:
+        snapshot = client.create_snapshot(tenant, name)
+    if as_json:
+        typer.echo(json.dumps(snapshot))
+    else:
+        typer.echo(f"snapshot {name!r} of {tenant} at version {snapshot['version']}")
+
+
+@snapshot_app.command("list")
+def snapshot_list(
+    tenant: str, url: Url = DEFAULT_URL, token: Token = None, as_json: AsJson = False
+) -> None:
+    """List a tenant's snapshots."""
+    with _client(url, token) as client:
+        snapshots = client.list_snapshots(tenant)
+    rows = [[s["name"], s["version"], s["digest"][:12], ", ".join(s["agents"])] for s in snapshots]
+    _show(snapshots, as_json, _table(tenant, ["snapshot", "version", "digest", "agents"], rows))
+
+
+@snapshot_app.command("delete")
+def snapshot_delete(tenant: str, name: str, url: Url = DEFAULT_URL, token: Token = None) -> None:
+    """Delete a snapshot."""
+    with _client(url, token) as client:
+        client.delete_snapshot(tenant, name)
+    typer.echo(f"deleted snapshot {name!r} of {tenant}")
+
+
+# -- calls ---------------------------------------------------------------------------
+
+
+@app.command("call")
+def call(
+    tenant: str,
+    agent: str,
+    args: Annotated[str, typer.Option(help="The agent's arguments, a JSON object.")] = "{}",
+    snapshot: Annotated[str | None, typer.Option(help="Call a snapshot's code.")] = None,
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+    as_json: AsJson = False,
+) -> None:
+    """Call an agent and print what it returned."""
+    arguments = _json_option(args, "--args")
+    if not isinstance(arguments, dict):
+        typer.echo("error: --args must be a JSON object", err=True)
+        raise typer.Exit(1)
+    with _client(url, token) as client:
+        output = client.call(tenant, agent, arguments, snapshot)
+    if as_json or not isinstance(output, str):
+        typer.echo(json.dumps(output))
+    else:
+        typer.echo(output)
 
 
 def main() -> None:

@@ -4,7 +4,10 @@ Example::
 
     network_id: my_network
     data_dir: .plughost
+    host: 127.0.0.1
+    port: 8700
     max_loaded_namespaces: 1000
+    bundle_limits: {max_total_bytes: 67108864, max_files: 5000, max_file_bytes: 16777216}
     mod_roots: [plughost.mods, ./mods]
     mods:
       - mod_path: plughost.mods.shared_cache
@@ -22,6 +25,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .bundle import BundleLimits
 from .errors import PlughostError
 from .network import ModSpec, Network
 
@@ -35,6 +39,14 @@ class ModEntry(BaseModel):
     tenant: str | None = None
 
 
+class LimitsEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_total_bytes: int = Field(default=BundleLimits.max_total_bytes, ge=1)
+    max_files: int = Field(default=BundleLimits.max_files, ge=1)
+    max_file_bytes: int = Field(default=BundleLimits.max_file_bytes, ge=1)
+
+
 class NetworkConfig(BaseModel):
     """The settings a config file may hold; every one has the embedded default."""
 
@@ -42,10 +54,14 @@ class NetworkConfig(BaseModel):
 
     network_id: str = "plughost"
     data_dir: Path = Path(".plughost")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8700, ge=0, le=65535)
+    admin_token: str | None = Field(default=None, min_length=16)
     max_loaded_namespaces: int = Field(default=1000, ge=1)
     keep_versions: int = Field(default=5, ge=1)
     agent_threads: int = Field(default=32, ge=1)
     unload_timeout: float = Field(default=10.0, gt=0)
+    bundle_limits: LimitsEntry = Field(default_factory=LimitsEntry)
     mod_roots: list[str] | None = None
     mods: list[ModEntry] = Field(default_factory=list)
 
@@ -55,6 +71,7 @@ class NetworkConfig(BaseModel):
             self.data_dir,
             self.network_id,
             max_loaded_namespaces=self.max_loaded_namespaces,
+            limits=BundleLimits(**self.bundle_limits.model_dump()),
             keep_versions=self.keep_versions,
             agent_threads=self.agent_threads,
             mod_roots=list(self.mod_roots) if self.mod_roots is not None else None,

@@ -18,15 +18,16 @@ absolute; a global mod's ``camera`` is ``/camera``.
 from __future__ import annotations
 
 import fnmatch
-import re
 import time
 import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-_EVENT_NAME = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+from .naming import TENANT_NAME_PATTERN
+
+EVENT_NAME_PATTERN = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$"
 _TOPIC_PREFIX = "topic:"
 _ON_ATTRIBUTE = "__plughost_on__"
 
@@ -38,22 +39,17 @@ class Event(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    event_name: str = Field(description="dotted name, e.g. shared_cache.set")
+    event_name: str = Field(
+        pattern=EVENT_NAME_PATTERN,
+        max_length=256,
+        description="dotted words of letters, digits, '_' or '-', e.g. shared_cache.set",
+    )
     source_id: str = Field(default="system", max_length=256)
     destination_id: str | None = Field(default=None, max_length=512)
     payload: dict[str, Any] = Field(default_factory=dict)
     event_id: str = Field(default_factory=lambda: uuid.uuid4().hex, max_length=128)
     timestamp: float = Field(default_factory=time.time)
-    tenant: str | None = Field(default=None, max_length=64)
-
-    @field_validator("event_name")
-    @classmethod
-    def _dotted(cls, value: str) -> str:
-        if len(value) > 256 or not _EVENT_NAME.match(value):
-            raise ValueError(
-                "event_name must be dotted words of letters, digits, '_' or '-' (at most 256)"
-            )
-        return value
+    tenant: str | None = Field(default=None, pattern=TENANT_NAME_PATTERN)
 
 
 class EventResponse(BaseModel):

@@ -29,6 +29,7 @@ The encoding is injective and reversible for any strings:
 from __future__ import annotations
 
 import functools
+import re
 import unicodedata
 from collections.abc import Mapping
 
@@ -43,7 +44,8 @@ _SHORT_ESCAPES = {"_": "u", "-": "d", ".": "p"}
 _SHORT_UNESCAPES = {code: char for char, code in _SHORT_ESCAPES.items()}
 
 TENANT_NAME_RULE = "1-64 characters of [A-Za-z0-9_.-], not starting with '.'"
-_TENANT_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
+TENANT_NAME_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$"
+_TENANT_NAME = re.compile(TENANT_NAME_PATTERN)
 
 
 def _escape(text: str) -> str:
@@ -119,7 +121,7 @@ def check_tenant_name(tenant: str) -> str:
     :data:`TENANT_NAME_RULE`. :class:`Namespace` itself accepts any non-empty
     string; this check is for the places that create tenants.
     """
-    if not (1 <= len(tenant) <= 64) or tenant.startswith(".") or not set(tenant) <= _TENANT_CHARS:
+    if not isinstance(tenant, str) or not _TENANT_NAME.fullmatch(tenant):
         raise ValueError(f"invalid tenant name {tenant!r}: expected {TENANT_NAME_RULE}")
     return tenant
 

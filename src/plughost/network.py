@@ -15,9 +15,9 @@ import hashlib
 import inspect
 import json
 import os
+import re
 import secrets
 import time
-import unicodedata
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -58,7 +58,9 @@ from .naming import TENANT_NAME_RULE, Namespace, check_tenant_name
 from .runtime import LoadedNamespace, Loader, Runtime, load_namespace
 from .store import Deployment, GarbageReport, Snapshot, Store, StoredMod
 
-SNAPSHOT_NAME_RULE = "1-128 characters, no '/' and no control characters"
+SNAPSHOT_NAME_RULE = "1-128 characters, no '/', no control characters and no lone surrogates"
+SNAPSHOT_NAME_PATTERN = r"^[^/\x00-\x1f\x7f-\x9f]{1,128}$"
+_SNAPSHOT_NAME = re.compile(SNAPSHOT_NAME_PATTERN)
 MOD_ID_RULE = "1-64 characters of [A-Za-z0-9_.-], not starting with '.'"
 SYSTEM_EVENTS = ("system.mod.load", "system.mod.unload", "system.mod.list")
 
@@ -894,10 +896,10 @@ def _check_mod_id(mod_id: str) -> None:
 
 
 def _check_snapshot_name(name: str) -> None:
-    if (
-        not isinstance(name, str)
-        or not 1 <= len(name) <= 128
-        or "/" in name
-        or any(unicodedata.category(c).startswith("C") for c in name)
-    ):
+    valid = isinstance(name, str) and bool(_SNAPSHOT_NAME.fullmatch(name))
+    try:
+        name.encode("utf-8")  # a lone surrogate matches the pattern but cannot be stored
+    except (UnicodeEncodeError, AttributeError):
+        valid = False
+    if not valid:
         raise InvalidNameError("snapshot", str(name), SNAPSHOT_NAME_RULE)

@@ -1,0 +1,2 @@
+def format_message(message):
+    return f"[alice v2] {message}!"

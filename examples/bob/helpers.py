@@ -1,0 +1,2 @@
+def format_message(message):
+    return f"<bob> {message.upper()}"

@@ -1,0 +1,111 @@
+"""The README quickstart, step by step, against a real server; restarts keep everything."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from .server import ServerProcess
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def quickstart_lines() -> list[str]:
+    """The commands of the README's Quickstart block."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Quickstart", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", section, re.S)
+    assert block is not None, "the README has no quickstart block"
+    return [line for line in block.group(1).splitlines() if line.strip()]
+
+
+def test_the_readme_quickstart_works_step_by_step(tmp_path: Path) -> None:
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")
+    server = ServerProcess(tmp_path).start()
+    try:
+        outputs: dict[str, str] = {}
+        for line in quickstart_lines():
+            if line.startswith("source .venv/bin/activate"):
+                continue  # the test runs with this interpreter's scripts on PATH
+            command = line.replace("127.0.0.1:8700", f"127.0.0.1:{server.port}")
+            result = subprocess.run(
+                ["bash", "-c", command],
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                env=_env(tmp_path, server),
+            )
+            assert result.returncode == 0, (line, result.stdout, result.stderr)
+            outputs[line] = result.stdout
+            _check_step(line, result.stdout, server)
+        assert len(outputs) >= 15
+    finally:
+        assert server.stop()
+
+
+def _env(tmp_path: Path, server: ServerProcess) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PLUGHOST_")}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    env["PLUGHOST_URL"] = server.url
+    token = (tmp_path / ".plughost" / "admin_token").read_text().strip()
+    env["PLUGHOST_TOKEN"] = token
+    return env
+
+
+def _check_step(line: str, stdout: str, server: ServerProcess) -> None:
+    """What each quickstart step must show."""
+    if line.startswith("plughost tenant deploy alice examples/alice-v2"):
+        assert "deployed alice version 2" in stdout
+    elif line.startswith("plughost tenant deploy"):
+        assert "version 1" in stdout and "tenant token (shown once): pht_" in stdout
+    elif line == 'plughost call bob Notifier --args \'{"message": "hi"}\'':
+        assert stdout.strip() == "<bob> HI"
+    elif line.endswith("--snapshot jan"):
+        assert stdout.strip() == "[alice] hi"
+    elif line.startswith("plughost call alice"):
+        assert stdout.strip() in ("[alice] hi", "[alice v2] hi!")
+    elif line.startswith("plughost mod load"):
+        assert "loaded shared_cache" in stdout
+        assert server.client().health()["mods"]["loaded"] == ["shared_cache"]
+    elif line.startswith("curl"):
+        health = json.loads(stdout)
+        assert health["mods"]["loaded"] == ["shared_cache"]
+        assert health["mods"]["details"]["shared_cache"]["mod_path"] == "plughost.mods.shared_cache"
+    elif line.startswith("plughost mod unload"):
+        assert server.client().health()["mods"]["loaded"] == []
+    elif line.startswith("plughost network send-event"):
+        assert stdout.startswith("ok:")
+    elif line == "plughost tenant list":
+        assert "alice" in stdout and "bob" in stdout and "jan" in stdout
+
+
+def test_a_restarted_server_has_its_tenants_snapshots_and_mods(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path, admin_token="admin-token-for-tests").start()
+    try:
+        client = server.client()
+        deployed = client.deploy("alice", ROOT / "examples" / "alice")
+        tenant_token = deployed["token"]
+        client.create_snapshot("alice", "jan")
+        client.deploy("alice", ROOT / "examples" / "alice-v2")
+        client.load_mod("plughost.mods.shared_cache", {"max_items": 5})
+        client.load_mod("plughost.mods.shared_artifact", tenant="alice")
+    finally:
+        assert server.stop()
+
+    again = ServerProcess(tmp_path, admin_token="admin-token-for-tests").start()
+    try:
+        client = again.client()
+        assert client.health()["mods"]["loaded"] == ["shared_cache", "alice/shared_artifact"]
+        assert [t["name"] for t in client.list_tenants()] == ["alice"]
+        assert client.call("alice", "Notifier", {"message": "x"}) == "[alice v2] x!"
+        assert client.call("alice", "Notifier", {"message": "x"}, snapshot="jan") == "[alice] x"
+        with again.client(tenant_token) as tenant_client:
+            assert tenant_client.call("alice", "Notifier", {"message": "t"}) == "[alice v2] t!"
+    finally:
+        assert again.stop()
