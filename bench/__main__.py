@@ -9,13 +9,14 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from . import loader, mods, network
+from . import http, loader, mods, network
 from .report import Outcome
 
 GROUPS: dict[str, tuple[Callable[[], Outcome], ...]] = {
     "loader": loader.BENCHMARKS,
     "network": network.BENCHMARKS,
     "mods": mods.BENCHMARKS,
+    "http": http.BENCHMARKS,
 }
 
 

@@ -232,7 +232,8 @@ class Principal:
         return tenant
 
 
-def _principal(request: Request) -> Principal:
+async def _principal(request: Request) -> Principal:
+    # Async on purpose: FastAPI runs a plain-def dependency in a thread, on every request.
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise ApiError(401, "unauthorized", "an 'Authorization: Bearer <token>' header is needed")
