@@ -51,6 +51,7 @@ from .errors import (
 from .events import Event, EventResponse
 from .naming import TENANT_NAME_PATTERN
 from .network import SNAPSHOT_NAME_PATTERN, Network, hash_token
+from .store import Snapshot
 
 ARCHIVE_TYPES = frozenset(
     {"application/zip", "application/gzip", "application/x-gzip", "application/octet-stream"}
@@ -123,15 +124,6 @@ class DeploymentModel(BaseModel):
     token: str | None = Field(
         default=None, description="the tenant token, returned once: on the tenant's first deploy"
     )
-
-
-class SnapshotModel(BaseModel):
-    tenant: str
-    name: str
-    digest: str
-    version: int
-    agents: list[str]
-    created_at: float
 
 
 class TenantModel(BaseModel):
@@ -546,27 +538,26 @@ def create_app(
 
     @app.post(
         "/api/tenants/{tenant}/snapshots",
-        response_model=SnapshotModel,
+        response_model=Snapshot,
         status_code=201,
         tags=["snapshots"],
         responses=ERRORS,
     )
     async def create_snapshot(
         tenant: TenantName, body: SnapshotCreate, principal: Auth
-    ) -> SnapshotModel:
+    ) -> Snapshot:
         principal.require_tenant(tenant)
-        snapshot = await network.create_snapshot(tenant, body.name)
-        return SnapshotModel(**jsonable_encoder(snapshot))
+        return await network.create_snapshot(tenant, body.name)
 
     @app.get(
         "/api/tenants/{tenant}/snapshots",
-        response_model=list[SnapshotModel],
+        response_model=list[Snapshot],
         tags=["snapshots"],
         responses=ERRORS,
     )
-    async def list_snapshots(tenant: TenantName, principal: Auth) -> list[SnapshotModel]:
+    async def list_snapshots(tenant: TenantName, principal: Auth) -> list[Snapshot]:
         principal.require_tenant(tenant)
-        return [SnapshotModel(**jsonable_encoder(s)) for s in network.list_snapshots(tenant)]
+        return network.list_snapshots(tenant)
 
     @app.delete(
         "/api/tenants/{tenant}/snapshots/{name}",

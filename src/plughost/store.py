@@ -207,7 +207,7 @@ class Store:
         for relative, sha256 in manifest.items():
             path = self._blob_path(sha256)
             if not path.exists():
-                _write_durably(path, files[relative])
+                write_durably(path, files[relative])
 
     def bundle_dir(self, digest: str, manifest: Mapping[str, str]) -> Path:
         """Return the folder holding bundle ``digest``, building it from blobs if missing.
@@ -470,7 +470,7 @@ class Store:
             path.unlink(missing_ok=True)
 
 
-def _write_durably(path: Path, data: bytes) -> None:
+def write_durably(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that it is complete and on disk before it is visible."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.parent / f".tmp-{uuid.uuid4().hex}"

@@ -20,13 +20,12 @@ import base64
 import binascii
 import hashlib
 import json
-import os
 import re
-import uuid
 from pathlib import Path
 from typing import Any
 
 from plughost import Event, EventResponse, Mod, on
+from plughost.store import write_durably
 
 _NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$")
 
@@ -70,8 +69,8 @@ class SharedArtifactMod(Mod):
         folder = self._folder(event)
         folder.mkdir(parents=True, exist_ok=True)
         meta = {"content_type": content_type, "size": len(content)}
-        _write_atomically(folder / f".{name}.json", json.dumps(meta).encode())
-        _write_atomically(folder / name, content)
+        write_durably(folder / f".{name}.json", json.dumps(meta).encode())
+        write_durably(folder / name, content)
         digest = hashlib.sha256(content).hexdigest()
         return EventResponse(
             success=True, data={"name": name, "size": len(content), "sha256": digest}
@@ -127,12 +126,3 @@ class SharedArtifactMod(Mod):
             meta = {"content_type": "application/octet-stream"}
         meta["size"] = path.stat().st_size
         return meta
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    temporary = path.parent / f".tmp-{uuid.uuid4().hex}"
-    with temporary.open("wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-    temporary.replace(path)
