@@ -14,6 +14,7 @@ from types import ModuleType
 import pytest
 
 from plughost import (
+    AmbiguousNameError,
     Event,
     InvalidNameError,
     ModAlreadyLoadedError,
@@ -421,7 +422,7 @@ async def test_the_same_mod_in_two_tenants_is_two_instances(
     assert await network.rpc("robot2/camera", "frames") == ["robot2-2"]
     assert await network.publish("/robot1/camera", {"frame": "abs"}) == 1
     assert await network.rpc("robot1/camera", "frames") == ["robot1-1", "abs"]
-    with pytest.raises(ModNotLoadedError):
+    with pytest.raises(AmbiguousNameError, match="'robot1/camera', 'robot2/camera'"):
         await network.rpc("camera", "frames")
     with pytest.raises(UnknownRpcError, match="methods: 'frames', 'shoot'"):
         await network.rpc("robot1/camera", "zoom")

@@ -9,6 +9,7 @@ from .agent import Agent, BasicAgent
 from .bundle import BundleLimits
 from .errors import (
     AgentError,
+    AmbiguousNameError,
     BundleLoadError,
     BundleRejectedError,
     BundleWarning,
@@ -41,6 +42,7 @@ __all__ = [
     "Agent",
     "AgentError",
     "AgentInfo",
+    "AmbiguousNameError",
     "BasicAgent",
     "BundleLimits",
     "BundleLoadError",

@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from . import __version__
 from .errors import (
     AgentError,
+    AmbiguousNameError,
     BundleLoadError,
     BundleRejectedError,
     BundleTooLargeError,
@@ -70,6 +71,7 @@ _ERRORS: list[tuple[type[Exception], int, str]] = [
     (UnknownAgentError, 404, "unknown_agent"),
     (ModNotLoadedError, 404, "mod_not_loaded"),
     (UnknownRpcError, 404, "unknown_rpc"),
+    (AmbiguousNameError, 409, "ambiguous_name"),
     (DuplicateSnapshotError, 409, "duplicate_snapshot"),
     (ModAlreadyLoadedError, 409, "mod_already_loaded"),
     (ModPathRefusedError, 403, "mod_path_refused"),
@@ -185,6 +187,16 @@ class ModsModel(BaseModel):
     count: int
     failed: list[str]
     details: dict[str, dict[str, Any]]
+
+
+class InstanceModel(BaseModel):
+    rpc_name: str
+    tenant: str | None
+    name: str
+    mod_path: str
+    class_: str = Field(alias="class")
+    origin: str
+    placement: str
 
 
 class Removed(BaseModel):
@@ -390,6 +402,52 @@ def create_app(
             leaked=report.leaked,
         )
 
+    # -- instances -----------------------------------------------------------------
+
+    @app.get(
+        "/api/instances", response_model=list[InstanceModel], tags=["instances"], responses=ERRORS
+    )
+    async def list_instances(principal: Auth) -> list[dict[str, Any]]:
+        """Every running mod instance (a tenant token sees its own)."""
+        return [
+            item
+            for item in network.instances()
+            if principal.is_admin or item["tenant"] == principal.tenant
+        ]
+
+    @app.post(
+        "/api/instances/{rpc_name:path}/restart",
+        response_model=InstanceModel,
+        tags=["instances"],
+        responses=ERRORS,
+    )
+    async def restart_instance(
+        rpc_name: str, principal: Auth, reload: Annotated[bool, Query()] = True
+    ) -> dict[str, Any]:
+        """Restart one instance with fresh code (``?reload=false``: the code it runs)."""
+        _require_instance(principal, rpc_name)
+        mod = await network.restart(rpc_name, reload=reload)
+        key = f"{mod.tenant}/{mod.mod_id}" if mod.tenant else mod.mod_id
+        return next(item for item in network.instances() if item["rpc_name"] == key)
+
+    @app.delete(
+        "/api/instances/{rpc_name:path}",
+        response_model=ModUnloadResponse,
+        tags=["instances"],
+        responses=ERRORS,
+    )
+    async def unload_instance(rpc_name: str, principal: Auth) -> ModUnloadResponse:
+        """Unload one instance; the others keep running."""
+        _require_instance(principal, rpc_name)
+        report = await network.unload(rpc_name)
+        return ModUnloadResponse(
+            mod_id=report.mod_id,
+            mod_path=report.mod_path,
+            message=report.message,
+            shutdown_error=report.shutdown_error,
+            leaked=report.leaked,
+        )
+
     # -- tenants -------------------------------------------------------------------
 
     @app.put(
@@ -584,6 +642,12 @@ def _tenant_model(network: Network, tenant: str) -> TenantModel:
         snapshots=[s.name for s in network.list_snapshots(tenant)],
         created_at=deployment.created_at,
     )
+
+
+def _require_instance(principal: Principal, rpc_name: str) -> None:
+    """A tenant token names its instances by full RPC name, inside its own tenant."""
+    tenant, slash, _ = rpc_name.partition("/")
+    principal.scope(tenant if slash else None)
 
 
 def _scoped_event(event: Event, principal: Principal) -> Event:

@@ -33,10 +33,12 @@ network_app = typer.Typer(help="The network: events, mods, health.", no_args_is_
 mod_app = typer.Typer(help="Load and unload mods.", no_args_is_help=True)
 tenant_app = typer.Typer(help="Deploy, list and remove tenants.", no_args_is_help=True)
 snapshot_app = typer.Typer(help="Create, list and delete snapshots.", no_args_is_help=True)
+instance_app = typer.Typer(help="List, restart and unload mod instances.", no_args_is_help=True)
 app.add_typer(network_app, name="network")
 app.add_typer(mod_app, name="mod")
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(snapshot_app, name="snapshot")
+app.add_typer(instance_app, name="instance")
 
 console = Console()
 
@@ -330,6 +332,45 @@ def snapshot_delete(tenant: str, name: str, url: Url = DEFAULT_URL, token: Token
     with _client(url, token) as client:
         client.delete_snapshot(tenant, name)
     typer.echo(f"deleted snapshot {name!r} of {tenant}")
+
+
+# -- instances -----------------------------------------------------------------------
+
+
+@instance_app.command("list")
+def instance_list(url: Url = DEFAULT_URL, token: Token = None, as_json: AsJson = False) -> None:
+    """List the running mod instances."""
+    with _client(url, token) as client:
+        instances = client.list_instances()
+    rows = [
+        [i["rpc_name"], i["class"], i["mod_path"], i["origin"], i["placement"]] for i in instances
+    ]
+    columns = ["rpc name", "class", "mod_path", "origin", "placement"]
+    _show(instances, as_json, _table("instances", columns, rows))
+
+
+@instance_app.command("restart")
+def instance_restart(
+    rpc_name: str,
+    reload: Annotated[bool, typer.Option("--reload/--no-reload", help="Load fresh code.")] = True,
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+    as_json: AsJson = False,
+) -> None:
+    """Restart one instance; the others keep running."""
+    with _client(url, token) as client:
+        instance = client.restart_instance(rpc_name, reload=reload)
+    typer.echo(json.dumps(instance) if as_json else f"restarted {instance['rpc_name']}")
+
+
+@instance_app.command("unload")
+def instance_unload(
+    rpc_name: str, url: Url = DEFAULT_URL, token: Token = None, as_json: AsJson = False
+) -> None:
+    """Unload one instance; the others keep running."""
+    with _client(url, token) as client:
+        report = client.unload_instance(rpc_name)
+    typer.echo(json.dumps(report) if as_json else report["message"])
 
 
 # -- calls ---------------------------------------------------------------------------

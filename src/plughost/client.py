@@ -106,6 +106,21 @@ class Client:
         result: dict[str, Any] = self.request("DELETE", f"/api/mods/{mod_id}", params=params)
         return result
 
+    def list_instances(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.request("GET", "/api/instances")
+        return result
+
+    def restart_instance(self, rpc_name: str, *, reload: bool = True) -> dict[str, Any]:
+        params = {"reload": "true" if reload else "false"}
+        result: dict[str, Any] = self.request(
+            "POST", f"/api/instances/{rpc_name}/restart", params=params
+        )
+        return result
+
+    def unload_instance(self, rpc_name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("DELETE", f"/api/instances/{rpc_name}")
+        return result
+
     def deploy(
         self, tenant: str, source: str | Path, progress: Progress | None = None
     ) -> dict[str, Any]:

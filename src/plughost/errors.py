@@ -301,5 +301,19 @@ class RpcError(PlughostError):
         super().__init__(f"RPC {target}.{method} raised {error_type}: {message}")
 
 
+class AmbiguousNameError(PlughostError, LookupError):
+    """A bare name or class name matches instances in several namespaces; none was picked.
+
+    Attributes:
+        name: the name asked for.
+        matches: the RPC names of every instance it matches.
+    """
+
+    def __init__(self, name: str, matches: list[str]) -> None:
+        self.name = name
+        self.matches = matches
+        super().__init__(f"{name!r} is ambiguous: it matches {_listing(matches)}; use an RPC name")
+
+
 def _listing(names: list[str]) -> str:
     return ", ".join(repr(n) for n in names) if names else "(none)"

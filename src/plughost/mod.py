@@ -1,10 +1,12 @@
 """Mods: extensions loaded and unloaded while the network runs.
 
 A mod is a class (a :class:`Mod` subclass) in a ``.py`` file or a package
-folder found under an allowed mod root. Its code is loaded like a bundle,
-under its own namespace (``Namespace("*", mod="shared_cache")``, or
-``Namespace("robot1", mod="camera")`` inside a tenant), never under its plain
-dotted name, so an unload followed by a load runs the code as it is on disk.
+folder found under an allowed mod root, or in a module of a tenant's bundle
+that the bundle's ``plughost.toml`` declares as an instance. Its code is
+loaded like a bundle, under its own namespace (``Namespace("*",
+mod="shared_cache", load=3)``, or ``Namespace("robot1", mod="camera", load=4)``
+inside a tenant), never under its plain dotted name, so an unload followed by
+a load runs the code as it is on disk.
 
 Loading is a sequence of steps (resolve the path, import, find the class,
 instantiate, initialize, collect handlers); a failure at any step undoes the
@@ -35,6 +37,13 @@ if TYPE_CHECKING:
 
 GLOBAL_SCOPE = "*"
 """The tenant part of the namespace of a mod loaded outside any tenant."""
+
+
+def mod_namespace(mod_id: str, tenant: str | None, generation: int) -> Namespace:
+    """The namespace of one load of a mod; every load gets its own generation, so a
+    replacement can be loaded beside the instance it replaces."""
+    return Namespace(tenant or GLOBAL_SCOPE, mod=mod_id, load=generation)
+
 
 _RPC_ATTRIBUTE = "__plughost_rpc__"
 F = TypeVar("F", bound=Callable[..., Any])
@@ -68,12 +77,16 @@ class Mod:
     def shutdown(self) -> None:
         """Stop the mod; sync or async. The mod is removed whatever this does."""
 
+    expose: tuple[str, ...] = ()
+
     async def publish(self, topic: str, data: dict[str, Any]) -> int:
         """Publish ``data`` to ``topic`` resolved against this mod's tenant.
 
-        Returns how many subscribers received it.
+        A topic its manifest entry exposes is published under the absolute
+        ``/<topic>`` instead. Returns how many subscribers received it.
         """
-        return await self.network.publish(topic, data, tenant=self.tenant, source_id=self.mod_id)
+        scope = None if topic in self.expose else self.tenant
+        return await self.network.publish(topic, data, tenant=scope, source_id=self.mod_id)
 
     async def rpc(self, name: str, method: str, *args: Any, **kwargs: Any) -> Any:
         """Call ``method`` on the mod ``name``, looked up inside this mod's tenant first."""
@@ -82,11 +95,13 @@ class Mod:
 
 @dataclass(frozen=True)
 class ResolvedModPath:
-    """Where a ``mod_path`` leads: the ``.py`` file or package folder, and a class name if given."""
+    """Where a mod's code is: a ``.py`` file or package folder, or, with ``module``, that
+    module of a bundle folder (a mod instance a bundle declares); and a class name if given."""
 
     mod_path: str
     source: Path
     class_name: str | None
+    module: str | None = None
 
     @property
     def default_id(self) -> str:
@@ -207,10 +222,16 @@ class LoadedMod:
     handlers: list[tuple[str, Callable[..., Any]]]
     topics: dict[str, list[Callable[..., Any]]]
     rpcs: dict[str, Callable[..., Any]]
+    source: ResolvedModPath | None = None
+    from_bundle: bool = False
     loaded_at: float = field(default_factory=time.time)
     in_flight: int = 0
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     accepting: bool = True
+
+    @property
+    def class_name(self) -> str:
+        return type(self.instance).__name__
 
     @property
     def key(self) -> str:
@@ -224,6 +245,7 @@ class LoadedMod:
             "loaded_at": int(self.loaded_at),
             "tenant": self.tenant,
             "status": "loaded",
+            "origin": "bundle" if self.from_bundle else "loaded",
         }
 
 
@@ -339,13 +361,15 @@ async def start_mod(
     config: dict[str, Any],
     tenant: str | None,
     network: Network,
+    *,
+    namespace: Namespace,
+    expose: tuple[str, ...] = (),
 ) -> LoadedMod:
-    """Import, instantiate, bind and initialize a mod; undo every step on failure.
+    """Import, instantiate, bind and initialize a mod in ``namespace``; undo every step on failure.
 
     Raises:
         ModLoadError: naming the failed step and its cause.
     """
-    namespace = Namespace(tenant or GLOBAL_SCOPE, mod=mod_id)
     path = resolved.mod_path
     try:
         bundle = await asyncio.to_thread(load_bundle, namespace, resolved.source)
@@ -355,14 +379,19 @@ async def start_mod(
     initialized = False
     try:
         step = "find class"
-        module = bundle.modules.get(resolved.source.stem) if resolved.source.is_file() else None
-        if module is None:
+        if resolved.module is not None:
+            module = bundle.modules.get(resolved.module)
+            if module is None:
+                raise LookupError(f"the bundle has no module {resolved.module!r}")
+        elif resolved.source.is_file():
+            module = bundle.modules[resolved.source.stem]
+        else:
             module = sys.modules[bundle.package_name]
         cls = find_mod_class(module, mod_id, resolved.class_name)
         step = "instantiate"
         instance = cls()
         instance.mod_id, instance.config, instance.network = mod_id, config, network
-        instance.tenant, instance.namespace = tenant, namespace
+        instance.tenant, instance.namespace, instance.expose = tenant, namespace, expose
         step = "initialize"
         initialized = True
         outcome = instance.initialize()
@@ -389,7 +418,9 @@ async def start_mod(
         del instance
         await asyncio.to_thread(bundle.unload, verify=False)
         raise ModLoadError(path, step, f"{type(exc).__name__}: {exc}", exc) from exc
-    return LoadedMod(mod_id, path, tenant, config, instance, bundle, handlers, topics, rpcs)
+    return LoadedMod(
+        mod_id, path, tenant, config, instance, bundle, handlers, topics, rpcs, resolved
+    )
 
 
 async def _call_shutdown(instance: Mod) -> str | None:

@@ -13,6 +13,7 @@ import contextlib
 import functools
 import hashlib
 import inspect
+import itertools
 import json
 import os
 import re
@@ -28,6 +29,7 @@ from typing import Any
 from .bundle import BundleFiles, BundleLimits, BundleSource, read_bundle
 from .errors import (
     AgentError,
+    AmbiguousNameError,
     DuplicateSnapshotError,
     InvalidNameError,
     ModAlreadyLoadedError,
@@ -42,6 +44,7 @@ from .errors import (
     UnknownTenantError,
 )
 from .events import Event, EventResponse, as_response, matches, resolve_topic
+from .manifest import Manifest, read_manifest
 from .metrics import Metrics
 from .mod import (
     FailedMod,
@@ -50,7 +53,9 @@ from .mod import (
     ModRegistry,
     ModRoots,
     ModUnloadReport,
+    ResolvedModPath,
     mod_key,
+    mod_namespace,
     start_mod,
     stop_mod,
 )
@@ -62,7 +67,13 @@ SNAPSHOT_NAME_RULE = "1-128 characters, no '/', no control characters and no lon
 SNAPSHOT_NAME_PATTERN = r"^[^/\x00-\x1f\x7f-\x9f]{1,128}$"
 _SNAPSHOT_NAME = re.compile(SNAPSHOT_NAME_PATTERN)
 MOD_ID_RULE = "1-64 characters of [A-Za-z0-9_.-], not starting with '.'"
-SYSTEM_EVENTS = ("system.mod.load", "system.mod.unload", "system.mod.list")
+SYSTEM_EVENTS = (
+    "system.mod.load",
+    "system.mod.unload",
+    "system.mod.list",
+    "system.instance.restart",
+    "system.instance.unload",
+)
 
 
 @dataclass(frozen=True)
@@ -138,6 +149,7 @@ class Network:
         self._mods = ModRegistry()
         self._mod_roots = ModRoots([])
         self._mod_lock = asyncio.Lock()
+        self._mod_generations = itertools.count(1)
         self._token_tenants: dict[str, str] = {}  # sha256 of a tenant token -> tenant
         self.metrics = Metrics(self._sample_metrics)
         self._calls_ok = self.metrics.calls.labels("ok")
@@ -167,6 +179,8 @@ class Network:
             roots if roots is not None else ["plughost.mods", self.data_dir / "mods"]
         )
         await self._load_startup_mods()
+        for tenant in sorted(self._live):
+            await self._start_deployed_instances(tenant)
 
     async def stop(self) -> None:
         """Unload every namespace and close the data folder."""
@@ -242,11 +256,18 @@ class Network:
             version = self._store.next_version(tenant)
             namespace = Namespace(tenant, version=version)
 
-            def stage_and_load() -> LoadedNamespace:
+            def stage_and_load() -> tuple[LoadedNamespace, Path, Manifest]:
                 self._store.put_files(bundle.files, bundle_manifest)
-                return load_namespace(namespace, self._store.bundle_dir(digest, bundle_manifest))
+                folder = self._store.bundle_dir(digest, bundle_manifest)
+                manifest = read_manifest(folder)
+                return load_namespace(namespace, folder), folder, manifest
 
-            entry = await asyncio.to_thread(stage_and_load)
+            entry, folder, manifest = await asyncio.to_thread(stage_and_load)
+            try:
+                instances = await self._start_instances(tenant, folder, manifest)
+            except BaseException:
+                entry.bundle.unload(verify=False)
+                raise
             try:
                 deployment = await asyncio.to_thread(
                     self._store.record_deployment,
@@ -258,8 +279,11 @@ class Network:
                 )
             except BaseException:
                 entry.bundle.unload(verify=False)
+                for instance in instances:
+                    await stop_mod(instance, self.unload_timeout)
                 raise
             self._runtime.add(entry)
+            await self._swap_instances(tenant, instances)
             self._live[tenant] = deployment
             self._live_ns[tenant] = namespace
             if current is not None:
@@ -298,6 +322,13 @@ class Network:
             for key in [key for key in self._snapshots if key[0] == tenant]:
                 del self._snapshots[key]
                 self._runtime.retire(Namespace(tenant, snapshot=key[1]))
+            async with self._mod_lock:
+                gone = [mod for mod in self._mods.loaded() if mod.tenant == tenant]
+                for mod in gone:
+                    self._mods.unregister(mod.key)
+                    await asyncio.to_thread(self._store.delete_mod, mod.key)
+            for mod in gone:
+                await stop_mod(mod, self.unload_timeout)
             await self._collect_locked()
 
     # -- snapshots -----------------------------------------------------------------
@@ -494,7 +525,8 @@ class Network:
             holder = self._mods.get(key)
             if holder is not None:
                 raise ModAlreadyLoadedError(key, holder.mod_path)
-            loaded = await start_mod(resolved, chosen_id, config, tenant, self)
+            namespace = mod_namespace(chosen_id, tenant, next(self._mod_generations))
+            loaded = await start_mod(resolved, chosen_id, config, tenant, self, namespace=namespace)
             if persist:
                 stored = StoredMod(key, chosen_id, mod_path, tenant, config, loaded.loaded_at)
                 try:
@@ -560,6 +592,151 @@ class Network:
             except PlughostError as exc:
                 failed_id = mod_id or mod_path.rsplit(".", 1)[-1].split(":")[0]
                 self._mods.record_failure(FailedMod(failed_id, mod_path, tenant, str(exc)))
+
+    # -- instances -------------------------------------------------------------------
+
+    async def _start_instances(
+        self, tenant: str, folder: Path, manifest: Manifest
+    ) -> list[LoadedMod]:
+        """Start every instance the manifest declares, or none: one failure stops the others."""
+        started: list[LoadedMod] = []
+        try:
+            for spec in manifest.mods:
+                holder = self._mods.get(mod_key(spec.name, tenant))
+                if holder is not None and not holder.from_bundle:
+                    raise ModAlreadyLoadedError(mod_key(spec.name, tenant), holder.mod_path)
+                started.append(
+                    await self._start_instance(
+                        tenant, folder, spec.path, spec.name, dict(spec.config), tuple(spec.expose)
+                    )
+                )
+        except BaseException:
+            for mod in started:
+                await stop_mod(mod, self.unload_timeout)
+            raise
+        return started
+
+    async def _start_instance(
+        self,
+        tenant: str,
+        folder: Path,
+        path: str,
+        name: str,
+        config: dict[str, Any],
+        expose: tuple[str, ...],
+    ) -> LoadedMod:
+        module, _, class_name = path.partition(":")
+        resolved = ResolvedModPath(path, folder, class_name or None, module)
+        namespace = mod_namespace(name, tenant, next(self._mod_generations))
+        mod = await start_mod(
+            resolved, name, config, tenant, self, namespace=namespace, expose=expose
+        )
+        mod.from_bundle = True
+        return mod
+
+    async def _swap_instances(self, tenant: str, instances: list[LoadedMod]) -> None:
+        """Make ``instances`` the tenant's bundle instances; drain and stop those replaced."""
+        async with self._mod_lock:
+            replaced = [m for m in self._mods.loaded() if m.tenant == tenant and m.from_bundle]
+            for mod in replaced:
+                self._mods.unregister(mod.key)
+            for mod in instances:
+                self._mods.register(mod)
+        for mod in replaced:
+            await stop_mod(mod, self.unload_timeout)
+
+    async def _start_deployed_instances(self, tenant: str) -> None:
+        """At start: the instances of a live deployment, each on its own (failures are shown)."""
+        deployment = self._live[tenant]
+
+        def locate() -> tuple[Path, Manifest]:
+            manifest = self._store.manifest(tenant, version=deployment.version)
+            folder = self._store.bundle_dir(deployment.digest, manifest)
+            return folder, read_manifest(folder)
+
+        folder, manifest = await asyncio.to_thread(locate)
+        for spec in manifest.mods:
+            try:
+                mod = await self._start_instance(
+                    tenant, folder, spec.path, spec.name, dict(spec.config), tuple(spec.expose)
+                )
+            except PlughostError as exc:
+                self._mods.record_failure(FailedMod(spec.name, spec.path, tenant, str(exc)))
+            else:
+                self._mods.register(mod)
+
+    def instances(self) -> list[dict[str, Any]]:
+        """Every running mod instance: RPC name, tenant, name, class, where its code is from."""
+        return [
+            {
+                "rpc_name": mod.key,
+                "tenant": mod.tenant,
+                "name": mod.mod_id,
+                "mod_path": mod.mod_path,
+                "class": mod.class_name,
+                "origin": "bundle" if mod.from_bundle else "loaded",
+                "placement": "inprocess",
+            }
+            for mod in self._mods.loaded()
+        ]
+
+    async def restart(self, rpc_name: str, *, reload: bool = True) -> Mod:
+        """Replace one instance with a fresh load of its code, leaving everything else running.
+
+        The replacement is loaded and initialized beside the running instance,
+        with the same config; only then does it take the instance's RPC name
+        and subscriptions, and the old one is drained and shut down. With
+        ``reload`` a bundle instance loads from the tenant's live deployment
+        (and a loaded mod from its file as it is now); without, from the code
+        it runs. If the new code fails, the old instance keeps running.
+
+        Raises:
+            ModNotLoadedError, AmbiguousNameError: no such instance, or several.
+            ModLoadError: the new code failed; nothing changed.
+        """
+        self._check_started()
+        async with self._mod_lock:
+            old = self._mod_for(rpc_name, None)
+            source = old.source
+            assert source is not None
+            if old.from_bundle and reload and old.tenant is not None:
+                deployment = self.get_deployment(old.tenant)
+
+                def locate() -> Path:
+                    manifest = self._store.manifest(old.tenant or "", version=deployment.version)
+                    return self._store.bundle_dir(deployment.digest, manifest)
+
+                source = ResolvedModPath(
+                    source.mod_path,
+                    await asyncio.to_thread(locate),
+                    source.class_name,
+                    source.module,
+                )
+            elif reload and not old.from_bundle:
+                source = self._mod_roots.resolve(old.mod_path)
+            namespace = mod_namespace(old.mod_id, old.tenant, next(self._mod_generations))
+            new = await start_mod(
+                source,
+                old.mod_id,
+                old.config,
+                old.tenant,
+                self,
+                namespace=namespace,
+                expose=old.instance.expose,
+            )
+            new.from_bundle = old.from_bundle
+            self._mods.register(new)
+        await stop_mod(old, self.unload_timeout)
+        return new.instance
+
+    async def unload(self, rpc_name: str) -> ModUnloadReport:
+        """Unload one instance by RPC name: ``robot2/mapper``, or ``shared_cache`` if global.
+
+        Raises:
+            ModNotLoadedError, AmbiguousNameError: no such instance, or several.
+        """
+        self._check_started()
+        return await self.unload_mod(self._mod_for(rpc_name, None).key)
 
     # -- events, topics, RPC -------------------------------------------------------
 
@@ -644,6 +821,19 @@ class Network:
             return EventResponse(success=True, message=report.message, data=data)
         if name == "system.mod.list":
             return EventResponse(success=True, data={"mods": self._mods.details()})
+        if name in ("system.instance.restart", "system.instance.unload"):
+            rpc_name = payload.get("rpc_name")
+            if not rpc_name:
+                return EventResponse(success=False, message="rpc_name is required")
+            if name == "system.instance.unload":
+                report = await self.unload(str(rpc_name))
+                return EventResponse(
+                    success=True, message=report.message, data={"rpc_name": rpc_name}
+                )
+            await self.restart(str(rpc_name), reload=bool(payload.get("reload", True)))
+            return EventResponse(
+                success=True, message=f"{rpc_name!r} restarted", data={"rpc_name": rpc_name}
+            )
         return EventResponse(
             success=False,
             message=f"unknown system event {name!r}; known: {', '.join(SYSTEM_EVENTS)}",
@@ -656,6 +846,16 @@ class Network:
             mod = self._mods.get(key)
             if mod is not None and mod.accepting:
                 return mod
+        if "/" not in target:
+            found = [
+                mod
+                for mod in self._mods.loaded()
+                if mod.accepting and target in (mod.mod_id, mod.class_name)
+            ]
+            if len(found) == 1:
+                return found[0]
+            if found:
+                raise AmbiguousNameError(target, sorted(mod.key for mod in found))
         raise ModNotLoadedError(target, self._mods.list_loaded())
 
     async def _broadcast(self, event: Event) -> EventResponse:

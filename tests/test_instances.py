@@ -1,0 +1,237 @@
+"""The same modules for several robots, side by side: addressing, topics, restart, unload."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from plughost import (
+    AmbiguousNameError,
+    BundleRejectedError,
+    Event,
+    ModLoadError,
+    ModNotLoadedError,
+    Network,
+)
+
+CAMERA = """
+from plughost import Mod, rpc
+
+VERSION = {version}
+
+
+class CameraMod(Mod):
+    def initialize(self):
+        self.sent = 0
+
+    @rpc
+    async def shoot(self):
+        self.sent += 1
+        frame = f"{{self.tenant}}-v{{VERSION}}-{{self.sent}}"
+        await self.publish("camera", {{"frame": frame}})
+        await self.publish("status", {{"robot": self.tenant}})
+        return frame
+
+    @rpc
+    def settings(self):
+        return {{"config": self.config, "version": VERSION}}
+"""
+
+MAPPER = """
+from plughost import Mod, on, rpc
+
+
+class MapperMod(Mod):
+    def initialize(self):
+        self.frames = []
+
+    @on("topic:camera")
+    def frame(self, event):
+        self.frames.append(event.payload["frame"])
+
+    @rpc
+    def seen(self):
+        return list(self.frames)
+
+    @rpc
+    async def ask_camera(self):
+        return await self.rpc("camera", "settings")
+"""
+
+
+def robot_bundle(fps: int, version: int = 1, camera: str | None = None) -> dict[str, object]:
+    manifest = textwrap.dedent(
+        f"""
+        [[mods]]
+        path = "camera_module"
+        name = "camera"
+        config = {{fps = {fps}}}
+        expose = ["status"]
+
+        [[mods]]
+        path = "mapper_module:MapperMod"
+        name = "mapper"
+        """
+    )
+    return {
+        "files": [
+            {"filename": "camera_module.py", "source": camera or CAMERA.format(version=version)},
+            {"filename": "mapper_module.py", "source": MAPPER},
+            {"filename": "plughost.toml", "source": manifest},
+        ]
+    }
+
+
+STATUS_WATCHER = """
+from plughost import Mod, on, rpc
+
+
+class WatcherMod(Mod):
+    def initialize(self):
+        self.robots = []
+
+    @on("topic:/status")
+    def status(self, event):
+        self.robots.append(event.payload["robot"])
+
+    @rpc
+    def robots_seen(self):
+        return list(self.robots)
+"""
+
+
+@pytest.fixture
+async def robots(network: Network) -> Network:
+    (network.data_dir / "mods" / "watcher.py").write_text(STATUS_WATCHER)
+    await network.load_mod("watcher")
+    await network.deploy("robot1", robot_bundle(fps=30))
+    await network.deploy("robot2", robot_bundle(fps=10))
+    return network
+
+
+async def test_two_robots_run_the_same_modules_isolated(robots: Network) -> None:
+    assert sorted(i["rpc_name"] for i in robots.instances()) == [
+        "robot1/camera",
+        "robot1/mapper",
+        "robot2/camera",
+        "robot2/mapper",
+        "watcher",
+    ]
+    assert await robots.rpc("robot1/camera", "shoot") == "robot1-v1-1"
+    assert await robots.rpc("robot1/camera", "shoot") == "robot1-v1-2"
+    assert await robots.rpc("robot2/camera", "shoot") == "robot2-v1-1"
+    assert await robots.rpc("robot1/mapper", "seen") == ["robot1-v1-1", "robot1-v1-2"]
+    assert await robots.rpc("robot2/mapper", "seen") == ["robot2-v1-1"]
+    assert (await robots.rpc("robot1/camera", "settings"))["config"] == {"fps": 30}
+    assert (await robots.rpc("robot2/camera", "settings"))["config"] == {"fps": 10}
+    assert (await robots.rpc("robot1/mapper", "ask_camera"))["config"] == {"fps": 30}
+    assert (await robots.rpc("robot2/mapper", "ask_camera"))["config"] == {"fps": 10}
+    # Only the exposed stream leaves the robot's namespace.
+    assert await robots.rpc("watcher", "robots_seen") == ["robot1", "robot1", "robot2"]
+    details = robots.health()["mods"]["details"]
+    assert (
+        details["robot1/camera"]["origin"] == "bundle"
+        and details["robot1/camera"]["tenant"] == "robot1"
+    )
+
+
+async def test_a_bare_or_class_name_matching_two_robots_is_refused(robots: Network) -> None:
+    for name in ("camera", "CameraMod", "MapperMod"):
+        with pytest.raises(AmbiguousNameError) as caught:
+            await robots.rpc(name, "settings")
+        assert len(caught.value.matches) == 2 and caught.value.matches[0].startswith("robot1/")
+    assert await robots.rpc("WatcherMod", "robots_seen") == []
+
+
+async def test_new_code_for_one_robot_and_restarts_keep_config_and_streams(
+    robots: Network,
+) -> None:
+    await robots.deploy("robot1", robot_bundle(fps=30, version=2))
+    assert (await robots.rpc("robot1/camera", "settings"))["version"] == 2
+    assert (await robots.rpc("robot2/camera", "settings"))["version"] == 1
+    assert await robots.rpc("robot1/camera", "shoot") == "robot1-v2-1"
+    assert await robots.rpc("robot1/mapper", "seen") == ["robot1-v2-1"]
+
+    for round_number in range(10):
+        camera = await robots.restart("robot1/camera")
+        assert camera.config == {"fps": 30}
+        assert await robots.rpc("robot1/camera", "shoot") == "robot1-v2-1"
+        assert len(await robots.rpc("robot1/mapper", "seen")) == round_number + 2
+    assert (await robots.rpc("robot1/camera", "settings")) == {"config": {"fps": 30}, "version": 2}
+    assert (await robots.rpc("robot2/camera", "settings"))["version"] == 1
+    assert len([i for i in robots.instances() if i["rpc_name"] == "robot1/camera"]) == 1
+
+
+async def test_unloading_one_instance_leaves_the_others_running(robots: Network) -> None:
+    report = await robots.unload("robot2/mapper")
+    assert report.mod_id == "mapper"
+    assert await robots.rpc("robot2/camera", "shoot") == "robot2-v1-1"
+    assert await robots.rpc("robot1/camera", "shoot") == "robot1-v1-1"
+    assert await robots.rpc("robot1/mapper", "seen") == ["robot1-v1-1"]
+    with pytest.raises(ModNotLoadedError):
+        await robots.rpc("robot2/mapper", "seen")
+    assert "robot2/mapper" not in robots.get_loaded_mods()
+    # A bare name that now matches one instance only is that instance.
+    assert await robots.rpc("mapper", "seen") == ["robot1-v1-1"]
+
+
+COUNTER = "from plughost import Mod, rpc\nclass CounterMod(Mod):\n    @rpc\n    def v(self):\n"
+
+
+async def test_a_restart_whose_new_code_fails_keeps_the_old_instance(network: Network) -> None:
+    path = network.data_dir / "mods" / "counter.py"
+    path.write_text(COUNTER + "        return 1\n")
+    await network.load_mod("counter", tenant="robot1")
+    path.write_text("def broken(:\n")
+    with pytest.raises(ModLoadError, match="failed at import"):
+        await network.restart("robot1/counter")
+    assert await network.rpc("robot1/counter", "v") == 1
+    path.write_text(COUNTER + "        return 2\n")
+    await network.restart("robot1/counter")
+    assert await network.rpc("robot1/counter", "v") == 2
+
+
+async def test_a_deploy_whose_instance_fails_changes_nothing(robots: Network) -> None:
+    failing = CAMERA.format(version=9).replace(
+        "self.sent = 0", "raise RuntimeError('no camera attached')"
+    )
+    with pytest.raises(ModLoadError, match="no camera attached"):
+        await robots.deploy("robot1", robot_bundle(fps=30, camera=failing))
+    assert robots.get_deployment("robot1").version == 1
+    assert (await robots.rpc("robot1/camera", "settings"))["version"] == 1
+    assert sum(1 for i in robots.instances() if i["tenant"] == "robot1") == 2
+
+
+async def test_instance_events_and_bad_manifests(robots: Network) -> None:
+    restarted = await robots.send_event(
+        Event(
+            event_name="system.instance.restart",
+            destination_id="system:system",
+            payload={"rpc_name": "robot2/camera"},
+        )
+    )
+    assert restarted.success, restarted.message
+    unloaded = await robots.send_event(
+        Event(
+            event_name="system.instance.unload",
+            destination_id="system:system",
+            payload={"rpc_name": "robot2/camera"},
+        )
+    )
+    assert unloaded.success and "robot2/camera" not in robots.get_loaded_mods()
+    missing = await robots.send_event(
+        Event(event_name="system.instance.restart", destination_id="system:system")
+    )
+    assert (missing.success, missing.message) == (False, "rpc_name is required")
+    for manifest, message in [
+        ("[[mods]]\npath = 'x'\n", "name"),
+        ("[[mods]]\npath = '../x'\nname = 'a'\n", "bundle module"),
+        ("[[mods]]\npath = 'x'\nname = 'a'\n[[mods]]\npath = 'y'\nname = 'a'\n", "repeated: a"),
+        ("placement = 'everywhere'\n", "placement"),
+        ("not toml = = 1\n", "not valid TOML"),
+    ]:
+        bundle = {"files": [{"filename": "plughost.toml", "source": manifest}]}
+        with pytest.raises(BundleRejectedError, match=message):
+            await robots.deploy("robot3", bundle)
+    assert "robot3" not in robots.list_tenants()
