@@ -347,3 +347,34 @@ def test_bad_input_gets_a_clear_error_and_never_a_500(
     assert error["code"] == code and error["message"]
     assert api.request("GET", "/api/tenants/t1", ADMIN).json()["version"] == before["version"]
     assert api.request("GET", "/api/health", None).json()["status"] == "healthy"
+
+
+def test_a_tenant_token_cannot_touch_global_or_other_tenants_mods(api: Api) -> None:
+    admin = api.server.client()
+    admin.load_mod("plughost.mods.shared_cache", mod_id="global_cache")
+    admin.load_mod("plughost.mods.shared_artifact", mod_id="theirs", tenant="t2")
+    t1 = api.tokens["t1"]
+
+    def system(event_name: str, payload: dict[str, Any]) -> httpx.Response:
+        event = {
+            "event_name": event_name,
+            "destination_id": "system:system",
+            "payload": payload,
+            "tenant": "t1",
+        }
+        return api.request("POST", "/api/events", t1, json=event)
+
+    for target in ("global_cache", "t2/theirs", "theirs", "plughost.mods.shared_cache"):
+        response = system("system.mod.unload", {"mod_id": target})
+        assert response.status_code == 200 and not response.json()["success"], target
+    for rpc_name in ("t2/theirs", "global_cache"):
+        for event_name in ("system.instance.unload", "system.instance.restart"):
+            response = system(event_name, {"rpc_name": rpc_name})
+            assert not response.json()["success"], (event_name, rpc_name)
+        assert api.request("DELETE", f"/api/instances/{rpc_name}", t1).status_code == 403
+    listed = system("system.mod.list", {}).json()["data"]["mods"]
+    assert "t2/theirs" not in listed and "global_cache" in listed
+    loaded = admin.health()["mods"]["loaded"]
+    assert "global_cache" in loaded and "t2/theirs" in loaded
+    admin.unload_mod("global_cache")
+    admin.unload_mod("theirs", tenant="t2")

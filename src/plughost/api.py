@@ -42,6 +42,7 @@ from .errors import (
     ModNotLoadedError,
     ModPathRefusedError,
     NotStartedError,
+    OutsideTenantError,
     PlughostError,
     RpcError,
     UnknownAgentError,
@@ -75,6 +76,7 @@ _ERRORS: list[tuple[type[Exception], int, str]] = [
     (DuplicateSnapshotError, 409, "duplicate_snapshot"),
     (ModAlreadyLoadedError, 409, "mod_already_loaded"),
     (ModPathRefusedError, 403, "mod_path_refused"),
+    (OutsideTenantError, 403, "forbidden"),
     (ModLoadError, 422, "mod_load_failed"),
     (AgentError, 422, "agent_error"),
     (RpcError, 422, "rpc_error"),
@@ -356,7 +358,7 @@ def create_app(
         """Send an event; the response says whether it succeeded."""
         if not principal.is_admin:
             event = _scoped_event(event, principal)
-        return await network.send_event(event)
+        return await network.send_event(event, confine_to=principal.tenant)
 
     @app.get("/api/mods", response_model=ModsModel, tags=["mods"], responses=ERRORS)
     async def list_mods(principal: Auth) -> ModsModel:
@@ -393,7 +395,8 @@ def create_app(
     ) -> ModUnloadResponse:
         """Unload a mod by id (``?tenant=`` for one loaded inside a tenant)."""
         scoped = principal.scope(tenant)
-        report = await network.unload_mod(mod_id if scoped is None else f"{scoped}/{mod_id}")
+        key = mod_id if scoped is None else f"{scoped}/{mod_id}"
+        report = await network.unload_mod(key, confine_to=principal.tenant)
         return ModUnloadResponse(
             mod_id=report.mod_id,
             mod_path=report.mod_path,
@@ -426,7 +429,7 @@ def create_app(
     ) -> dict[str, Any]:
         """Restart one instance with fresh code (``?reload=false``: the code it runs)."""
         _require_instance(principal, rpc_name)
-        mod = await network.restart(rpc_name, reload=reload)
+        mod = await network.restart(rpc_name, reload=reload, confine_to=principal.tenant)
         key = f"{mod.tenant}/{mod.mod_id}" if mod.tenant else mod.mod_id
         return next(item for item in network.instances() if item["rpc_name"] == key)
 
@@ -439,7 +442,7 @@ def create_app(
     async def unload_instance(rpc_name: str, principal: Auth) -> ModUnloadResponse:
         """Unload one instance; the others keep running."""
         _require_instance(principal, rpc_name)
-        report = await network.unload(rpc_name)
+        report = await network.unload(rpc_name, confine_to=principal.tenant)
         return ModUnloadResponse(
             mod_id=report.mod_id,
             mod_path=report.mod_path,

@@ -315,5 +315,19 @@ class AmbiguousNameError(PlughostError, LookupError):
         super().__init__(f"{name!r} is ambiguous: it matches {_listing(matches)}; use an RPC name")
 
 
+class OutsideTenantError(PlughostError, PermissionError):
+    """An action confined to one tenant named something outside it.
+
+    Attributes:
+        tenant: the tenant the caller is confined to.
+        target: what it named.
+    """
+
+    def __init__(self, tenant: str, target: str) -> None:
+        self.tenant = tenant
+        self.target = target
+        super().__init__(f"{target!r} is outside tenant {tenant!r}")
+
+
 def _listing(names: list[str]) -> str:
     return ", ".join(repr(n) for n in names) if names else "(none)"

@@ -36,6 +36,7 @@ from .errors import (
     ModLoadError,
     ModNotLoadedError,
     NotStartedError,
+    OutsideTenantError,
     PlughostError,
     RpcError,
     UnknownAgentError,
@@ -538,7 +539,11 @@ class Network:
         return loaded
 
     async def unload_mod(
-        self, mod_path_or_id: str, *, tenant: str | None = None
+        self,
+        mod_path_or_id: str,
+        *,
+        tenant: str | None = None,
+        confine_to: str | None = None,
     ) -> ModUnloadReport:
         """Unload one mod, named by its id, its key (``tenant/mod_id``) or its exact ``mod_path``.
 
@@ -546,23 +551,38 @@ class Network:
         finish (up to ``unload_timeout``); then ``shutdown()`` runs and its
         code is unloaded. The report says if ``shutdown()`` raised or if its
         modules are still referenced; the mod is removed in every case.
+        With ``confine_to``, only that tenant's mods are candidates.
 
         Raises:
             ModNotLoadedError: nothing loaded matches, or several mods do.
         """
         self._check_started()
         async with self._mod_lock:
-            found = self._mods.find(mod_path_or_id, tenant)
+            found = [
+                mod
+                for mod in self._mods.find(mod_path_or_id, tenant or confine_to)
+                if confine_to is None or mod.tenant == confine_to
+            ]
             if len(found) != 1:
                 reason = "is not loaded" if not found else "matches several mods: name it by key"
-                raise ModNotLoadedError(mod_path_or_id, self._mods.list_loaded(), reason)
+                raise ModNotLoadedError(mod_path_or_id, self._visible_mods(confine_to), reason)
             mod = found[0]
             self._mods.unregister(mod.key)
-            await asyncio.to_thread(self._store.delete_mod, mod.key)
-            report = await stop_mod(mod, self.unload_timeout)
+            try:
+                await asyncio.to_thread(self._store.delete_mod, mod.key)
+            finally:
+                report = await stop_mod(mod, self.unload_timeout)
         self.metrics.mod_unloads.inc()
         await self._notify("system.mod.unloaded", mod.mod_id, mod.mod_path, mod.tenant)
         return report
+
+    def _visible_mods(self, confine_to: str | None) -> list[str]:
+        """The loaded mod keys a caller confined to a tenant may see: global ones and its own."""
+        return [
+            mod.key
+            for mod in self._mods.loaded()
+            if confine_to is None or mod.tenant in (None, confine_to)
+        ]
 
     def get_loaded_mods(self) -> list[str]:
         """The keys of the loaded mods: ``mod_id``, or ``tenant/mod_id`` inside a tenant."""
@@ -680,7 +700,15 @@ class Network:
             for mod in self._mods.loaded()
         ]
 
-    async def restart(self, rpc_name: str, *, reload: bool = True) -> Mod:
+    def _confined_instance(self, rpc_name: str, confine_to: str | None) -> LoadedMod:
+        mod = self._mod_for(rpc_name, confine_to)
+        if confine_to is not None and mod.tenant != confine_to:
+            raise OutsideTenantError(confine_to, rpc_name)
+        return mod
+
+    async def restart(
+        self, rpc_name: str, *, reload: bool = True, confine_to: str | None = None
+    ) -> Mod:
         """Replace one instance with a fresh load of its code, leaving everything else running.
 
         The replacement is loaded and initialized beside the running instance,
@@ -692,11 +720,12 @@ class Network:
 
         Raises:
             ModNotLoadedError, AmbiguousNameError: no such instance, or several.
+            OutsideTenantError: with ``confine_to``, the instance is another tenant's.
             ModLoadError: the new code failed; nothing changed.
         """
         self._check_started()
         async with self._mod_lock:
-            old = self._mod_for(rpc_name, None)
+            old = self._confined_instance(rpc_name, confine_to)
             source = old.source
             assert source is not None
             if old.from_bundle and reload and old.tenant is not None:
@@ -729,26 +758,30 @@ class Network:
         await stop_mod(old, self.unload_timeout)
         return new.instance
 
-    async def unload(self, rpc_name: str) -> ModUnloadReport:
+    async def unload(self, rpc_name: str, *, confine_to: str | None = None) -> ModUnloadReport:
         """Unload one instance by RPC name: ``robot2/mapper``, or ``shared_cache`` if global.
 
         Raises:
             ModNotLoadedError, AmbiguousNameError: no such instance, or several.
+            OutsideTenantError: with ``confine_to``, the instance is another tenant's.
         """
         self._check_started()
-        return await self.unload_mod(self._mod_for(rpc_name, None).key)
+        mod = self._confined_instance(rpc_name, confine_to)
+        return await self.unload_mod(mod.key, confine_to=confine_to)
 
     # -- events, topics, RPC -------------------------------------------------------
 
-    async def send_event(self, event: Event) -> EventResponse:
+    async def send_event(self, event: Event, *, confine_to: str | None = None) -> EventResponse:
         """Deliver ``event`` by its ``destination_id``, or to every matching handler.
 
         Never raises for what a handler or the routing did: failures come back
         as ``success=False`` with the error text, and the network keeps serving.
+        With ``confine_to`` (a tenant), ``system.*`` events act on that
+        tenant's mods and instances only, and list only what it may see.
         """
         self._check_started()
         try:
-            response = await self._route(event)
+            response = await self._route(event, confine_to)
         except PlughostError as exc:
             response = EventResponse(success=False, message=str(exc))
         except Exception as exc:
@@ -756,13 +789,13 @@ class Network:
         self.metrics.events.labels("ok" if response.success else "failed").inc()
         return response
 
-    async def _route(self, event: Event) -> EventResponse:
+    async def _route(self, event: Event, confine_to: str | None = None) -> EventResponse:
         destination = event.destination_id
         if not destination:
             return await self._broadcast(event)
         kind, _, target = destination.partition(":")
         if kind == "system" and target == "system":
-            return await self._system_event(event)
+            return await self._system_event(event, confine_to)
         if kind == "mod" and target:
             mod = self._mod_for(target, event.tenant)
             for pattern, handler in mod.handlers:
@@ -793,9 +826,11 @@ class Network:
             ),
         )
 
-    async def _system_event(self, event: Event) -> EventResponse:
+    async def _system_event(self, event: Event, confine_to: str | None) -> EventResponse:
         payload, name = event.payload, event.event_name
         tenant = payload.get("tenant", event.tenant)
+        if confine_to is not None and tenant != confine_to:
+            raise OutsideTenantError(confine_to, str(tenant))
         if name == "system.mod.load":
             mod_path = payload.get("mod_path")
             if not mod_path:
@@ -814,23 +849,26 @@ class Network:
             target = payload.get("mod_id") or payload.get("mod_path")
             if not target:
                 return EventResponse(success=False, message="mod_path or mod_id is required")
-            report = await self.unload_mod(str(target), tenant=tenant)
+            report = await self.unload_mod(str(target), tenant=tenant, confine_to=confine_to)
             data = {"mod_id": report.mod_id, "mod_path": report.mod_path, "leaked": report.leaked}
             if report.shutdown_error:
                 data["shutdown_error"] = report.shutdown_error
             return EventResponse(success=True, message=report.message, data=data)
         if name == "system.mod.list":
-            return EventResponse(success=True, data={"mods": self._mods.details()})
+            visible = set(self._visible_mods(confine_to))
+            details = {k: v for k, v in self._mods.details().items() if k in visible}
+            return EventResponse(success=True, data={"mods": details})
         if name in ("system.instance.restart", "system.instance.unload"):
             rpc_name = payload.get("rpc_name")
             if not rpc_name:
                 return EventResponse(success=False, message="rpc_name is required")
             if name == "system.instance.unload":
-                report = await self.unload(str(rpc_name))
+                report = await self.unload(str(rpc_name), confine_to=confine_to)
                 return EventResponse(
                     success=True, message=report.message, data={"rpc_name": rpc_name}
                 )
-            await self.restart(str(rpc_name), reload=bool(payload.get("reload", True)))
+            reload = bool(payload.get("reload", True))
+            await self.restart(str(rpc_name), reload=reload, confine_to=confine_to)
             return EventResponse(
                 success=True, message=f"{rpc_name!r} restarted", data={"rpc_name": rpc_name}
             )
