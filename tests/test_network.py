@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -475,3 +477,91 @@ def test_health_has_the_established_fields(tmp_path: Path) -> None:
     assert health["mods"] == {"loaded": [], "count": 0, "failed": [], "details": {}}
     assert health["tenants"] == {"count": 1}
     assert isinstance(health["uptime"], int)
+
+
+class _Gate:
+    """A module that bundle code imports to block, at import, until the test opens it."""
+
+    def __init__(self) -> None:
+        self.module = ModuleType("plughost_test_import_gate")
+        self.entered = threading.Event()
+        self.opened = threading.Event()
+        self.opened.set()
+        self.module.wait = self._wait  # type: ignore[attr-defined]
+
+    def _wait(self) -> None:
+        self.entered.set()
+        self.opened.wait(timeout=60)
+
+
+@pytest.fixture
+def import_gate() -> Iterator[_Gate]:
+    gate = _Gate()
+    sys.modules[gate.module.__name__] = gate.module
+    yield gate
+    gate.opened.set()
+    del sys.modules[gate.module.__name__]
+
+
+GATED = "import plughost_test_import_gate as gate\ngate.wait()\n"
+
+
+async def _blocked_first_call(
+    network: Network, gate: _Gate, tenant: str, snapshot: str | None = None
+) -> asyncio.Task[Any]:
+    gate.opened.clear()
+    gate.entered.clear()
+    call = asyncio.create_task(
+        network.call_agent(tenant, "Notifier", {"message": "m"}, snapshot=snapshot)
+    )
+    assert await asyncio.to_thread(gate.entered.wait, 60)
+    return call
+
+
+async def test_a_namespace_replaced_while_it_loads_serves_its_call_then_unloads(
+    tmp_path: Path, import_gate: _Gate
+) -> None:
+    data = tmp_path / "data"
+    gated = agent_bundle("v1", extra=GATED)
+    async with Network(data) as network:
+        await network.deploy("race", gated)
+        await network.create_snapshot("race", "jan")
+    async with Network(data) as network:
+        call = await _blocked_first_call(network, import_gate, "race")
+        await network.deploy("race", agent_bundle("v2"))
+        import_gate.opened.set()
+        assert await call == "v1:m"
+        assert await network.call_agent("race", "Notifier", {"message": "m"}) == "v2:m"
+        assert [ns.version for ns in network.loaded_namespaces()] == ["2"]
+
+        snapshot_call = await _blocked_first_call(network, import_gate, "race", "jan")
+        await network.delete_snapshot("race", "jan")
+        await network.create_snapshot("race", "jan")
+        import_gate.opened.set()
+        assert await snapshot_call == "v1:m"
+        assert (
+            await network.call_agent("race", "Notifier", {"message": "m"}, snapshot="jan") == "v2:m"
+        )
+        assert all(
+            ns.snapshot is None or ns.dimensions["digest"] != ""
+            for ns in network.loaded_namespaces()
+        )
+        assert len([ns for ns in network.loaded_namespaces() if ns.snapshot == "jan"]) == 1
+
+
+async def test_stopping_while_a_namespace_loads_leaves_nothing_loaded(
+    tmp_path: Path, import_gate: _Gate
+) -> None:
+    data = tmp_path / "data"
+    async with Network(data) as network:
+        await network.deploy("slowstart", agent_bundle("s", extra=GATED))
+    network = Network(data)
+    await network.start()
+    call = await _blocked_first_call(network, import_gate, "slowstart")
+    stopping = asyncio.create_task(network.stop())
+    await asyncio.sleep(0.05)
+    import_gate.opened.set()
+    await stopping
+    with pytest.raises(NotStartedError):
+        await call
+    assert namespace_keys() == set()

@@ -1,7 +1,8 @@
 """The ``Network``: tenants, deployments, snapshots and agent calls, over one data folder.
 
 Each deployment version and each snapshot of a tenant runs in its own
-namespace (``Namespace(tenant, version=7)``, ``Namespace(tenant, snapshot="jan")``).
+namespace (``Namespace(tenant, version=7)``, ``Namespace(tenant, snapshot="jan",
+digest=...)``).
 A redeploy loads the new version beside the old one, commits it, and then
 points new calls at it; the old version drains and is unloaded (hot swap).
 """
@@ -196,7 +197,7 @@ class Network:
             for mod in reversed(self._mods.loaded()):
                 self._mods.unregister(mod.key)
                 await stop_mod(mod, self.unload_timeout)
-        self._runtime.close()
+        await self._runtime.close()
         if self._executor is not None:
             self._executor.shutdown(wait=False)
         self._store.close()
@@ -321,8 +322,7 @@ class Network:
                 del self._token_tenants[token_hash]
             self._runtime.retire(self._live_ns.pop(tenant))
             for key in [key for key in self._snapshots if key[0] == tenant]:
-                del self._snapshots[key]
-                self._runtime.retire(Namespace(tenant, snapshot=key[1]))
+                self._runtime.retire(_snapshot_namespace(self._snapshots.pop(key)))
             async with self._mod_lock:
                 gone = [mod for mod in self._mods.loaded() if mod.tenant == tenant]
                 for mod in gone:
@@ -372,8 +372,7 @@ class Network:
         async with self._write_lock:
             self._snapshot(tenant, name)
             await asyncio.to_thread(self._store.delete_snapshot, tenant, name)
-            del self._snapshots[(tenant, name)]
-            self._runtime.retire(Namespace(tenant, snapshot=name))
+            self._runtime.retire(_snapshot_namespace(self._snapshots.pop((tenant, name))))
             await self._collect_locked()
 
     def _snapshot(self, tenant: str, name: str) -> Snapshot:
@@ -393,7 +392,7 @@ class Network:
             digest, version = deployment.digest, deployment.version
         else:
             found = self._snapshot(tenant, snapshot)
-            namespace = Namespace(tenant, snapshot=snapshot)
+            namespace = _snapshot_namespace(found)
             digest, version = found.digest, found.version
 
         def load() -> LoadedNamespace:
@@ -914,7 +913,7 @@ class Network:
                 for agent in entry.agents.values():
                     for pattern, handler in agent.handlers:
                         if matches(pattern, event.event_name):
-                            owner = f"agent:{entry.namespace.tenant}/{agent.name}"
+                            owner = f"agent {agent.name} in {entry.namespace!r}"
                             calls.append((owner, self._run_handler(handler, event)))
             if not calls:
                 return EventResponse(
@@ -1112,6 +1111,11 @@ class Network:
             "tenants": {"count": len(self._live)},
             "namespaces": {"loaded": len(self._runtime), "limit": self._runtime.max_loaded},
         }
+
+
+def _snapshot_namespace(snapshot: Snapshot) -> Namespace:
+    # The digest keeps a re-created snapshot of the same name apart from the one it replaces.
+    return Namespace(snapshot.tenant, snapshot=snapshot.name, digest=snapshot.digest[:16])
 
 
 def hash_token(token: str) -> str:

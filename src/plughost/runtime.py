@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .agent import Agent, find_agents
+from .errors import NotStartedError
 from .events import handlers_of, is_topic_pattern
 from .loader import LoadedBundle, load_bundle
 from .naming import Namespace
@@ -97,6 +98,9 @@ class Runtime:
         self.max_loaded = max_loaded
         self._entries: OrderedDict[Namespace, LoadedNamespace] = OrderedDict()
         self._loading: dict[Namespace, asyncio.Task[LoadedNamespace]] = {}
+        self._waiting: Counter[Namespace] = Counter()
+        self._retire_when_loaded: set[Namespace] = set()
+        self._closed = False
         self.loads = 0
         self.load_failures = 0
         self.unloads = 0
@@ -133,7 +137,18 @@ class Runtime:
                 await entry.unloaded.wait()
                 continue
             task = self._loading.get(namespace) or self._start_load(namespace, load)
-            await asyncio.shield(task)
+            self._waiting[namespace] += 1
+            try:
+                entry = await asyncio.shield(task)
+            finally:
+                self._waiting[namespace] -= 1
+                if not self._waiting[namespace]:
+                    del self._waiting[namespace]
+            if self._entries.get(namespace) is entry:
+                # Retired while it loaded, it still serves the calls that were waiting for it.
+                entry.in_flight += 1
+                self._entries.move_to_end(namespace)
+                return entry
 
     def hold(self) -> list[LoadedNamespace]:
         """Lease every loaded namespace that takes calls; release each with :meth:`release`."""
@@ -160,6 +175,8 @@ class Runtime:
         """Take no new calls into ``namespace``; unload it when its last call returns."""
         entry = self._entries.get(namespace)
         if entry is None:
+            if namespace in self._loading:
+                self._retire_when_loaded.add(namespace)
             return
         entry.retired = True
         if entry.in_flight == 0:
@@ -169,8 +186,14 @@ class Runtime:
         """The bundle digests of every namespace still loaded (retired ones included)."""
         return {entry.bundle.digest for entry in self._entries.values()}
 
-    def close(self) -> None:
-        """Unload every namespace, whatever its leases."""
+    async def close(self, timeout: float = 30.0) -> None:
+        """Wait (up to ``timeout``) for loads in progress, then unload every namespace.
+
+        A load that finishes later is unloaded as soon as it does.
+        """
+        self._closed = True
+        if self._loading:
+            await asyncio.wait(list(self._loading.values()), timeout=timeout)
         for entry in list(self._entries.values()):
             self._unload(entry)
 
@@ -184,7 +207,16 @@ class Runtime:
             finally:
                 del self._loading[namespace]
             self.loads += 1
+            if self._closed:
+                entry.bundle.unload(verify=False)
+                raise NotStartedError("the network stopped while this namespace was loading")
             self._entries[namespace] = entry
+            if namespace in self._retire_when_loaded:
+                self._retire_when_loaded.discard(namespace)
+                entry.retired = True
+                if not self._waiting.get(namespace):
+                    self._unload(entry)
+                return entry
             self._evict(keep=namespace)
             return entry
 
