@@ -338,7 +338,7 @@ async def test_snapshots_are_immutable_unique_and_deletable(network: Network) ->
     assert [s.name for s in network.list_snapshots("snap")] == names
     with pytest.raises(DuplicateSnapshotError):
         await network.create_snapshot("snap", "jan")
-    for bad in ["", "a/b", "tab\there", "x" * 129]:
+    for bad in ["", "a/b", "tab\there", "x" * 129, ".", ".."]:
         with pytest.raises(InvalidNameError):
             await network.create_snapshot("snap", bad)
 
@@ -565,3 +565,44 @@ async def test_stopping_while_a_namespace_loads_leaves_nothing_loaded(
     with pytest.raises(NotStartedError):
         await call
     assert namespace_keys() == set()
+
+
+async def test_a_cancelled_call_keeps_its_code_loaded_until_its_thread_returns(
+    network: Network, import_gate: _Gate
+) -> None:
+    outcome = ModuleType("plughost_test_outcome")
+    outcome.seen = []  # type: ignore[attr-defined]
+    sys.modules[outcome.__name__] = outcome
+    slow = agent_bundle(
+        "old",
+        extra=(
+            "class Slow(BasicAgent):\n"
+            "    name = 'Slow'\n"
+            "    def perform(self, **kwargs):\n"
+            "        import plughost_test_import_gate as gate, plughost_test_outcome as out\n"
+            "        gate.wait()\n"
+            "        try:\n"
+            "            from helpers import decorate\n"
+            "            out.seen.append(decorate('late'))\n"
+            "        except Exception as exc:\n"
+            "            out.seen.append(repr(exc))\n"
+        ),
+    )
+    try:
+        await network.deploy("cancel", slow)
+        import_gate.opened.clear()
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(network.call_agent("cancel", "Slow"), 0.2)
+        await network.deploy("cancel", agent_bundle("new"))
+        assert {ns.version for ns in network.loaded_namespaces()} == {"1", "2"}
+        import_gate.opened.set()
+        while not outcome.seen:  # type: ignore[attr-defined]
+            await asyncio.sleep(0.01)
+        assert outcome.seen == ["old:late"]  # type: ignore[attr-defined]
+        for _ in range(500):  # the lease ends when the thread has returned
+            if {ns.version for ns in network.loaded_namespaces()} == {"2"}:
+                break
+            await asyncio.sleep(0.01)
+        assert {ns.version for ns in network.loaded_namespaces()} == {"2"}
+    finally:
+        del sys.modules[outcome.__name__]

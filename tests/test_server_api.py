@@ -11,6 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
+from plughost.client import ClientError
+
 from .server import ServerProcess
 
 ADMIN = "admin-token-for-tests"
@@ -378,3 +380,18 @@ def test_a_tenant_token_cannot_touch_global_or_other_tenants_mods(api: Api) -> N
     assert "global_cache" in loaded and "t2/theirs" in loaded
     admin.unload_mod("global_cache")
     admin.unload_mod("theirs", tenant="t2")
+
+
+def test_the_client_keeps_every_name_inside_its_path_segment(api: Api) -> None:
+    with api.server.client() as admin:
+        for name in ("jan#old", "jan?x=1", "a b%2F", "..x", "ünï"):
+            admin.create_snapshot("t1", name)
+            assert name in [s["name"] for s in admin.list_snapshots("t1")]
+            admin.delete_snapshot("t1", name)
+        with pytest.raises(ClientError) as caught:
+            admin.delete_snapshot("t1", "..")
+        assert caught.value.status == 404
+        assert "t1" in [t["name"] for t in admin.list_tenants()]
+        with pytest.raises(ClientError) as caught:
+            admin.call("t1", "W/../../../mods")
+        assert caught.value.status == 404  # no route matches: it reached nothing

@@ -12,6 +12,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -103,7 +104,9 @@ class Client:
 
     def unload_mod(self, mod_id: str, *, tenant: str | None = None) -> dict[str, Any]:
         params = {"tenant": tenant} if tenant else {}
-        result: dict[str, Any] = self.request("DELETE", f"/api/mods/{mod_id}", params=params)
+        result: dict[str, Any] = self.request(
+            "DELETE", f"/api/mods/{_segment(mod_id)}", params=params
+        )
         return result
 
     def list_instances(self) -> list[dict[str, Any]]:
@@ -113,12 +116,12 @@ class Client:
     def restart_instance(self, rpc_name: str, *, reload: bool = True) -> dict[str, Any]:
         params = {"reload": "true" if reload else "false"}
         result: dict[str, Any] = self.request(
-            "POST", f"/api/instances/{rpc_name}/restart", params=params
+            "POST", f"/api/instances/{_segment(rpc_name)}/restart", params=params
         )
         return result
 
     def unload_instance(self, rpc_name: str) -> dict[str, Any]:
-        result: dict[str, Any] = self.request("DELETE", f"/api/instances/{rpc_name}")
+        result: dict[str, Any] = self.request("DELETE", f"/api/instances/{_segment(rpc_name)}")
         return result
 
     def deploy(
@@ -137,7 +140,7 @@ class Client:
             raise ClientError(0, "no_such_path", f"no such folder or file: {path}")
         result: dict[str, Any] = self.request(
             "PUT",
-            f"/api/tenants/{tenant}/bundle",
+            f"/api/tenants/{_segment(tenant)}/bundle",
             content=_chunks(data, progress),
             headers={"Content-Type": content_type, "Content-Length": str(len(data))},
         )
@@ -148,17 +151,17 @@ class Client:
         return result
 
     def describe_tenant(self, tenant: str) -> dict[str, Any]:
-        result: dict[str, Any] = self.request("GET", f"/api/tenants/{tenant}")
+        result: dict[str, Any] = self.request("GET", f"/api/tenants/{_segment(tenant)}")
         return result
 
     def remove_tenant(self, tenant: str) -> dict[str, Any]:
-        result: dict[str, Any] = self.request("DELETE", f"/api/tenants/{tenant}")
+        result: dict[str, Any] = self.request("DELETE", f"/api/tenants/{_segment(tenant)}")
         return result
 
     def list_agents(self, tenant: str, snapshot: str | None = None) -> list[dict[str, Any]]:
         params = {"snapshot": snapshot} if snapshot else {}
         result: list[dict[str, Any]] = self.request(
-            "GET", f"/api/tenants/{tenant}/agents", params=params
+            "GET", f"/api/tenants/{_segment(tenant)}/agents", params=params
         )
         return result
 
@@ -172,7 +175,7 @@ class Client:
         params = {"snapshot": snapshot} if snapshot else {}
         result = self.request(
             "POST",
-            f"/api/tenants/{tenant}/agents/{agent}/call",
+            f"/api/tenants/{_segment(tenant)}/agents/{_segment(agent)}/call",
             json={"args": args or {}},
             params=params,
         )
@@ -180,17 +183,28 @@ class Client:
 
     def create_snapshot(self, tenant: str, name: str) -> dict[str, Any]:
         result: dict[str, Any] = self.request(
-            "POST", f"/api/tenants/{tenant}/snapshots", json={"name": name}
+            "POST", f"/api/tenants/{_segment(tenant)}/snapshots", json={"name": name}
         )
         return result
 
     def list_snapshots(self, tenant: str) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self.request("GET", f"/api/tenants/{tenant}/snapshots")
+        result: list[dict[str, Any]] = self.request(
+            "GET", f"/api/tenants/{_segment(tenant)}/snapshots"
+        )
         return result
 
     def delete_snapshot(self, tenant: str, name: str) -> dict[str, Any]:
-        result: dict[str, Any] = self.request("DELETE", f"/api/tenants/{tenant}/snapshots/{name}")
+        result: dict[str, Any] = self.request(
+            "DELETE", f"/api/tenants/{_segment(tenant)}/snapshots/{_segment(name)}"
+        )
         return result
+
+
+def _segment(name: str) -> str:
+    """One path segment, so that no name can reach another route (``..``, ``/``, ``#``, ``?``)."""
+    if name in (".", ".."):
+        return name.replace(".", "%2E")  # URL clients resolve bare dot segments away
+    return quote(name, safe="")
 
 
 def _zip_folder(folder: Path) -> bytes:

@@ -20,7 +20,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,7 +65,9 @@ from .naming import TENANT_NAME_RULE, Namespace, check_tenant_name
 from .runtime import LoadedNamespace, Loader, Runtime, load_namespace
 from .store import Deployment, GarbageReport, Snapshot, Store, StoredMod
 
-SNAPSHOT_NAME_RULE = "1-128 characters, no '/', no control characters and no lone surrogates"
+SNAPSHOT_NAME_RULE = (
+    "1-128 characters, no '/', no control characters, no lone surrogates, not '.' or '..'"
+)
 SNAPSHOT_NAME_PATTERN = r"^[^/\x00-\x1f\x7f-\x9f]{1,128}$"
 _SNAPSHOT_NAME = re.compile(SNAPSHOT_NAME_PATTERN)
 MOD_ID_RULE = "1-64 characters of [A-Za-z0-9_.-], not starting with '.'"
@@ -446,6 +448,7 @@ class Network:
             )
         started = time.perf_counter()
         entry = await self._runtime.acquire(*self._resolve(tenant, snapshot))
+        handed_over = False
         try:
             slot = entry.agents.get(agent)
             if slot is None:
@@ -454,15 +457,15 @@ class Network:
                 if slot.is_async:
                     result = await slot.instance.perform(**(args or {}))
                 else:
+                    handed_over = True
                     call = functools.partial(slot.instance.perform, **(args or {}))
-                    result = await asyncio.get_running_loop().run_in_executor(self._executor, call)
-                    if inspect.isawaitable(result):
-                        result = await result
+                    result = await self._off_loop(call, lambda: self._runtime.release(entry))
             except Exception as exc:
                 self._calls_failed.inc()
                 raise AgentError(tenant, agent, type(exc).__name__, str(exc)) from exc
         finally:
-            self._runtime.release(entry)
+            if not handed_over:
+                self._runtime.release(entry)
         self._calls_ok.inc()
         self.metrics.call_seconds.observe(time.perf_counter() - started)
         return result
@@ -943,18 +946,39 @@ class Network:
         """Run a handler or RPC method of ``mod``, counted so that an unload can wait for it."""
         mod.in_flight += 1
         mod.idle.clear()
-        try:
-            return await self._run_handler(function, *args, **kwargs)
-        finally:
+
+        def finished() -> None:
             mod.in_flight -= 1
             if mod.in_flight == 0:
                 mod.idle.set()
 
+        if not inspect.iscoroutinefunction(function):
+            return await self._off_loop(functools.partial(function, *args, **kwargs), finished)
+        try:
+            return await function(*args, **kwargs)
+        finally:
+            finished()
+
     async def _run_handler(self, function: Any, *args: Any, **kwargs: Any) -> Any:
         if inspect.iscoroutinefunction(function):
             return await function(*args, **kwargs)
-        call = functools.partial(function, *args, **kwargs)
-        result = await asyncio.get_running_loop().run_in_executor(self._executor, call)
+        return await self._off_loop(functools.partial(function, *args, **kwargs), lambda: None)
+
+    async def _off_loop(self, call: Callable[[], Any], finished: Callable[[], None]) -> Any:
+        """Run ``call`` in the agent threads; ``finished`` runs when the thread returns.
+
+        A caller cancelled meanwhile does not stop the thread, so ``finished``
+        (which releases what the call uses) waits for the thread, not the caller.
+        """
+        future = asyncio.get_running_loop().run_in_executor(self._executor, call)
+
+        def done(completed: asyncio.Future[Any]) -> None:
+            if not completed.cancelled():
+                completed.exception()  # retrieved here if the caller is gone
+            finished()
+
+        future.add_done_callback(done)
+        result = await asyncio.shield(future)
         return await result if inspect.isawaitable(result) else result
 
     async def _notify(
@@ -1138,7 +1162,9 @@ def _check_mod_id(mod_id: str) -> None:
 
 
 def _check_snapshot_name(name: str) -> None:
-    valid = isinstance(name, str) and bool(_SNAPSHOT_NAME.fullmatch(name))
+    valid = (
+        isinstance(name, str) and bool(_SNAPSHOT_NAME.fullmatch(name)) and name not in (".", "..")
+    )
     try:
         name.encode("utf-8")  # a lone surrogate matches the pattern but cannot be stored
     except (UnicodeEncodeError, AttributeError):
