@@ -606,3 +606,30 @@ async def test_a_cancelled_call_keeps_its_code_loaded_until_its_thread_returns(
         assert {ns.version for ns in network.loaded_namespaces()} == {"2"}
     finally:
         del sys.modules[outcome.__name__]
+
+
+async def test_a_slow_import_in_one_tenant_does_not_hold_up_another(
+    network: Network, import_gate: _Gate
+) -> None:
+    import_gate.opened.clear()
+    import_gate.entered.clear()
+    slow = asyncio.create_task(network.deploy("slow-tenant", agent_bundle("s", extra=GATED)))
+    assert await asyncio.to_thread(import_gate.entered.wait, 60)
+    fast = await network.deploy("fast-tenant", agent_bundle("f"))
+    await network.create_snapshot("fast-tenant", "while-slow")
+    assert fast.version == 1 and not slow.done()
+    import_gate.opened.set()
+    assert (await slow).version == 1
+
+
+async def test_a_failed_deploy_leaves_no_files(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    async with Network(data) as network:
+        await network.deploy("kept", agent_bundle("kept"))
+        before = sorted(p.relative_to(data) for p in (data / "blobs").rglob("*"))
+        bundles_before = sorted(p.name for p in (data / "bundles").iterdir())
+        broken = agent_bundle("broken", extra="raise RuntimeError('no')\n")
+        with pytest.raises(BundleLoadError):
+            await network.deploy("kept", broken)
+        assert sorted(p.relative_to(data) for p in (data / "blobs").rglob("*")) == before
+        assert sorted(p.name for p in (data / "bundles").iterdir()) == bundles_before

@@ -142,6 +142,8 @@ class Network:
         self._agent_threads = agent_threads
         self._executor: ThreadPoolExecutor | None = None
         self._write_lock = asyncio.Lock()
+        self._tenant_locks: dict[str, asyncio.Lock] = {}
+        self._staging: list[tuple[str, frozenset[str]]] = []  # (digest, blobs) being deployed
         self._live: dict[str, Deployment] = {}
         self._live_ns: dict[str, Namespace] = {}
         self._snapshots: dict[tuple[str, str], Snapshot] = {}
@@ -253,11 +255,13 @@ class Network:
 
     async def _deploy(self, tenant: str, bundle: BundleFiles) -> Deployment:
         bundle_manifest, digest = bundle.manifest, bundle.digest
-        async with self._write_lock:
+        # One deploy per tenant at a time. The global write lock is taken only to
+        # commit, so other tenants' writes go on while this bundle's code imports.
+        async with self._tenant_lock(tenant):
             current = self._live.get(tenant)
             if current is not None and current.digest == digest:
                 return current
-            version = self._store.next_version(tenant)
+            version = await asyncio.to_thread(self._store.next_version, tenant)
             namespace = Namespace(tenant, version=version)
 
             def stage_and_load() -> tuple[LoadedNamespace, Path, Manifest]:
@@ -266,33 +270,44 @@ class Network:
                 manifest = read_manifest(folder)
                 return load_namespace(namespace, folder), folder, manifest
 
-            entry, folder, manifest = await asyncio.to_thread(stage_and_load)
+            staged = (digest, frozenset(bundle_manifest.values()))
+            self._staging.append(staged)
+            entry: LoadedNamespace | None = None
+            instances: list[LoadedMod] = []
             try:
+                loaded, folder, manifest = await asyncio.to_thread(stage_and_load)
+                entry = loaded
                 instances = await self._start_instances(tenant, folder, manifest)
+                async with self._write_lock:
+                    deployment = await asyncio.to_thread(
+                        self._store.record_deployment,
+                        tenant,
+                        version,
+                        bundle_manifest,
+                        sorted(loaded.agents),
+                        bundle.metadata,
+                    )
+                    self._runtime.add(loaded)
+                    self._live[tenant] = deployment
+                    self._live_ns[tenant] = namespace
+                    if current is not None:
+                        self._runtime.retire(Namespace(tenant, version=current.version))
             except BaseException:
-                entry.bundle.unload(verify=False)
-                raise
-            try:
-                deployment = await asyncio.to_thread(
-                    self._store.record_deployment,
-                    tenant,
-                    version,
-                    bundle_manifest,
-                    sorted(entry.agents),
-                    bundle.metadata,
-                )
-            except BaseException:
-                entry.bundle.unload(verify=False)
+                if entry is not None:
+                    entry.bundle.unload(verify=False)
                 for instance in instances:
                     await stop_mod(instance, self.unload_timeout)
+                self._staging.remove(staged)
+                # Nothing of a failed deploy stays: the files it stored go at once.
+                async with self._write_lock:
+                    await self._collect_locked()
                 raise
-            self._runtime.add(entry)
+            self._staging.remove(staged)
             await self._swap_instances(tenant, instances)
-            self._live[tenant] = deployment
-            self._live_ns[tenant] = namespace
-            if current is not None:
-                self._runtime.retire(Namespace(tenant, version=current.version))
             return deployment
+
+    def _tenant_lock(self, tenant: str) -> asyncio.Lock:
+        return self._tenant_locks.setdefault(tenant, asyncio.Lock())
 
     def list_tenants(self) -> list[str]:
         """The tenants that have a deployment, sorted."""
@@ -316,7 +331,7 @@ class Network:
             UnknownTenantError: no such tenant.
         """
         self._check_started()
-        async with self._write_lock:
+        async with self._tenant_lock(tenant), self._write_lock:
             self.get_deployment(tenant)
             await asyncio.to_thread(self._store.remove_tenant, tenant)
             del self._live[tenant]
@@ -1084,7 +1099,9 @@ class Network:
             return await self._collect_locked()
 
     async def _collect_locked(self) -> GarbageReport:
-        return await asyncio.to_thread(self._store.collect_garbage, self._runtime.digests())
+        bundles = self._runtime.digests() | {digest for digest, _ in self._staging}
+        blobs = {blob for _, staged in self._staging for blob in staged}
+        return await asyncio.to_thread(self._store.collect_garbage, bundles, blobs)
 
     async def _collect_periodically(self) -> None:
         while True:

@@ -413,14 +413,16 @@ class Store:
 
     # -- garbage -------------------------------------------------------------------
 
-    def collect_garbage(self, in_use: Iterable[str] = ()) -> GarbageReport:
+    def collect_garbage(
+        self, in_use: Iterable[str] = (), in_use_blobs: Iterable[str] = ()
+    ) -> GarbageReport:
         """Remove blobs and bundle folders that no deployment or snapshot references.
 
-        ``in_use`` names bundle digests that must stay although no row refers
-        to them any more (code still running). Callers serialize this with
-        deploys, so a blob written for a deploy not yet committed is not seen.
+        ``in_use`` names bundle digests and ``in_use_blobs`` blobs that must
+        stay although no row refers to them (yet): code still running, and
+        deploys not yet committed.
         """
-        referenced_blobs: set[str] = set()
+        referenced_blobs = set(in_use_blobs)
         referenced_bundles = set(in_use)
         for table in ("deployments", "snapshots"):
             for digest, manifest in self._query(f"SELECT digest, manifest FROM {table}"):
@@ -431,6 +433,11 @@ class Store:
             if path.name not in referenced_blobs:
                 path.unlink(missing_ok=True)
                 blobs += 1
+        # A deploy in progress may be about to write into an empty shard of one of its blobs.
+        kept_shards = {blob[:2] for blob in referenced_blobs}
+        for shard in self._blobs.iterdir():
+            if shard.is_dir() and shard.name not in kept_shards and not any(shard.iterdir()):
+                shard.rmdir()
         bundles = 0
         for path in self._bundles.iterdir():
             if path.name not in referenced_bundles:
