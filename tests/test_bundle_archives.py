@@ -215,3 +215,16 @@ def test_safe_archives_with_folders_and_unicode_names_extract(tmp_path: Path) ->
     assert (target / "pkg" / "été.txt").read_text() == "hi"
     assert (target / "top.py").read_text() == "X=1"
     assert sorted(os.listdir(target)) == ["pkg", "top.py"]
+
+
+def test_a_zip_with_an_unsupported_compression_method_is_refused(tmp_path: Path) -> None:
+    archive = _zip(tmp_path / "method.zip", [("m.py", b"x = 1\n" * 100)])
+    data = bytearray(archive.read_bytes())
+    # The compression method, in the local header (offset 8) and the central directory (10).
+    struct.pack_into("<H", data, 8, 99)
+    struct.pack_into("<H", data, data.rfind(b"PK\x01\x02") + 10, 99)
+    archive.write_bytes(bytes(data))
+    target = tmp_path / "target"
+    target.mkdir()
+    with pytest.raises(BundleRejectedError, match="not a readable zip archive"):
+        extract_archive(archive, target)

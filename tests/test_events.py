@@ -191,3 +191,23 @@ async def test_shared_artifact_round_trip_per_tenant(tmp_path: Path) -> None:
             _event("shared_artifact.get", tenant="t1", name="blob.bin")
         )
         assert not missing.success
+
+
+async def test_removing_a_tenant_removes_its_cached_keys_and_artifacts(network: Network) -> None:
+    await network.deploy("leaving", agent_bundle("x"))
+    await network.load_mod("plughost.mods.shared_cache")
+    await network.load_mod("plughost.mods.shared_artifact")
+    await network.send_event(_event("shared_cache.set", tenant="leaving", key="k", value=1))
+    encoded = base64.b64encode(b"data").decode()
+    put = await network.send_event(
+        _event("shared_artifact.put", tenant="leaving", name="f.bin", content_base64=encoded)
+    )
+    assert put.success
+    folder = network.data_dir / "artifacts" / "tenants" / "leaving"
+    assert (folder / "f.bin").is_file()
+    await network.remove_tenant("leaving")
+    assert not folder.exists()
+    assert "leaving" not in (await network.rpc("shared_cache", "stats"))["items"]
+    await network.deploy("leaving", agent_bundle("y"))
+    got = await network.send_event(_event("shared_cache.get", tenant="leaving", key="k"))
+    assert got.data["found"] is False

@@ -19,6 +19,7 @@ from plughost import (
     DataFolderInUseError,
     DuplicateAgentError,
     DuplicateSnapshotError,
+    Event,
     InvalidNameError,
     Network,
     NotStartedError,
@@ -437,6 +438,15 @@ async def test_deploy_sources_folder_zip_tar_bytes_and_json(
         ({"agents": [{"filename": "x.py"}]}, "string 'source'"),
         ({"agents": ["x"]}, "not an object"),
         ({"agents": [{"filename": "x.py", "source": "x"}], "meta": {1, 2}}, "not JSON"),
+        (
+            {"files": [{"filename": "a", "source": ""}, {"filename": "a/b.py", "source": ""}]},
+            "share this name",
+        ),
+        (
+            {"files": [{"filename": "a/b.py", "source": ""}, {"filename": "a", "source": ""}]},
+            "share this name",
+        ),
+        ({"files": [{"filename": "x" * 300 + ".py", "source": ""}]}, "over 255 bytes"),
     ],
 )
 async def test_bad_bundles_are_refused_and_change_nothing(
@@ -633,3 +643,70 @@ async def test_a_failed_deploy_leaves_no_files(tmp_path: Path) -> None:
             await network.deploy("kept", broken)
         assert sorted(p.relative_to(data) for p in (data / "blobs").rglob("*")) == before
         assert sorted(p.name for p in (data / "bundles").iterdir()) == bundles_before
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            "class Broken(BasicAgent):\n    name = 'Broken'\n"
+            "    def __init__(self):\n        raise RuntimeError('no init')\n"
+            "    def perform(self, **kwargs):\n        return 1\n",
+            "RuntimeError: no init",
+        ),
+        (
+            "class Odd(BasicAgent):\n    metadata = 'oops'\n"
+            "    def perform(self, **kwargs):\n        return 1\n",
+            "AttributeError",
+        ),
+    ],
+)
+async def test_agents_that_fail_to_set_up_fail_the_deploy_clearly(
+    network: Network, extra: str, message: str
+) -> None:
+    with pytest.raises(BundleLoadError, match=message) as caught:
+        await network.deploy("setup", agent_bundle("x", extra=extra))
+    assert network.list_tenants() == [] and namespace_keys() == set()
+    if "no init" in message:
+        assert caught.value.file is not None and caught.value.file.name == "notifier_agent.py"
+
+
+async def test_an_answer_that_is_not_json_is_a_failed_response(network: Network) -> None:
+    await network.deploy(
+        "objects",
+        agent_bundle(
+            "x",
+            extra=(
+                "class Weird(BasicAgent):\n    name = 'Weird'\n"
+                "    def perform(self, **kwargs):\n        return object()\n"
+            ),
+        ),
+    )
+    response = await network.send_event(
+        Event(event_name="call", destination_id="agent:objects/Weird")
+    )
+    assert not response.success and "not JSON" in response.message
+
+
+async def test_a_failing_garbage_pass_neither_stops_collection_nor_stop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    network = Network(tmp_path / "data", gc_interval=0.01)
+    await network.start()
+    passes = []
+    real = network._store.collect_garbage
+
+    def failing_once(*args: Any) -> Any:  # an injected fault: the first pass fails
+        passes.append(1)
+        if len(passes) == 1:
+            raise PermissionError("injected")
+        return real(*args)
+
+    monkeypatch.setattr(network._store, "collect_garbage", failing_once)
+    for _ in range(500):
+        if len(passes) >= 3:
+            break
+        await asyncio.sleep(0.01)
+    assert len(passes) >= 3
+    await network.stop()
+    assert network.health()["status"] == "stopped"

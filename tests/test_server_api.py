@@ -185,7 +185,50 @@ def _zip(entries: dict[str, bytes]) -> bytes:
     return buffer.getvalue()
 
 
+FAILING_CONSTRUCTOR = (
+    "from plughost import Agent\n"
+    "class A(Agent):\n"
+    "    def __init__(self):\n"
+    "        raise RuntimeError('x')\n"
+    "    def perform(self, **k):\n"
+    "        return 1\n"
+)
+
 BAD_INPUTS: list[tuple[str, str, dict[str, Any], int, str]] = [
+    (
+        "PUT",
+        "/api/tenants/t1/bundle",
+        {
+            "json": {
+                "files": [{"filename": "a", "source": ""}, {"filename": "a/b.py", "source": ""}]
+            }
+        },
+        400,
+        "bundle_rejected",
+    ),
+    (
+        "PUT",
+        "/api/tenants/t1/bundle",
+        {"json": {"files": [{"filename": "n" * 300, "source": ""}]}},
+        400,
+        "bundle_rejected",
+    ),
+    (
+        "PUT",
+        "/api/tenants/t1/bundle",
+        {
+            "json": {
+                "agents": [
+                    {
+                        "filename": "a.py",
+                        "source": FAILING_CONSTRUCTOR,
+                    }
+                ]
+            }
+        },
+        422,
+        "bundle_load_failed",
+    ),
     (
         "PUT",
         "/api/tenants/t1/bundle",

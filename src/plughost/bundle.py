@@ -9,7 +9,6 @@ escape its target; it imports nothing.
 from __future__ import annotations
 
 import functools
-import gzip
 import hashlib
 import json
 import os
@@ -17,7 +16,6 @@ import stat
 import tarfile
 import tempfile
 import zipfile
-import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -29,6 +27,7 @@ from .naming import RESERVED_STEM_PREFIX
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 _GZIP_MAGIC = b"\x1f\x8b"
 _COPY_CHUNK = 1 << 16
+_MAX_NAME_BYTES = 255  # what file systems allow for one name
 
 _Opener = Callable[[], IO[bytes] | None]
 
@@ -311,6 +310,8 @@ def _checked_entry_name(name: str) -> PurePosixPath:
         raise BundleRejectedError("entry path contains '..'", name)
     if not parts:
         raise BundleRejectedError("entry has an empty name", name)
+    if any(len(part.encode("utf-8")) > _MAX_NAME_BYTES for part in parts):
+        raise BundleRejectedError(f"a name in the path is over {_MAX_NAME_BYTES} bytes", name)
     return PurePosixPath(*parts)
 
 
@@ -320,12 +321,16 @@ class _Plan:
     def __init__(self, limits: BundleLimits) -> None:
         self.limits = limits
         self.files: dict[PurePosixPath, int] = {}
+        self.folders: set[PurePosixPath] = set()
         self.total = 0
 
     def add_file(self, name: str, size: int) -> PurePosixPath:
         path = _checked_entry_name(name)
         if path in self.files:
             raise BundleRejectedError("entry appears twice", name)
+        if path in self.folders or any(parent in self.files for parent in path.parents):
+            raise BundleRejectedError("a file and a folder of the bundle share this name", name)
+        self.folders.update(path.parents)
         if size > self.limits.max_file_bytes:
             raise BundleTooLargeError(
                 f"entry is {size} bytes, over the limit of {self.limits.max_file_bytes}", name
@@ -358,8 +363,14 @@ def _extract_zip(archive: Path, target: Path, limits: BundleLimits) -> None:
     try:
         with zipfile.ZipFile(archive) as zf:
             _extract_zip_entries(zf, target, limits)
-    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
-        raise BundleRejectedError(f"not a readable zip archive: {exc}", archive.name) from None
+    except BundleRejectedError:
+        raise
+    except (
+        Exception
+    ) as exc:  # corrupt data fails in many ways: zlib, bz2, lzma, unsupported methods
+        raise BundleRejectedError(
+            f"not a readable zip archive: {type(exc).__name__}: {exc}", archive.name
+        ) from None
 
 
 def _extract_zip_entries(zf: zipfile.ZipFile, target: Path, limits: BundleLimits) -> None:
@@ -397,8 +408,12 @@ def _extract_tar(archive: Path, target: Path, limits: BundleLimits) -> None:
     try:
         with tarfile.open(archive, "r:gz") as tf:
             _extract_tar_members(tf, target, limits)
-    except (tarfile.TarError, gzip.BadGzipFile, zlib.error, EOFError) as exc:
-        raise BundleRejectedError(f"not a readable .tar.gz archive: {exc}", archive.name) from None
+    except BundleRejectedError:
+        raise
+    except Exception as exc:
+        raise BundleRejectedError(
+            f"not a readable .tar.gz archive: {type(exc).__name__}: {exc}", archive.name
+        ) from None
 
 
 def _extract_tar_members(tf: tarfile.TarFile, target: Path, limits: BundleLimits) -> None:

@@ -407,7 +407,7 @@ def _load_index(
         if workdir is not None:
             workdir.cleanup()
         if isinstance(exc, Exception | SystemExit):
-            error = _load_error(namespace, index.root, exc)
+            error = load_error(namespace, index.root, exc)
             imports.error = error
             imports.done.set()
             raise error from exc
@@ -432,7 +432,7 @@ def _wait_for(imports: _NamespaceImports, index: BundleIndex) -> LoadedBundle:
     return loaded
 
 
-def _load_error(namespace: Namespace, root: Path, exc: BaseException) -> BundleLoadError:
+def load_error(namespace: Namespace, root: Path, exc: BaseException) -> BundleLoadError:
     """Name the bundle file and line where ``exc`` arose: the deepest frame inside ``root``."""
     if isinstance(exc, SyntaxError) and exc.filename:
         return BundleLoadError(namespace, exc, Path(exc.filename), exc.lineno)

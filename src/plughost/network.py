@@ -16,6 +16,7 @@ import hashlib
 import inspect
 import itertools
 import json
+import logging
 import os
 import re
 import secrets
@@ -64,6 +65,8 @@ from .mod import (
 from .naming import TENANT_NAME_RULE, Namespace, check_tenant_name
 from .runtime import LoadedNamespace, Loader, Runtime, load_namespace
 from .store import Deployment, GarbageReport, Snapshot, Store, StoredMod
+
+log = logging.getLogger("plughost")
 
 SNAPSHOT_NAME_RULE = (
     "1-128 characters, no '/', no control characters, no lone surrogates, not '.' or '..'"
@@ -194,7 +197,7 @@ class Network:
             return
         if self._gc_task is not None:
             self._gc_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._gc_task
         # Stopping is not unloading: the mods stay recorded and load again at the next start.
         async with self._mod_lock:
@@ -348,6 +351,8 @@ class Network:
             for mod in gone:
                 await stop_mod(mod, self.unload_timeout)
             await self._collect_locked()
+        # Mods that keep data per tenant (caches, artifacts) drop the tenant's now.
+        await self._broadcast(Event(event_name="system.tenant.removed", payload={"tenant": tenant}))
 
     # -- snapshots -----------------------------------------------------------------
 
@@ -803,6 +808,10 @@ class Network:
             response = EventResponse(success=False, message=str(exc))
         except Exception as exc:
             response = EventResponse(success=False, message=f"{type(exc).__name__}: {exc}")
+        try:
+            json.dumps(response.data)
+        except (TypeError, ValueError) as exc:
+            response = EventResponse(success=False, message=f"the answer is not JSON: {exc}")
         self.metrics.events.labels("ok" if response.success else "failed").inc()
         return response
 
@@ -1106,7 +1115,11 @@ class Network:
     async def _collect_periodically(self) -> None:
         while True:
             await asyncio.sleep(self.gc_interval)
-            await self.collect_garbage()
+            try:
+                await self.collect_garbage()
+            except Exception:
+                # The next pass retries; a pass that fails must not end the loop.
+                log.exception("garbage collection failed")
 
     async def check(self) -> list[str]:
         """Check the data folder: every deployment's and snapshot's files are present and intact.

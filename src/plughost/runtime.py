@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from .agent import Agent, find_agents
-from .errors import NotStartedError
+from .errors import NotStartedError, PlughostError
 from .events import handlers_of, is_topic_pattern
-from .loader import LoadedBundle, load_bundle
+from .loader import LoadedBundle, load_bundle, load_error
 from .naming import Namespace
 
 
@@ -62,11 +62,11 @@ def load_namespace(namespace: Namespace, folder: Path) -> LoadedNamespace:
     Raises:
         BundleRejectedError, BundleLoadError: as :func:`plughost.loader.load_bundle`.
         DuplicateAgentError: two agents share a name (the namespace is unloaded again).
-        Exception: whatever an agent's constructor raised (likewise).
+        BundleLoadError: also when an agent's constructor or class attributes fail.
     """
     bundle = load_bundle(namespace, folder)
     try:
-        agents = {}
+        agents: dict[str, AgentInstance] = {}
         for name, cls in find_agents(bundle.modules).items():
             instance = cls()
             agents[name] = AgentInstance(
@@ -75,9 +75,12 @@ def load_namespace(namespace: Namespace, folder: Path) -> LoadedNamespace:
                 inspect.iscoroutinefunction(instance.perform),
                 [h for h in handlers_of(instance) if not is_topic_pattern(h[0])],
             )
-    except BaseException:
+    except PlughostError:
         bundle.unload(verify=False)
         raise
+    except Exception as exc:  # an agent's constructor or class attributes
+        bundle.unload(verify=False)
+        raise load_error(namespace, folder.resolve(), exc) from exc
     return LoadedNamespace(namespace, bundle, agents)
 
 

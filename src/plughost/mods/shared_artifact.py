@@ -11,6 +11,7 @@ Events (payload -> response data):
 Files live in ``<data folder>/artifacts/tenants/<tenant>/`` (or ``.../global/``
 for events without a tenant), each written whole before it becomes visible.
 Names: 1-128 characters of ``[A-Za-z0-9._-]``, not starting with ``.``.
+A removed tenant's artifacts are deleted (``system.tenant.removed``).
 Config: ``max_bytes`` per artifact (default 10 MiB).
 """
 
@@ -21,6 +22,7 @@ import binascii
 import hashlib
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +118,12 @@ class SharedArtifactMod(Mod):
         path.unlink(missing_ok=True)
         (path.parent / f".{name}.json").unlink(missing_ok=True)
         return EventResponse(success=True, data={"deleted": deleted})
+
+    @on("system.tenant.removed")
+    def forget_tenant(self, event: Event) -> None:
+        tenant = event.payload.get("tenant")
+        if isinstance(tenant, str) and _NAME.match(tenant):
+            shutil.rmtree(self.root / "tenants" / tenant, ignore_errors=True)
 
     @staticmethod
     def _meta(path: Path) -> dict[str, Any]:

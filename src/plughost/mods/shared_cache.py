@@ -11,7 +11,8 @@ entry goes first) and ``default_ttl`` (seconds, default: no expiry).
 
 Namespaces: loaded inside a tenant, the cache serves that tenant alone;
 loaded globally, it keeps one partition per event ``tenant`` (and one for
-events without a tenant), so tenants never see each other's keys.
+events without a tenant), so tenants never see each other's keys. A removed
+tenant's partition is dropped (``system.tenant.removed``).
 """
 
 from __future__ import annotations
@@ -85,6 +86,10 @@ class SharedCacheMod(Mod):
             return key
         deleted = self._partition(event).pop(key, None) is not None
         return EventResponse(success=True, data={"deleted": deleted})
+
+    @on("system.tenant.removed")
+    async def forget_tenant(self, event: Event) -> None:
+        self._partitions.pop(event.payload.get("tenant"), None)
 
     @rpc
     def stats(self) -> dict[str, Any]:
