@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+import subprocess
+import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
 from plughost import (
+    AgentError,
     AmbiguousNameError,
     BundleRejectedError,
     Event,
     ModLoadError,
     ModNotLoadedError,
     Network,
+    UnknownAgentError,
+    WorkerCrashed,
+    WorkerStartFailed,
 )
+
+from .conftest import agent_bundle, namespace_keys
 
 CAMERA = """
 from plughost import Mod, rpc
@@ -101,13 +113,18 @@ class WatcherMod(Mod):
 """
 
 
-@pytest.fixture
-async def robots(network: Network) -> Network:
+@pytest.fixture(params=["inprocess", "process"])
+async def robots(network: Network, request: pytest.FixtureRequest) -> Network:
+    """Two robots deployed from the same modules, in process or in worker processes."""
     (network.data_dir / "mods" / "watcher.py").write_text(STATUS_WATCHER)
     await network.load_mod("watcher")
-    await network.deploy("robot1", robot_bundle(fps=30))
-    await network.deploy("robot2", robot_bundle(fps=10))
+    await network.deploy("robot1", robot_bundle(fps=30), placement=request.param)
+    await network.deploy("robot2", robot_bundle(fps=10), placement=request.param)
     return network
+
+
+def _placement(network: Network, tenant: str) -> str:
+    return network.get_deployment(tenant).placement
 
 
 async def test_two_robots_run_the_same_modules_isolated(robots: Network) -> None:
@@ -147,7 +164,9 @@ async def test_a_bare_or_class_name_matching_two_robots_is_refused(robots: Netwo
 async def test_new_code_for_one_robot_and_restarts_keep_config_and_streams(
     robots: Network,
 ) -> None:
-    await robots.deploy("robot1", robot_bundle(fps=30, version=2))
+    await robots.deploy(
+        "robot1", robot_bundle(fps=30, version=2), placement=_placement(robots, "robot1")
+    )
     assert (await robots.rpc("robot1/camera", "settings"))["version"] == 2
     assert (await robots.rpc("robot2/camera", "settings"))["version"] == 1
     assert await robots.rpc("robot1/camera", "shoot") == "robot1-v2-1"
@@ -196,8 +215,9 @@ async def test_a_deploy_whose_instance_fails_changes_nothing(robots: Network) ->
     failing = CAMERA.format(version=9).replace(
         "self.sent = 0", "raise RuntimeError('no camera attached')"
     )
-    with pytest.raises(ModLoadError, match="no camera attached"):
-        await robots.deploy("robot1", robot_bundle(fps=30, camera=failing))
+    with pytest.raises((ModLoadError, WorkerStartFailed), match="no camera attached"):
+        placement = _placement(robots, "robot1")
+        await robots.deploy("robot1", robot_bundle(fps=30, camera=failing), placement=placement)
     assert robots.get_deployment("robot1").version == 1
     assert (await robots.rpc("robot1/camera", "settings"))["version"] == 1
     assert sum(1 for i in robots.instances() if i["tenant"] == "robot1") == 2
@@ -235,3 +255,133 @@ async def test_instance_events_and_bad_manifests(robots: Network) -> None:
         with pytest.raises(BundleRejectedError, match=message):
             await robots.deploy("robot3", bundle)
     assert "robot3" not in robots.list_tenants()
+
+
+async def _wait_for_restart(network: Network, tenant: str, restarts: int) -> None:
+    for _ in range(3000):  # bounded: the supervisor restarts with a short backoff
+        worker = network.health()["workers"][tenant]
+        if worker["state"] == "running" and worker["restarts"] >= restarts:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"worker of {tenant} did not come back: {worker}")
+
+
+SLOW_CAMERA = (
+    CAMERA.format(version=1)
+    + """
+
+    @rpc
+    async def linger(self):
+        import asyncio
+        await asyncio.sleep(30)
+"""
+)
+
+
+async def test_a_killed_worker_is_restarted_and_the_other_robot_never_notices(
+    network: Network,
+) -> None:
+    await network.deploy("robot1", robot_bundle(30, camera=SLOW_CAMERA), placement="process")
+    await network.deploy("robot2", robot_bundle(10), placement="process")
+    first_pid = network.health()["workers"]["robot1"]["pid"]
+    in_flight = asyncio.create_task(network.rpc("robot1/camera", "linger"))
+    await asyncio.sleep(0.1)
+    answers, failures = [], []
+    stop_calling = asyncio.Event()
+
+    async def keep_calling_robot2() -> None:
+        while not stop_calling.is_set():
+            try:
+                answers.append(await network.rpc("robot2/camera", "settings"))
+            except Exception as exc:
+                failures.append(exc)
+            await asyncio.sleep(0)
+
+    caller = asyncio.create_task(keep_calling_robot2())
+    os.kill(first_pid, signal.SIGKILL)
+    with pytest.raises(WorkerCrashed):
+        await in_flight
+    await _wait_for_restart(network, "robot1", 1)
+    stop_calling.set()
+    await caller
+    assert failures == [] and len(answers) > 10
+    health = network.health()["workers"]
+    assert health["robot1"]["restarts"] == 1 and health["robot1"]["pid"] != first_pid
+    assert health["robot2"]["restarts"] == 0
+    assert await network.rpc("robot1/camera", "shoot") == "robot1-v1-1"
+    assert await network.rpc("robot1/mapper", "seen") == ["robot1-v1-1"]
+
+
+async def test_agents_run_in_the_worker_and_errors_keep_their_types(network: Network) -> None:
+    bundle = agent_bundle(
+        "remote",
+        extra=(
+            "import os\n"
+            "class Pid(BasicAgent):\n    name = 'Pid'\n"
+            "    def perform(self, **kwargs):\n        return os.getpid()\n"
+            "class Fails(BasicAgent):\n    name = 'Fails'\n"
+            "    async def perform(self, **kwargs):\n        raise KeyError('lost')\n"
+        ),
+    )
+    await network.deploy("remote", bundle, placement="process")
+    assert await network.call_agent("remote", "Notifier", {"message": "m"}) == "remote:m"
+    assert await network.call_agent("remote", "Pid") == network.health()["workers"]["remote"]["pid"]
+    assert await network.call_agent("remote", "Pid") != os.getpid()
+    with pytest.raises(AgentError) as caught:
+        await network.call_agent("remote", "Fails")
+    assert caught.value.error_type == "KeyError"
+    with pytest.raises(UnknownAgentError, match="'Fails', 'Notifier', 'Pid'"):
+        await network.call_agent("remote", "Nope")
+    assert [a.name for a in await network.list_agents("remote")] == ["Fails", "Notifier", "Pid"]
+    assert namespace_keys() == set()  # nothing of the tenant's code is loaded in the host
+
+
+async def test_no_worker_outlives_its_network_or_its_killed_host(tmp_path: Path) -> None:
+    async with Network(tmp_path / "data") as network:
+        await network.deploy("w", agent_bundle("w"), placement="process")
+        pid = network.health()["workers"]["w"]["pid"]
+        assert _alive(pid)
+    assert not _alive(pid)
+
+    script = (
+        "import asyncio, sys\n"
+        "sys.path.insert(0, sys.argv[2])\n"
+        "from plughost import Network\n"
+        "from tests.conftest import agent_bundle\n"
+        "async def main():\n"
+        "    async with Network(sys.argv[1]) as n:\n"
+        "        await n.deploy('w', agent_bundle('w'), placement='process')\n"
+        "        print(n.health()['workers']['w']['pid'], flush=True)\n"
+        "        await asyncio.sleep(600)\n"
+        "asyncio.run(main())\n"
+    )
+    root = str(Path(__file__).resolve().parent.parent)
+    host = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path / "data2"), root],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert host.stdout is not None
+        worker_pid = int(host.stdout.readline())
+        assert _alive(worker_pid)
+        host.kill()
+        host.wait()
+        for _ in range(1000):
+            if not _alive(worker_pid):
+                break
+            await asyncio.sleep(0.01)
+        assert not _alive(worker_pid)
+    finally:
+        host.kill()
+        host.wait()
+        if host.stdout is not None:
+            host.stdout.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return "State:\tZ" not in status.read()
+    except FileNotFoundError:
+        return False

@@ -23,12 +23,15 @@ from .errors import (
     ModPathRefusedError,
     NamespaceConflictError,
     NotStartedError,
+    OutsideTenantError,
     PlughostError,
     RpcError,
     UnknownAgentError,
     UnknownRpcError,
     UnknownSnapshotError,
     UnknownTenantError,
+    WorkerCrashed,
+    WorkerStartFailed,
 )
 from .events import Event, EventResponse, on
 from .mod import Mod, ModUnloadReport, rpc
@@ -66,6 +69,7 @@ __all__ = [
     "NamespaceConflictError",
     "Network",
     "NotStartedError",
+    "OutsideTenantError",
     "PlughostError",
     "RpcError",
     "Snapshot",
@@ -73,6 +77,8 @@ __all__ = [
     "UnknownRpcError",
     "UnknownSnapshotError",
     "UnknownTenantError",
+    "WorkerCrashed",
+    "WorkerStartFailed",
     "__version__",
     "on",
     "rpc",

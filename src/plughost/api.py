@@ -49,6 +49,8 @@ from .errors import (
     UnknownRpcError,
     UnknownSnapshotError,
     UnknownTenantError,
+    WorkerCrashed,
+    WorkerStartFailed,
 )
 from .events import Event, EventResponse
 from .naming import TENANT_NAME_PATTERN
@@ -80,6 +82,8 @@ _ERRORS: list[tuple[type[Exception], int, str]] = [
     (ModLoadError, 422, "mod_load_failed"),
     (AgentError, 422, "agent_error"),
     (RpcError, 422, "rpc_error"),
+    (WorkerStartFailed, 422, "bundle_load_failed"),
+    (WorkerCrashed, 503, "worker_crashed"),
     (NotStartedError, 503, "not_started"),
 ]
 

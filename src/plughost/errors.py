@@ -329,5 +329,37 @@ class OutsideTenantError(PlughostError, PermissionError):
         super().__init__(f"{target!r} is outside tenant {tenant!r}")
 
 
+class WorkerCrashed(PlughostError):
+    """The worker process running a namespace died before answering; it is being restarted.
+
+    Attributes:
+        tenant: whose worker it was.
+        pid: its process id, if it had started.
+    """
+
+    def __init__(self, tenant: str, pid: int | None) -> None:
+        self.tenant = tenant
+        self.pid = pid
+        super().__init__(f"the worker of tenant {tenant!r} (pid {pid}) crashed; it is restarting")
+
+
+class WorkerStartFailed(PlughostError):
+    """A worker process could not load its deployment; nothing was committed.
+
+    Attributes:
+        tenant: whose worker it was.
+        kind: what failed (``load``: the code or an instance; ``exit``: the process died).
+        error_type: the type name of the error in the worker.
+    """
+
+    def __init__(self, tenant: str, kind: str, error_type: str, message: str) -> None:
+        self.tenant = tenant
+        self.kind = kind
+        self.error_type = error_type
+        super().__init__(
+            f"the worker of tenant {tenant!r} failed to start: {error_type}: {message}"
+        )
+
+
 def _listing(names: list[str]) -> str:
     return ", ".join(repr(n) for n in names) if names else "(none)"

@@ -21,7 +21,7 @@ import inspect
 import re
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -218,12 +218,13 @@ class LoadedMod:
     tenant: str | None
     config: dict[str, Any]
     instance: Mod
-    bundle: LoadedBundle
+    bundle: LoadedBundle | None  # None for an instance that runs in a worker process
     handlers: list[tuple[str, Callable[..., Any]]]
     topics: dict[str, list[Callable[..., Any]]]
     rpcs: dict[str, Callable[..., Any]]
     source: ResolvedModPath | None = None
     from_bundle: bool = False
+    remote_stop: Callable[[], Awaitable[Any]] | None = None  # set for an instance in a worker
     loaded_at: float = field(default_factory=time.time)
     in_flight: int = 0
     idle: asyncio.Event = field(default_factory=asyncio.Event)
@@ -465,13 +466,20 @@ async def stop_mod(mod: LoadedMod, timeout: float) -> ModUnloadReport:
             await asyncio.wait_for(mod.idle.wait(), timeout)
         except TimeoutError:
             report.timed_out_handlers = mod.in_flight
-    report.shutdown_error = await _call_shutdown(mod.instance)
+    if mod.remote_stop is not None:
+        try:
+            await mod.remote_stop()
+        except Exception as exc:
+            report.shutdown_error = f"{getattr(exc, 'error_type', type(exc).__name__)}: {exc}"
+    else:
+        report.shutdown_error = await _call_shutdown(mod.instance)
     mod.handlers.clear()
     mod.topics.clear()
     mod.rpcs.clear()
     del mod.instance
-    unload = await asyncio.to_thread(mod.bundle.unload)
-    report.leaked = [
-        f"{leak.module_name} held by {', '.join(leak.holders)}" for leak in unload.leaked
-    ]
+    if mod.bundle is not None:
+        unload = await asyncio.to_thread(mod.bundle.unload)
+        report.leaked = [
+            f"{leak.module_name} held by {', '.join(leak.holders)}" for leak in unload.leaked
+        ]
     return report

@@ -21,7 +21,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +47,7 @@ from .errors import (
     UnknownTenantError,
 )
 from .events import Event, EventResponse, as_response, matches, resolve_topic
-from .manifest import Manifest, read_manifest
+from .manifest import Manifest, Placement, read_manifest
 from .metrics import Metrics
 from .mod import (
     FailedMod,
@@ -65,6 +65,8 @@ from .mod import (
 from .naming import TENANT_NAME_RULE, Namespace, check_tenant_name
 from .runtime import LoadedNamespace, Loader, Runtime, load_namespace
 from .store import Deployment, GarbageReport, Snapshot, Store, StoredMod
+from .worker import RemoteError, WorkerSpec
+from .workers import Supervisor
 
 log = logging.getLogger("plughost")
 
@@ -147,6 +149,7 @@ class Network:
         self._write_lock = asyncio.Lock()
         self._tenant_locks: dict[str, asyncio.Lock] = {}
         self._staging: list[tuple[str, frozenset[str]]] = []  # (digest, blobs) being deployed
+        self._workers: dict[str, Supervisor] = {}  # tenants placed in a worker process
         self._live: dict[str, Deployment] = {}
         self._live_ns: dict[str, Namespace] = {}
         self._snapshots: dict[tuple[str, str], Snapshot] = {}
@@ -189,7 +192,10 @@ class Network:
         )
         await self._load_startup_mods()
         for tenant in sorted(self._live):
-            await self._start_deployed_instances(tenant)
+            if self._live[tenant].placement == "process":
+                await self._start_deployed_worker(tenant)
+            else:
+                await self._start_deployed_instances(tenant)
 
     async def stop(self) -> None:
         """Unload every namespace and close the data folder."""
@@ -204,6 +210,9 @@ class Network:
             for mod in reversed(self._mods.loaded()):
                 self._mods.unregister(mod.key)
                 await stop_mod(mod, self.unload_timeout)
+        for worker in list(self._workers.values()):
+            await worker.stop(self.unload_timeout)
+        self._workers.clear()
         await self._runtime.close()
         if self._executor is not None:
             self._executor.shutdown(wait=False)
@@ -228,7 +237,9 @@ class Network:
 
     # -- tenants and deployments -----------------------------------------------------
 
-    async def deploy(self, tenant: str, source: BundleSource) -> Deployment:
+    async def deploy(
+        self, tenant: str, source: BundleSource, *, placement: Placement | None = None
+    ) -> Deployment:
         """Deploy ``source`` as the tenant's live code and return the deployment.
 
         ``source`` is a folder, a ``.zip`` / ``.tar.gz`` path, the raw bytes of
@@ -236,7 +247,9 @@ class Network:
         Deploying the content that is live already changes nothing and returns
         the live deployment. The new code is loaded and its agents found before
         anything is committed; calls that start after this returns run it,
-        calls already running finish on the old code.
+        calls already running finish on the old code. ``placement``
+        (default: the bundle's ``plughost.toml``, else ``"inprocess"``) set to
+        ``"process"`` runs the live code in a supervised worker process.
 
         Raises:
             InvalidNameError: the tenant name breaks the rule.
@@ -249,57 +262,84 @@ class Network:
             _check_tenant(tenant)
             bundle = await asyncio.to_thread(read_bundle, source, self.limits)
             # Shielded: once started, a deploy runs to its end even if its caller goes away.
-            deployment = await asyncio.shield(self._deploy(tenant, bundle))
+            deployment = await asyncio.shield(self._deploy(tenant, bundle, placement))
         except Exception:
             self.metrics.deploys.labels("error").inc()
             raise
         self.metrics.deploys.labels("ok").inc()
         return deployment
 
-    async def _deploy(self, tenant: str, bundle: BundleFiles) -> Deployment:
+    async def _deploy(
+        self, tenant: str, bundle: BundleFiles, placement: Placement | None
+    ) -> Deployment:
         bundle_manifest, digest = bundle.manifest, bundle.digest
         # One deploy per tenant at a time. The global write lock is taken only to
         # commit, so other tenants' writes go on while this bundle's code imports.
         async with self._tenant_lock(tenant):
             current = self._live.get(tenant)
-            if current is not None and current.digest == digest:
+            if (
+                current is not None
+                and current.digest == digest
+                and placement in (None, current.placement)
+            ):
                 return current
             version = await asyncio.to_thread(self._store.next_version, tenant)
             namespace = Namespace(tenant, version=version)
 
-            def stage_and_load() -> tuple[LoadedNamespace, Path, Manifest]:
+            def stage() -> tuple[Path, Manifest]:
                 self._store.put_files(bundle.files, bundle_manifest)
                 folder = self._store.bundle_dir(digest, bundle_manifest)
-                manifest = read_manifest(folder)
-                return load_namespace(namespace, folder), folder, manifest
+                return folder, read_manifest(folder)
 
             staged = (digest, frozenset(bundle_manifest.values()))
             self._staging.append(staged)
             entry: LoadedNamespace | None = None
+            worker: Supervisor | None = None
             instances: list[LoadedMod] = []
             try:
-                loaded, folder, manifest = await asyncio.to_thread(stage_and_load)
-                entry = loaded
-                instances = await self._start_instances(tenant, folder, manifest)
+                folder, manifest = await asyncio.to_thread(stage)
+                chosen = placement or manifest.placement
+                if chosen == "process":
+                    worker = Supervisor(
+                        self._worker_spec_for(tenant, version, folder, manifest),
+                        self._answer_worker,
+                        functools.partial(self._live_worker_spec, tenant),
+                    )
+                    agents_info, described = await worker.start()
+                    agents = sorted(agents_info)
+                    instances = [self._remote_instance(tenant, worker, d) for d in described]
+                else:
+                    loaded = await asyncio.to_thread(load_namespace, namespace, folder)
+                    entry = loaded
+                    agents = sorted(loaded.agents)
+                    instances = await self._start_instances(tenant, folder, manifest)
                 async with self._write_lock:
                     deployment = await asyncio.to_thread(
                         self._store.record_deployment,
                         tenant,
                         version,
                         bundle_manifest,
-                        sorted(loaded.agents),
+                        agents,
                         bundle.metadata,
+                        chosen,
                     )
-                    self._runtime.add(loaded)
+                    if entry is not None:
+                        self._runtime.add(entry)
                     self._live[tenant] = deployment
                     self._live_ns[tenant] = namespace
                     if current is not None:
                         self._runtime.retire(Namespace(tenant, version=current.version))
+                    replaced_worker = self._workers.pop(tenant, None)
+                    if worker is not None:
+                        self._workers[tenant] = worker
             except BaseException:
                 if entry is not None:
                     entry.bundle.unload(verify=False)
                 for instance in instances:
-                    await stop_mod(instance, self.unload_timeout)
+                    if instance.remote_stop is None:
+                        await stop_mod(instance, self.unload_timeout)
+                if worker is not None:
+                    await worker.stop(self.unload_timeout)
                 self._staging.remove(staged)
                 # Nothing of a failed deploy stays: the files it stored go at once.
                 async with self._write_lock:
@@ -307,6 +347,8 @@ class Network:
                 raise
             self._staging.remove(staged)
             await self._swap_instances(tenant, instances)
+            if replaced_worker is not None:
+                await replaced_worker.stop(self.unload_timeout)
             return deployment
 
     def _tenant_lock(self, tenant: str) -> asyncio.Lock:
@@ -338,6 +380,9 @@ class Network:
             self.get_deployment(tenant)
             await asyncio.to_thread(self._store.remove_tenant, tenant)
             del self._live[tenant]
+            worker = self._workers.pop(tenant, None)
+            if worker is not None:
+                await worker.stop(self.unload_timeout)
             for token_hash in [h for h, t in self._token_tenants.items() if t == tenant]:
                 del self._token_tenants[token_hash]
             self._runtime.retire(self._live_ns.pop(tenant))
@@ -430,6 +475,13 @@ class Network:
             UnknownTenantError, UnknownSnapshotError: no such tenant or snapshot.
         """
         self._check_started()
+        if snapshot is None and tenant in self._workers:
+            self.get_deployment(tenant)
+            agents_info = self._workers[tenant].ready[0]
+            return [
+                AgentInfo(name, description, tool)
+                for name, (description, tool) in sorted(agents_info.items())
+            ]
         entry = await self._runtime.acquire(*self._resolve(tenant, snapshot))
         try:
             return [
@@ -466,6 +518,8 @@ class Network:
             raise TypeError(
                 f"args must be a mapping of keyword arguments, not {type(args).__name__}"
             )
+        if snapshot is None and tenant in self._workers:
+            return await self._call_in_worker(tenant, agent, dict(args or {}))
         started = time.perf_counter()
         entry = await self._runtime.acquire(*self._resolve(tenant, snapshot))
         handed_over = False
@@ -717,7 +771,7 @@ class Network:
                 "mod_path": mod.mod_path,
                 "class": mod.class_name,
                 "origin": "bundle" if mod.from_bundle else "loaded",
-                "placement": "inprocess",
+                "placement": "process" if mod.remote_stop is not None else "inprocess",
             }
             for mod in self._mods.loaded()
         ]
@@ -748,6 +802,8 @@ class Network:
         self._check_started()
         async with self._mod_lock:
             old = self._confined_instance(rpc_name, confine_to)
+            if old.remote_stop is not None and old.tenant in self._workers:
+                return await self._restart_in_worker(old)
             source = old.source
             assert source is not None
             if old.from_bundle and reload and old.tenant is not None:
@@ -780,6 +836,17 @@ class Network:
         await stop_mod(old, self.unload_timeout)
         return new.instance
 
+    async def _restart_in_worker(self, old: LoadedMod) -> Mod:
+        tenant = old.tenant or ""
+        spec = await self._live_worker_spec(tenant)
+        try:
+            await self._workers[tenant].request("restart", old.mod_id, spec.folder)
+        except RemoteError as exc:
+            raise ModLoadError(
+                old.mod_path, "restart", f"{exc.error_type}: {exc.message}"
+            ) from None
+        return old.instance
+
     async def unload(self, rpc_name: str, *, confine_to: str | None = None) -> ModUnloadReport:
         """Unload one instance by RPC name: ``robot2/mapper``, or ``shared_cache`` if global.
 
@@ -790,6 +857,114 @@ class Network:
         self._check_started()
         mod = self._confined_instance(rpc_name, confine_to)
         return await self.unload_mod(mod.key, confine_to=confine_to)
+
+    # -- worker processes ------------------------------------------------------------
+
+    def _worker_spec_for(
+        self, tenant: str, version: int, folder: Path, manifest: Manifest
+    ) -> WorkerSpec:
+        return WorkerSpec(
+            tenant,
+            version,
+            str(folder.resolve()),
+            str(self.data_dir.resolve()),
+            tuple((m.path, m.name, dict(m.config), tuple(m.expose)) for m in manifest.mods),
+            self.unload_timeout,
+        )
+
+    async def _live_worker_spec(self, tenant: str) -> WorkerSpec:
+        """What a restarted worker runs: the tenant's live deployment."""
+        deployment = self.get_deployment(tenant)
+
+        def locate() -> tuple[Path, Manifest]:
+            manifest = self._store.manifest(tenant, version=deployment.version)
+            folder = self._store.bundle_dir(deployment.digest, manifest)
+            return folder, read_manifest(folder)
+
+        folder, manifest = await asyncio.to_thread(locate)
+        return self._worker_spec_for(tenant, deployment.version, folder, manifest)
+
+    async def _start_deployed_worker(self, tenant: str) -> None:
+        """At start: the worker of a process-placed tenant (a failure shows in health)."""
+        worker = Supervisor(
+            await self._live_worker_spec(tenant),
+            self._answer_worker,
+            functools.partial(self._live_worker_spec, tenant),
+        )
+        self._workers[tenant] = worker
+        try:
+            _, described = await worker.start()
+        except PlughostError as exc:
+            worker.state = f"failed: {exc}"
+            return
+        for info in described:
+            self._mods.register(self._remote_instance(tenant, worker, info))
+
+    async def _answer_worker(self, kind: str, args: tuple[Any, ...]) -> Any:
+        """Requests a worker's mods make to the network: publishing and RPC."""
+        if kind == "publish":
+            topic, data, tenant, source_id = args
+            return await self.publish(topic, data, tenant=tenant, source_id=source_id)
+        if kind == "rpc":
+            name, method, call_args, call_kwargs, tenant = args
+            return await self.rpc(name, method, *call_args, tenant=tenant, **call_kwargs)
+        raise ValueError(f"unknown request {kind!r} from a worker")
+
+    async def _call_in_worker(self, tenant: str, agent: str, args: dict[str, Any]) -> Any:
+        started = time.perf_counter()
+        try:
+            result = await self._workers[tenant].request("call", agent, args)
+        except RemoteError as exc:
+            self._calls_failed.inc()
+            if exc.kind == "unknown_agent":
+                known = exc.message.split(",") if exc.message else []
+                raise UnknownAgentError(tenant, agent, None, known) from None
+            raise AgentError(tenant, agent, exc.error_type, exc.message) from None
+        self._calls_ok.inc()
+        self.metrics.call_seconds.observe(time.perf_counter() - started)
+        return result
+
+    def _remote_instance(self, tenant: str, worker: Supervisor, info: dict[str, Any]) -> LoadedMod:
+        """The host's record of an instance that runs in ``worker``: every handler, topic
+        subscription and RPC method forwards to it."""
+        name = info["name"]
+        stub: Mod = type(info["class"], (Mod,), {})()
+        stub.mod_id, stub.config, stub.network = name, info["config"], self
+        stub.tenant, stub.expose = tenant, tuple(info["expose"])
+        stub.namespace = Namespace(tenant, mod=name, placement="process")
+
+        async def on_event(event: Event) -> EventResponse:
+            answer = await worker.request("event", name, event.model_dump())
+            return EventResponse.model_validate(answer)
+
+        def on_topic(topic: str) -> Callable[[Event], Awaitable[None]]:
+            async def deliver(event: Event) -> None:
+                await worker.request("topic", name, topic, event.model_dump())
+
+            return deliver
+
+        def rpc_method(method: str) -> Callable[..., Awaitable[Any]]:
+            async def call(*args: Any, **kwargs: Any) -> Any:
+                return await worker.request("rpc", name, method, args, kwargs)
+
+            return call
+
+        async def stop() -> Any:
+            return await worker.request("unload", name)
+
+        return LoadedMod(
+            mod_id=name,
+            mod_path=info["mod_path"],
+            tenant=tenant,
+            config=info["config"],
+            instance=stub,
+            bundle=None,
+            handlers=[(pattern, on_event) for pattern in info["handlers"]],
+            topics={topic: [on_topic(topic)] for topic in info["topics"]},
+            rpcs={method: rpc_method(method) for method in info["rpcs"]},
+            from_bundle=True,
+            remote_stop=stop,
+        )
 
     # -- events, topics, RPC -------------------------------------------------------
 
@@ -1066,8 +1241,11 @@ class Network:
             raise UnknownRpcError(mod.key, method, sorted(mod.rpcs))
         try:
             return await self._invoke(mod, function, *args, **kwargs)
+        except PlughostError:
+            raise
         except Exception as exc:
-            raise RpcError(mod.key, method, type(exc).__name__, str(exc)) from exc
+            error_type = getattr(exc, "error_type", type(exc).__name__)  # remote errors name theirs
+            raise RpcError(mod.key, method, error_type, str(exc)) from exc
 
     # -- tokens ----------------------------------------------------------------------
 
@@ -1164,6 +1342,7 @@ class Network:
             },
             "tenants": {"count": len(self._live)},
             "namespaces": {"loaded": len(self._runtime), "limit": self._runtime.max_loaded},
+            "workers": {tenant: worker.describe() for tenant, worker in self._workers.items()},
         }
 
 

@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS deployments (
     agents TEXT NOT NULL,
     metadata TEXT NOT NULL,
     created_at REAL NOT NULL,
+    placement TEXT NOT NULL DEFAULT 'inprocess',
     PRIMARY KEY (tenant, version)
 );
 CREATE TABLE IF NOT EXISTS tokens (
@@ -95,6 +96,7 @@ class Deployment:
     agents: list[str]
     created_at: float
     metadata: dict[str, Any] = field(default_factory=dict)
+    placement: str = "inprocess"
 
 
 @dataclass(frozen=True)
@@ -247,6 +249,7 @@ class Store:
         manifest: Mapping[str, str],
         agents: list[str],
         metadata: Mapping[str, Any],
+        placement: str = "inprocess",
     ) -> Deployment:
         """Commit a deployment whose blobs are stored; prune versions past ``keep_versions``."""
         now = time.time()
@@ -257,7 +260,7 @@ class Store:
             )
             db.execute("INSERT OR REPLACE INTO versions VALUES (?, ?)", (tenant, version))
             db.execute(
-                "INSERT INTO deployments VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO deployments VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     tenant,
                     version,
@@ -266,18 +269,21 @@ class Store:
                     json.dumps(agents),
                     json.dumps(dict(metadata)),
                     now,
+                    placement,
                 ),
             )
             db.execute(
                 "DELETE FROM deployments WHERE tenant = ? AND version <= ?",
                 (tenant, version - self.keep_versions),
             )
-        return Deployment(tenant, version, digest, sorted(manifest), agents, now, dict(metadata))
+        return Deployment(
+            tenant, version, digest, sorted(manifest), agents, now, dict(metadata), placement
+        )
 
     def current_deployments(self) -> dict[str, Deployment]:
         """Return each tenant's live (newest) deployment."""
         rows = self._query(
-            "SELECT tenant, version, digest, manifest, agents, created_at, metadata"
+            "SELECT tenant, version, digest, manifest, agents, created_at, metadata, placement"
             " FROM deployments d WHERE version ="
             " (SELECT MAX(version) FROM deployments WHERE tenant = d.tenant)"
         )
@@ -290,6 +296,7 @@ class Store:
                 json.loads(row[4]),
                 row[5],
                 json.loads(row[6]),
+                row[7],
             )
             for row in rows
         }

@@ -1,0 +1,304 @@
+"""The worker process: one tenant's live deployment, run outside the host process.
+
+The host starts a Python process that runs :func:`main` on one end of a socket pair.
+Messages are pickled tuples. The host sends requests ``(kind, id, ...)``; the
+worker answers ``("reply", id, ok, value)``, where a failure's value is
+``(error kind, type name, message)``. The worker also asks the host
+(``publish`` and ``rpc`` from its mods, which may reach other namespaces), so
+both sides handle messages concurrently. When the pipe closes (the host
+stopped or died), the worker shuts its mods down and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import itertools
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any, cast
+
+from .errors import PlughostError
+from .events import Event, as_response, matches
+from .mod import LoadedMod, ResolvedModPath, mod_namespace, start_mod, stop_mod
+from .naming import Namespace
+from .runtime import LoadedNamespace, load_namespace
+
+InstanceSpecTuple = tuple[str, str, dict[str, Any], tuple[str, ...]]  # path, name, config, expose
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a worker runs: a tenant's deployment folder and its declared instances."""
+
+    tenant: str
+    version: int
+    folder: str
+    data_dir: str
+    instances: tuple[InstanceSpecTuple, ...]
+    unload_timeout: float = 10.0
+
+
+class RemoteError(Exception):
+    """A failure to send back: which kind of error, its type name and message."""
+
+    def __init__(self, kind: str, error_type: str, message: str) -> None:
+        self.kind = kind
+        self.error_type = error_type
+        self.message = message
+        super().__init__(message)
+
+
+def describe_instance(mod: LoadedMod) -> dict[str, Any]:
+    """What the host needs to route to an instance it cannot see."""
+    return {
+        "name": mod.mod_id,
+        "mod_path": mod.mod_path,
+        "class": mod.class_name,
+        "config": mod.config,
+        "expose": list(mod.instance.expose),
+        "handlers": [pattern for pattern, _ in mod.handlers],
+        "topics": sorted(mod.topics),
+        "rpcs": sorted(mod.rpcs),
+    }
+
+
+class _HostLink:
+    """The ``network`` a worker's mods see: publishing and RPC go through the host."""
+
+    def __init__(self, worker: _Worker, data_dir: str) -> None:
+        self._worker = worker
+        self.data_dir = Path(data_dir)
+
+    async def publish(
+        self,
+        topic: str,
+        data: dict[str, Any],
+        *,
+        tenant: str | None = None,
+        source_id: str = "system",
+    ) -> int:
+        delivered: int = await self._worker.ask("publish", topic, dict(data), tenant, source_id)
+        return delivered
+
+    async def rpc(
+        self, name: str, method: str, *args: Any, tenant: str | None = None, **kwargs: Any
+    ) -> Any:
+        return await self._worker.ask("rpc", name, method, args, kwargs, tenant)
+
+
+class _Worker:
+    def __init__(self, conn: Connection, spec: WorkerSpec) -> None:
+        self.conn = conn
+        self.spec = spec
+        self.link = _HostLink(self, spec.data_dir)
+        self.mods: dict[str, LoadedMod] = {}
+        self.entry: LoadedNamespace | None = None
+        self.pending: dict[int, asyncio.Future[Any]] = {}
+        self.ids = itertools.count(1)
+        self.generations = itertools.count(1)
+        self.closed: asyncio.Future[None] | None = None
+
+    # -- messages ----------------------------------------------------------------------
+
+    def _send(self, message: tuple[Any, ...]) -> None:
+        self.conn.send(message)
+
+    async def ask(self, kind: str, *args: Any) -> Any:
+        request_id = next(self.ids)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.pending[request_id] = future
+        self._send((kind, request_id, *args))
+        return await future
+
+    def _readable(self) -> None:
+        try:
+            message = self.conn.recv()
+        except (EOFError, OSError):
+            self._close()
+            return
+        kind, request_id = message[0], message[1]
+        if kind == "reply":
+            future = self.pending.pop(request_id, None)
+            if future is not None and not future.done():
+                _, _, ok, value = message
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(RemoteError(*value))
+            return
+        asyncio.get_running_loop().create_task(self._answer(kind, request_id, message[2:]))
+
+    def _close(self) -> None:
+        asyncio.get_running_loop().remove_reader(self.conn.fileno())
+        if self.closed is not None and not self.closed.done():
+            self.closed.set_result(None)
+
+    async def _answer(self, kind: str, request_id: int, args: tuple[Any, ...]) -> None:
+        try:
+            value = await self._handle(kind, args)
+        except RemoteError as exc:
+            reply = ("reply", request_id, False, (exc.kind, exc.error_type, exc.message))
+        except Exception as exc:
+            reply = ("reply", request_id, False, ("error", type(exc).__name__, str(exc)))
+        else:
+            reply = ("reply", request_id, True, value)
+        try:
+            self._send(reply)
+        except (OSError, ValueError):
+            self._close()
+        if kind == "stop":
+            self._close()
+
+    # -- requests from the host ----------------------------------------------------------
+
+    async def _handle(self, kind: str, args: tuple[Any, ...]) -> Any:
+        if kind == "call":
+            return await self._call(*args)
+        if kind == "rpc":
+            name, method, call_args, call_kwargs = args
+            mod = self._mod(name)
+            function = mod.rpcs.get(method)
+            if function is None:
+                raise RemoteError("unknown_rpc", "UnknownRpcError", method)
+            try:
+                return await _invoke(mod, function, *call_args, **call_kwargs)
+            except Exception as exc:
+                raise RemoteError("rpc", type(exc).__name__, str(exc)) from exc
+        if kind == "event":
+            name, event_data = args
+            mod = self._mod(name)
+            event = Event.model_validate(event_data)
+            for pattern, handler in mod.handlers:
+                if matches(pattern, event.event_name):
+                    return as_response(await _invoke(mod, handler, event)).model_dump()
+            raise RemoteError("no_handler", "LookupError", event.event_name)
+        if kind == "topic":
+            name, topic, event_data = args
+            mod = self._mod(name)
+            event = Event.model_validate(event_data)
+            for handler in mod.topics.get(topic, []):
+                await _invoke(mod, handler, event)
+            return None
+        if kind == "restart":
+            return await self._restart(*args)
+        if kind == "unload":
+            mod = self._mod(args[0])
+            del self.mods[mod.mod_id]
+            report = await stop_mod(mod, self.spec.unload_timeout)
+            return report.message
+        if kind == "stop":
+            return None
+        raise RemoteError("error", "ValueError", f"unknown request {kind!r}")
+
+    def _mod(self, name: str) -> LoadedMod:
+        mod = self.mods.get(name)
+        if mod is None or not mod.accepting:
+            raise RemoteError("not_loaded", "ModNotLoadedError", name)
+        return mod
+
+    async def _call(self, agent: str, args: dict[str, Any]) -> Any:
+        assert self.entry is not None
+        slot = self.entry.agents.get(agent)
+        if slot is None:
+            raise RemoteError(
+                "unknown_agent", "UnknownAgentError", ",".join(sorted(self.entry.agents))
+            )
+        try:
+            if slot.is_async:
+                return await slot.instance.perform(**args)
+            call = functools.partial(slot.instance.perform, **args)
+            result = await asyncio.get_running_loop().run_in_executor(None, call)
+            return await result if inspect.isawaitable(result) else result
+        except Exception as exc:
+            raise RemoteError("agent", type(exc).__name__, str(exc)) from exc
+
+    async def _start_instance(self, folder: str, spec: InstanceSpecTuple) -> LoadedMod:
+        path, name, config, expose = spec
+        module, _, class_name = path.partition(":")
+        resolved = ResolvedModPath(path, Path(folder), class_name or None, module)
+        namespace = mod_namespace(name, self.spec.tenant, next(self.generations))
+        network = cast(Any, self.link)
+        try:
+            mod = await start_mod(
+                resolved,
+                name,
+                config,
+                self.spec.tenant,
+                network,
+                namespace=namespace,
+                expose=expose,
+            )
+        except PlughostError as exc:
+            raise RemoteError("load", type(exc).__name__, str(exc)) from exc
+        mod.from_bundle = True
+        return mod
+
+    async def _restart(self, name: str, folder: str) -> dict[str, Any]:
+        old = self._mod(name)
+        spec = (old.mod_path, old.mod_id, old.config, old.instance.expose)
+        new = await self._start_instance(folder, spec)
+        self.mods[name] = new
+        await stop_mod(old, self.spec.unload_timeout)
+        return describe_instance(new)
+
+    # -- lifetime ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.closed = loop.create_future()
+        loop.add_reader(self.conn.fileno(), self._readable)
+        try:
+            namespace = Namespace(self.spec.tenant, version=self.spec.version)
+            self.entry = await asyncio.to_thread(load_namespace, namespace, Path(self.spec.folder))
+            for spec in self.spec.instances:
+                mod = await self._start_instance(self.spec.folder, spec)
+                self.mods[mod.mod_id] = mod
+        except Exception as exc:
+            kind = exc.kind if isinstance(exc, RemoteError) else "load"
+            self._send(("failed", 0, kind, type(exc).__name__, str(exc)))
+            await self._shutdown()
+            return
+        agents = {
+            name: (str(slot.instance.metadata.get("description", "")), slot.instance.to_tool())
+            for name, slot in self.entry.agents.items()
+        }
+        self._send(("ready", 0, agents, [describe_instance(m) for m in self.mods.values()]))
+        await self.closed
+        await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        for mod in list(self.mods.values()):
+            await stop_mod(mod, self.spec.unload_timeout)
+        self.mods.clear()
+        if self.entry is not None:
+            self.entry.agents.clear()
+            self.entry.bundle.unload(verify=False)
+
+
+async def _invoke(mod: LoadedMod, function: Any, *args: Any, **kwargs: Any) -> Any:
+    mod.in_flight += 1
+    mod.idle.clear()
+    try:
+        if inspect.iscoroutinefunction(function):
+            return await function(*args, **kwargs)
+        call = functools.partial(function, *args, **kwargs)
+        result = await asyncio.get_running_loop().run_in_executor(None, call)
+        return await result if inspect.isawaitable(result) else result
+    finally:
+        mod.in_flight -= 1
+        if mod.in_flight == 0:
+            mod.idle.set()
+
+
+def main(descriptor: int) -> None:
+    """The worker's entry point: serve the host on the socket ``descriptor``.
+
+    The first message is the :class:`WorkerSpec`; the worker runs until the
+    host asks it to stop or the socket closes.
+    """
+    conn = Connection(descriptor)
+    spec = conn.recv()
+    asyncio.run(_Worker(conn, spec).run())
