@@ -109,3 +109,58 @@ def test_a_restarted_server_has_its_tenants_snapshots_and_mods(tmp_path: Path) -
             assert tenant_client.call("alice", "Notifier", {"message": "t"}) == "[alice v2] t!"
     finally:
         assert again.stop()
+
+
+def test_robots_in_worker_processes_through_the_cli(tmp_path: Path) -> None:
+    from .test_instances import robot_bundle
+
+    for robot, fps in (("robot1", 30), ("robot2", 10)):
+        folder = tmp_path / robot
+        folder.mkdir()
+        for entry in robot_bundle(fps)["files"]:  # type: ignore[union-attr]
+            (folder / entry["filename"]).write_text(entry["source"])
+    server = ServerProcess(tmp_path, admin_token="admin-token-for-tests").start()
+    env = {
+        **_env_without_plughost(),
+        "PLUGHOST_URL": server.url,
+        "PLUGHOST_TOKEN": "admin-token-for-tests",
+    }
+
+    def cli(*args: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "plughost", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+        assert result.returncode == 0, (args, result.stdout, result.stderr)
+        return result.stdout
+
+    try:
+        for robot in ("robot1", "robot2"):
+            assert "version 1" in cli(
+                "tenant", "deploy", robot, str(tmp_path / robot), "--placement", "process"
+            )
+        instances = json.loads(cli("instance", "list", "--json"))
+        assert {i["rpc_name"]: i["placement"] for i in instances} == {
+            "robot1/camera": "process",
+            "robot1/mapper": "process",
+            "robot2/camera": "process",
+            "robot2/mapper": "process",
+        }
+        assert "restarted robot1/camera" in cli("instance", "restart", "robot1/camera")
+        assert "'mapper' unloaded" in cli("instance", "unload", "robot2/mapper")
+        health = server.client().health()
+        assert set(health["workers"]) == {"robot1", "robot2"}
+        assert all(w["state"] == "running" for w in health["workers"].values())
+        assert "robot2/mapper" not in health["mods"]["loaded"]
+        assert "worker robot1" in cli("network", "health")
+        pids = [w["pid"] for w in health["workers"].values()]
+    finally:
+        assert server.stop()
+    assert all(not Path(f"/proc/{pid}").exists() for pid in pids)
+
+
+def _env_without_plughost() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("PLUGHOST_")}

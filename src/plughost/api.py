@@ -53,6 +53,7 @@ from .errors import (
     WorkerStartFailed,
 )
 from .events import Event, EventResponse
+from .manifest import Placement
 from .naming import TENANT_NAME_PATTERN
 from .network import SNAPSHOT_NAME_PATTERN, Network, hash_token
 from .store import Snapshot
@@ -129,6 +130,7 @@ class DeploymentModel(BaseModel):
     agents: list[str]
     created_at: float
     metadata: dict[str, Any]
+    placement: str
     token: str | None = Field(
         default=None, description="the tenant token, returned once: on the tenant's first deploy"
     )
@@ -495,10 +497,15 @@ def create_app(
         },
     )
     async def deploy(
-        tenant: TenantName, request: Request, response: Response, principal: Auth
+        tenant: TenantName,
+        request: Request,
+        response: Response,
+        principal: Auth,
+        placement: Annotated[Placement | None, Query()] = None,
     ) -> DeploymentModel:
         """Deploy a bundle: a zip, a tar.gz or a JSON bundle. The first deploy of a
-        tenant (admin only) returns its token, once."""
+        tenant (admin only) returns its token, once. ``?placement=process`` runs
+        it in a worker process (default: its ``plughost.toml``, else in process)."""
         new_tenant = tenant not in network.list_tenants()
         if new_tenant:
             principal.require_admin()
@@ -510,11 +517,11 @@ def create_app(
                 document = _parse_json(await _read_limited(request, upload_limit))
                 if not isinstance(document, dict):
                     raise ApiError(400, "bundle_rejected", "a JSON bundle must be an object")
-                deployment = await network.deploy(tenant, document)
+                deployment = await network.deploy(tenant, document, placement=placement)
             elif content_type in ARCHIVE_TYPES:
                 upload = Path(tmp, "bundle")
                 await _save_limited(request, upload, upload_limit)
-                deployment = await network.deploy(tenant, upload)
+                deployment = await network.deploy(tenant, upload, placement=placement)
             else:
                 raise ApiError(
                     415,

@@ -165,6 +165,9 @@ def network_health(url: Url = DEFAULT_URL, token: Token = None, as_json: AsJson 
             f"{health['namespaces']['loaded']} / {health['namespaces']['limit']}",
         ],
     ]
+    for tenant, worker in health.get("workers", {}).items():
+        state = f"pid {worker['pid']}, {worker['state']}, {worker['restarts']} restarts"
+        rows.append([f"worker {tenant}", state])
     _show(health, as_json, _table("health", ["", ""], rows))
 
 
@@ -258,6 +261,9 @@ def mod_unload(
 def tenant_deploy(
     tenant: str,
     path: Path,
+    placement: Annotated[
+        str | None, typer.Option(help="inprocess or process (default: the bundle's choice).")
+    ] = None,
     url: Url = DEFAULT_URL,
     token: Token = None,
     as_json: AsJson = False,
@@ -266,7 +272,10 @@ def tenant_deploy(
     with _client(url, token) as client, Progress(transient=True, disable=as_json) as bar:
         task = bar.add_task(f"uploading {path.name}", total=None)
         deployment = client.deploy(
-            tenant, path, progress=lambda done, total: bar.update(task, completed=done, total=total)
+            tenant,
+            path,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+            placement=placement,
         )
     if as_json:
         typer.echo(json.dumps(deployment))

@@ -125,7 +125,12 @@ class Client:
         return result
 
     def deploy(
-        self, tenant: str, source: str | Path, progress: Progress | None = None
+        self,
+        tenant: str,
+        source: str | Path,
+        progress: Progress | None = None,
+        *,
+        placement: str | None = None,
     ) -> dict[str, Any]:
         """Deploy a folder (zipped on the fly), a ``.zip`` / ``.tar.gz`` or a ``.json`` bundle."""
         path = Path(source)
@@ -143,6 +148,7 @@ class Client:
             f"/api/tenants/{_segment(tenant)}/bundle",
             content=_chunks(data, progress),
             headers={"Content-Type": content_type, "Content-Length": str(len(data))},
+            params={"placement": placement} if placement else {},
         )
         return result
 

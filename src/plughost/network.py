@@ -45,6 +45,7 @@ from .errors import (
     UnknownRpcError,
     UnknownSnapshotError,
     UnknownTenantError,
+    WorkerStartFailed,
 )
 from .events import Event, EventResponse, as_response, matches, resolve_topic
 from .manifest import Manifest, Placement, read_manifest
@@ -306,6 +307,13 @@ class Network:
                         functools.partial(self._live_worker_spec, tenant),
                     )
                     agents_info, described = await worker.start()
+                    if len(described) != len(manifest.mods):
+                        raise WorkerStartFailed(
+                            tenant,
+                            "load",
+                            "InstanceCountMismatch",
+                            f"{len(manifest.mods)} instances declared, {len(described)} came up",
+                        )
                     agents = sorted(agents_info)
                     instances = [self._remote_instance(tenant, worker, d) for d in described]
                 else:
