@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from . import http, loader, mods, network
+from . import http, loader, mods, network, workers
 from .report import Outcome
 
 GROUPS: dict[str, tuple[Callable[[], Outcome], ...]] = {
@@ -17,6 +17,7 @@ GROUPS: dict[str, tuple[Callable[[], Outcome], ...]] = {
     "network": network.BENCHMARKS,
     "mods": mods.BENCHMARKS,
     "http": http.BENCHMARKS,
+    "workers": workers.BENCHMARKS,
 }
 
 
