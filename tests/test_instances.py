@@ -385,3 +385,38 @@ def _alive(pid: int) -> bool:
             return "State:\tZ" not in status.read()
     except FileNotFoundError:
         return False
+
+
+SPY = """
+from plughost import Mod, rpc
+
+
+class SpyMod(Mod):
+    @rpc
+    async def attempt(self):
+        results = {}
+        for label, call in [
+            ("lie about tenant", self.network.publish("camera", {"frame": "spy"}, tenant="robot2")),
+            ("absolute topic", self.network.publish("/robot2/camera", {"frame": "spy"})),
+            ("other rpc", self.network.rpc("robot2/camera", "settings")),
+        ]:
+            try:
+                results[label] = await call
+            except Exception as exc:
+                results[label] = type(exc).__name__ + ": " + str(exc)
+        return results
+"""
+
+
+async def test_a_worker_cannot_reach_outside_its_tenant(network: Network) -> None:
+    spy_bundle = robot_bundle(30)
+    spy_bundle["files"].append({"filename": "spy_module.py", "source": SPY})  # type: ignore[attr-defined]
+    spy_bundle["files"][2]["source"] += '\n[[mods]]\npath = "spy_module"\nname = "spy"\n'  # type: ignore[index]
+    await network.deploy("robot1", spy_bundle, placement="process")
+    await network.deploy("robot2", robot_bundle(10), placement="process")
+    results = await network.rpc("robot1/spy", "attempt")
+    assert results["lie about tenant"] == 1  # it landed in robot1's own camera topic
+    assert "outside tenant 'robot1'" in results["absolute topic"]
+    assert "outside tenant 'robot1'" in results["other rpc"]
+    assert await network.rpc("robot2/mapper", "seen") == []
+    assert await network.rpc("robot1/mapper", "seen") == ["spy"]

@@ -303,7 +303,7 @@ class Network:
                 if chosen == "process":
                     worker = Supervisor(
                         self._worker_spec_for(tenant, version, folder, manifest),
-                        self._answer_worker,
+                        functools.partial(self._answer_worker, tenant),
                         functools.partial(self._live_worker_spec, tenant),
                     )
                     agents_info, described = await worker.start()
@@ -896,7 +896,7 @@ class Network:
         """At start: the worker of a process-placed tenant (a failure shows in health)."""
         worker = Supervisor(
             await self._live_worker_spec(tenant),
-            self._answer_worker,
+            functools.partial(self._answer_worker, tenant),
             functools.partial(self._live_worker_spec, tenant),
         )
         self._workers[tenant] = worker
@@ -908,14 +908,27 @@ class Network:
         for info in described:
             self._mods.register(self._remote_instance(tenant, worker, info))
 
-    async def _answer_worker(self, kind: str, args: tuple[Any, ...]) -> Any:
-        """Requests a worker's mods make to the network: publishing and RPC."""
+    async def _answer_worker(self, tenant: str, kind: str, args: tuple[Any, ...]) -> Any:
+        """Requests a worker's mods make to the network: publishing and RPC.
+
+        The worker runs tenant code, so what it says about scope is not taken
+        on trust: it acts as its own tenant, and may reach only that tenant's
+        topics and instances, global mods, and one-segment global topic names
+        (the streams a manifest exposes).
+        """
         if kind == "publish":
-            topic, data, tenant, source_id = args
-            return await self.publish(topic, data, tenant=tenant, source_id=source_id)
+            topic, data, scope, source_id = args
+            topic = str(topic)
+            resolved = resolve_topic(topic, tenant if scope is not None else None)
+            if resolved.count("/") > 1 and not resolved.startswith(f"/{tenant}/"):
+                raise OutsideTenantError(tenant, resolved)
+            return await self.publish(resolved, data, tenant=tenant, source_id=str(source_id))
         if kind == "rpc":
-            name, method, call_args, call_kwargs, tenant = args
-            return await self.rpc(name, method, *call_args, tenant=tenant, **call_kwargs)
+            name, method, call_args, call_kwargs, _ = args
+            target = self._mod_for(str(name), tenant)
+            if target.tenant not in (None, tenant):
+                raise OutsideTenantError(tenant, target.key)
+            return await self.rpc(target.key, str(method), *call_args, **call_kwargs)
         raise ValueError(f"unknown request {kind!r} from a worker")
 
     async def _call_in_worker(self, tenant: str, agent: str, args: dict[str, Any]) -> Any:
