@@ -20,6 +20,7 @@ from plughost import (
     ModLoadError,
     ModNotLoadedError,
     Network,
+    RpcError,
     UnknownAgentError,
     WorkerCrashed,
     WorkerStartFailed,
@@ -420,3 +421,83 @@ async def test_a_worker_cannot_reach_outside_its_tenant(network: Network) -> Non
     assert "outside tenant 'robot1'" in results["other rpc"]
     assert await network.rpc("robot2/mapper", "seen") == []
     assert await network.rpc("robot1/mapper", "seen") == ["spy"]
+
+
+HOSTILE = """
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from plughost import Mod, rpc
+
+
+class HostileMod(Mod):
+    @rpc
+    def half_frame(self):
+        # A length header saying 1000 bytes, then 2: a host that read it blocking would hang.
+        sock = socket.socket(fileno=int(sys.argv[1]))
+        sock.sendall((1000).to_bytes(4, "big") + b"{}")
+        sock.detach()
+        return "sent"
+
+    @rpc
+    def lock(self):
+        return threading.Lock()
+
+    @rpc
+    def spawn(self):
+        return subprocess.Popen(["sleep", "300"]).pid
+
+    @rpc
+    def busy(self):
+        time.sleep(300)
+"""
+
+
+def hostile_bundle() -> dict[str, object]:
+    manifest = '[[mods]]\npath = "hostile_module"\nname = "hostile"\n'
+    return {
+        "files": [
+            {"filename": "hostile_module.py", "source": HOSTILE},
+            {"filename": "plughost.toml", "source": manifest},
+        ]
+    }
+
+
+async def test_a_worker_cannot_stall_the_host(tmp_path: Path) -> None:
+    async with Network(tmp_path / "data", unload_timeout=1) as network:
+        await network.deploy("bad", hostile_bundle(), placement="process")
+        await network.deploy("good", robot_bundle(10), placement="process")
+        with pytest.raises(RpcError, match="not JSON"):
+            await network.rpc("bad/hostile", "lock")
+        stuck = asyncio.create_task(network.rpc("bad/hostile", "half_frame"))
+        for _ in range(20):  # the host's loop keeps serving everyone else
+            assert (await network.rpc("good/camera", "settings"))["config"] == {"fps": 10}
+        stuck.cancel()
+
+
+async def test_what_a_worker_started_dies_with_it(tmp_path: Path) -> None:
+    async with Network(tmp_path / "data", unload_timeout=1) as network:
+        await network.deploy("bad", hostile_bundle(), placement="process")
+        child = await network.rpc("bad/hostile", "spawn")
+        busy = asyncio.create_task(network.rpc("bad/hostile", "busy"))
+        await asyncio.sleep(0.1)
+        assert _alive(child)
+    assert busy.done()
+    for _ in range(500):
+        if not _alive(child):
+            break
+        await asyncio.sleep(0.01)
+    assert not _alive(child)
+
+
+async def test_an_unloaded_instance_stays_unloaded_after_a_crash(network: Network) -> None:
+    await network.deploy("robot1", robot_bundle(30), placement="process")
+    await network.unload("robot1/mapper")
+    os.kill(network.health()["workers"]["robot1"]["pid"], signal.SIGKILL)
+    await _wait_for_restart(network, "robot1", 1)
+    assert [i["rpc_name"] for i in network.instances()] == ["robot1/camera"]
+    assert await network.rpc("robot1/camera", "shoot") == "robot1-v1-1"
+    assert [i["name"] for i in network._workers["robot1"].ready[1]] == ["camera"]

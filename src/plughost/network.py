@@ -67,7 +67,7 @@ from .naming import TENANT_NAME_RULE, Namespace, check_tenant_name
 from .runtime import LoadedNamespace, Loader, Runtime, load_namespace
 from .store import Deployment, GarbageReport, Snapshot, Store, StoredMod
 from .worker import RemoteError, WorkerSpec
-from .workers import Supervisor
+from .workers import START_TIMEOUT, Supervisor
 
 log = logging.getLogger("plughost")
 
@@ -278,10 +278,12 @@ class Network:
         # commit, so other tenants' writes go on while this bundle's code imports.
         async with self._tenant_lock(tenant):
             current = self._live.get(tenant)
+            running = self._workers.get(tenant)
             if (
                 current is not None
                 and current.digest == digest
                 and placement in (None, current.placement)
+                and (running is None or running.running)
             ):
                 return current
             version = await asyncio.to_thread(self._store.next_version, tenant)
@@ -389,8 +391,6 @@ class Network:
             await asyncio.to_thread(self._store.remove_tenant, tenant)
             del self._live[tenant]
             worker = self._workers.pop(tenant, None)
-            if worker is not None:
-                await worker.stop(self.unload_timeout)
             for token_hash in [h for h, t in self._token_tenants.items() if t == tenant]:
                 del self._token_tenants[token_hash]
             self._runtime.retire(self._live_ns.pop(tenant))
@@ -402,7 +402,10 @@ class Network:
                     self._mods.unregister(mod.key)
                     await asyncio.to_thread(self._store.delete_mod, mod.key)
             for mod in gone:
-                await stop_mod(mod, self.unload_timeout)
+                if mod.remote_stop is None:
+                    await stop_mod(mod, self.unload_timeout)
+            if worker is not None:
+                await worker.stop(self.unload_timeout)
             await self._collect_locked()
         # Mods that keep data per tenant (caches, artifacts) drop the tenant's now.
         await self._broadcast(Event(event_name="system.tenant.removed", payload={"tenant": tenant}))
@@ -848,7 +851,9 @@ class Network:
         tenant = old.tenant or ""
         spec = await self._live_worker_spec(tenant)
         try:
-            await self._workers[tenant].request("restart", old.mod_id, spec.folder)
+            await self._workers[tenant].request(
+                "restart", old.mod_id, spec.folder, timeout=START_TIMEOUT
+            )
         except RemoteError as exc:
             raise ModLoadError(
                 old.mod_path, "restart", f"{exc.error_type}: {exc.message}"
@@ -903,7 +908,7 @@ class Network:
         try:
             _, described = await worker.start()
         except PlughostError as exc:
-            worker.state = f"failed: {exc}"
+            worker.keep_trying(str(exc))  # health shows it; the supervisor retries
             return
         for info in described:
             self._mods.register(self._remote_instance(tenant, worker, info))
@@ -922,12 +927,17 @@ class Network:
             resolved = resolve_topic(topic, tenant if scope is not None else None)
             if resolved.count("/") > 1 and not resolved.startswith(f"/{tenant}/"):
                 raise OutsideTenantError(tenant, resolved)
-            return await self.publish(resolved, data, tenant=tenant, source_id=str(source_id))
+            source = f"{tenant}/{source_id}"
+            return await self.publish(resolved, data, tenant=tenant, source_id=source)
         if kind == "rpc":
             name, method, call_args, call_kwargs, _ = args
-            target = self._mod_for(str(name), tenant)
+            try:
+                target = self._mod_for(str(name), tenant)
+            except (ModNotLoadedError, AmbiguousNameError):
+                # The tenant learns what it may see, not what other tenants run.
+                raise ModNotLoadedError(str(name), self._visible_mods(tenant)) from None
             if target.tenant not in (None, tenant):
-                raise OutsideTenantError(tenant, target.key)
+                raise OutsideTenantError(tenant, str(name))
             return await self.rpc(target.key, str(method), *call_args, **call_kwargs)
         raise ValueError(f"unknown request {kind!r} from a worker")
 
@@ -971,7 +981,12 @@ class Network:
             return call
 
         async def stop() -> Any:
-            return await worker.request("unload", name)
+            worker.forget(name)
+            try:
+                return await worker.request("unload", name, timeout=self.unload_timeout)
+            except TimeoutError:
+                worker.recycle()  # it does not answer: restart it without this instance
+                raise
 
         return LoadedMod(
             mod_id=name,
@@ -1348,8 +1363,10 @@ class Network:
         uptime = int(time.time() - self._started_at) if self._started_at is not None else 0
         if self._started_at is None:
             status = "stopped"
+        elif self._mods.failed() or any(not w.running for w in self._workers.values()):
+            status = "degraded"
         else:
-            status = "degraded" if self._mods.failed() else "healthy"
+            status = "healthy"
         loaded = self._mods.list_loaded()
         return {
             "status": status,

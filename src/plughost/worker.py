@@ -1,25 +1,32 @@
 """The worker process: one tenant's live deployment, run outside the host process.
 
-The host starts a Python process that runs :func:`main` on one end of a socket pair.
-Messages are pickled tuples. The host sends requests ``(kind, id, ...)``; the
-worker answers ``("reply", id, ok, value)``, where a failure's value is
-``(error kind, type name, message)``. The worker also asks the host
-(``publish`` and ``rpc`` from its mods, which may reach other namespaces), so
-both sides handle messages concurrently. When the pipe closes (the host
-stopped or died), the worker shuts its mods down and exits.
+The host starts a Python process that runs :func:`main` on one end of a socket
+pair. Messages are JSON lists in length-prefixed frames (see ``_wire``). The
+host sends requests ``[kind, id, ...]``; the worker answers
+``["reply", id, ok, value]``, where a failure's value is
+``[error kind, type name, message]``. The worker also asks the host
+(``publish`` and ``rpc`` from its mods), so both sides handle messages
+concurrently. When the socket closes (the host stopped or died) the worker
+shuts its mods down and exits; the kernel also kills it if its parent dies.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import functools
 import inspect
 import itertools
+import json
+import os
+import signal
+import socket
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, cast
 
+from . import _wire
 from .errors import PlughostError
 from .events import Event, as_response, matches
 from .mod import LoadedMod, ResolvedModPath, mod_namespace, start_mod, stop_mod
@@ -90,9 +97,10 @@ class _HostLink:
 
 
 class _Worker:
-    def __init__(self, conn: Connection, spec: WorkerSpec) -> None:
-        self.conn = conn
+    def __init__(self, sock: socket.socket, spec: WorkerSpec) -> None:
+        self.sock = sock
         self.spec = spec
+        self.writer: asyncio.StreamWriter | None = None
         self.link = _HostLink(self, spec.data_dir)
         self.mods: dict[str, LoadedMod] = {}
         self.entry: LoadedNamespace | None = None
@@ -100,39 +108,48 @@ class _Worker:
         self.ids = itertools.count(1)
         self.generations = itertools.count(1)
         self.closed: asyncio.Future[None] | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
 
     # -- messages ----------------------------------------------------------------------
 
-    def _send(self, message: tuple[Any, ...]) -> None:
-        self.conn.send(message)
+    async def _send(self, message: list[Any]) -> None:
+        assert self.writer is not None
+        self.writer.write(_wire.encode(message))
+        await self.writer.drain()
 
     async def ask(self, kind: str, *args: Any) -> Any:
         request_id = next(self.ids)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.pending[request_id] = future
-        self._send((kind, request_id, *args))
+        try:
+            await self._send([kind, request_id, *args])
+        except (TypeError, ValueError) as exc:
+            del self.pending[request_id]
+            raise RemoteError("encode", type(exc).__name__, f"cannot send: {exc}") from None
         return await future
 
-    def _readable(self) -> None:
+    async def _read_loop(self, reader: asyncio.StreamReader) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            message = self.conn.recv()
-        except (EOFError, OSError):
-            self._close()
-            return
-        kind, request_id = message[0], message[1]
-        if kind == "reply":
-            future = self.pending.pop(request_id, None)
-            if future is not None and not future.done():
-                _, _, ok, value = message
-                if ok:
-                    future.set_result(value)
-                else:
-                    future.set_exception(RemoteError(*value))
-            return
-        asyncio.get_running_loop().create_task(self._answer(kind, request_id, message[2:]))
+            while True:
+                message = await _wire.read(reader)
+                kind, request_id = message[0], message[1]
+                if kind == "reply":
+                    future = self.pending.pop(request_id, None)
+                    if future is not None and not future.done():
+                        if message[2]:
+                            future.set_result(message[3])
+                        else:
+                            future.set_exception(RemoteError(*message[3]))
+                    continue
+                task = loop.create_task(self._answer(kind, request_id, tuple(message[2:])))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+        except (asyncio.IncompleteReadError, ConnectionError, _wire.WireError, IndexError):
+            pass
+        self._close()
 
     def _close(self) -> None:
-        asyncio.get_running_loop().remove_reader(self.conn.fileno())
         if self.closed is not None and not self.closed.done():
             self.closed.set_result(None)
 
@@ -140,14 +157,17 @@ class _Worker:
         try:
             value = await self._handle(kind, args)
         except RemoteError as exc:
-            reply = ("reply", request_id, False, (exc.kind, exc.error_type, exc.message))
+            reply = ["reply", request_id, False, [exc.kind, exc.error_type, exc.message]]
         except Exception as exc:
-            reply = ("reply", request_id, False, ("error", type(exc).__name__, str(exc)))
+            reply = ["reply", request_id, False, ["error", type(exc).__name__, str(exc)]]
         else:
-            reply = ("reply", request_id, True, value)
+            reply = ["reply", request_id, True, value]
         try:
-            self._send(reply)
-        except (OSError, ValueError):
+            await self._send(reply)
+        except (TypeError, ValueError) as exc:
+            failure = ["encode", type(exc).__name__, f"the answer is not JSON: {exc}"]
+            await self._send(["reply", request_id, False, failure])
+        except (OSError, AssertionError):
             self._close()
         if kind == "stop":
             self._close()
@@ -249,7 +269,8 @@ class _Worker:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         self.closed = loop.create_future()
-        loop.add_reader(self.conn.fileno(), self._readable)
+        reader, self.writer = await asyncio.open_connection(sock=self.sock)
+        reading = loop.create_task(self._read_loop(reader))
         try:
             namespace = Namespace(self.spec.tenant, version=self.spec.version)
             self.entry = await asyncio.to_thread(load_namespace, namespace, Path(self.spec.folder))
@@ -258,15 +279,17 @@ class _Worker:
                 self.mods[mod.mod_id] = mod
         except Exception as exc:
             kind = exc.kind if isinstance(exc, RemoteError) else "load"
-            self._send(("failed", 0, kind, type(exc).__name__, str(exc)))
+            error_type = exc.error_type if isinstance(exc, RemoteError) else type(exc).__name__
+            await self._send(["failed", 0, kind, error_type, str(exc)])
             await self._shutdown()
             return
         agents = {
-            name: (str(slot.instance.metadata.get("description", "")), slot.instance.to_tool())
+            name: [str(slot.instance.metadata.get("description", "")), slot.instance.to_tool()]
             for name, slot in self.entry.agents.items()
         }
-        self._send(("ready", 0, agents, [describe_instance(m) for m in self.mods.values()]))
+        await self._send(["ready", 0, agents, [describe_instance(m) for m in self.mods.values()]])
         await self.closed
+        reading.cancel()
         await self._shutdown()
 
     async def _shutdown(self) -> None:
@@ -296,9 +319,35 @@ async def _invoke(mod: LoadedMod, function: Any, *args: Any, **kwargs: Any) -> A
 def main(descriptor: int) -> None:
     """The worker's entry point: serve the host on the socket ``descriptor``.
 
-    The first message is the :class:`WorkerSpec`; the worker runs until the
-    host asks it to stop or the socket closes.
+    The first frame is the :class:`WorkerSpec`; the worker runs until the
+    host asks it to stop or the socket closes, then exits at once, even if
+    an agent's thread is still busy.
     """
-    conn = Connection(descriptor)
-    spec = conn.recv()
-    asyncio.run(_Worker(conn, spec).run())
+    _die_with_parent()
+    sock = socket.socket(fileno=descriptor)
+    with sock.makefile("rb") as stream:
+        size = int.from_bytes(stream.read(4), "big")
+        fields = json.loads(stream.read(size))
+    spec = WorkerSpec(
+        fields["tenant"],
+        fields["version"],
+        fields["folder"],
+        fields["data_dir"],
+        tuple((i[0], i[1], i[2], tuple(i[3])) for i in fields["instances"]),
+        fields["unload_timeout"],
+    )
+    asyncio.run(_serve(_Worker(sock, spec)))
+
+
+async def _serve(worker: _Worker) -> None:
+    try:
+        await worker.run()
+    finally:
+        # Exit here: asyncio.run would otherwise wait for agent threads that are still busy.
+        os._exit(0)
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to kill this process when its parent dies (prctl PR_SET_PDEATHSIG)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
