@@ -54,6 +54,7 @@ from .errors import (
 )
 from .events import Event, EventResponse
 from .manifest import Placement
+from .mod import ModUnloadReport
 from .naming import TENANT_NAME_PATTERN
 from .network import SNAPSHOT_NAME_PATTERN, Network, hash_token
 from .store import Snapshot
@@ -188,6 +189,16 @@ class ModUnloadResponse(BaseModel):
     message: str
     shutdown_error: str | None
     leaked: list[str]
+
+    @classmethod
+    def of(cls, report: ModUnloadReport) -> ModUnloadResponse:
+        return cls(
+            mod_id=report.mod_id,
+            mod_path=report.mod_path,
+            message=report.message,
+            shutdown_error=report.shutdown_error,
+            leaked=report.leaked,
+        )
 
 
 class ModsModel(BaseModel):
@@ -403,13 +414,7 @@ def create_app(
         scoped = principal.scope(tenant)
         key = mod_id if scoped is None else f"{scoped}/{mod_id}"
         report = await network.unload_mod(key, confine_to=principal.tenant)
-        return ModUnloadResponse(
-            mod_id=report.mod_id,
-            mod_path=report.mod_path,
-            message=report.message,
-            shutdown_error=report.shutdown_error,
-            leaked=report.leaked,
-        )
+        return ModUnloadResponse.of(report)
 
     # -- instances -----------------------------------------------------------------
 
@@ -449,13 +454,7 @@ def create_app(
         """Unload one instance; the others keep running."""
         _require_instance(principal, rpc_name)
         report = await network.unload(rpc_name, confine_to=principal.tenant)
-        return ModUnloadResponse(
-            mod_id=report.mod_id,
-            mod_path=report.mod_path,
-            message=report.message,
-            shutdown_error=report.shutdown_error,
-            leaked=report.leaked,
-        )
+        return ModUnloadResponse.of(report)
 
     # -- tenants -------------------------------------------------------------------
 
