@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from plughost import Namespace, Network
 from plughost.loader import LoadedBundle, load_bundle, loaded_namespaces
@@ -103,3 +104,9 @@ async def network(tmp_path: Path) -> AsyncIterator[Network]:
     """A started network on a fresh data folder, stopped at teardown."""
     async with Network(tmp_path / "data", network_id="test") as started:
         yield started
+
+
+# The stateful test's budget: moderate in CI, large with --hypothesis-profile soak.
+settings.register_profile("default", max_examples=100, stateful_step_count=25, deadline=None)
+settings.register_profile("soak", max_examples=400, stateful_step_count=80, deadline=None)
+settings.load_profile("default")
