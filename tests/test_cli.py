@@ -57,3 +57,24 @@ def test_a_bad_config_file_stops_serve_with_a_message(tmp_path: Path) -> None:
     result = _run("serve", "--config", str(config))
     assert result.returncode == 1
     assert "config file" in result.stderr and "port" in result.stderr
+
+
+def test_fsck_finds_a_missing_file(tmp_path: Path) -> None:
+    import asyncio
+
+    from plughost import Network
+
+    from .conftest import agent_bundle
+
+    async def deploy() -> None:
+        async with Network(tmp_path / "data") as network:
+            await network.deploy("acme", agent_bundle("x"))
+
+    asyncio.run(deploy())
+    result = _run("fsck", "--data-dir", str(tmp_path / "data"))
+    assert result.returncode == 0 and "consistent" in result.stdout
+    next(p for p in (tmp_path / "data" / "blobs").rglob("*") if p.is_file()).unlink()
+    result = _run("fsck", "--data-dir", str(tmp_path / "data"))
+    assert result.returncode == 1
+    assert "deployment acme/1" in result.stdout and "missing or corrupt" in result.stdout
+    assert _run("fsck", "--data-dir", str(tmp_path / "nothing")).returncode == 1

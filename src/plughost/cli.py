@@ -144,6 +144,37 @@ def serve(
     )
 
 
+@app.command()
+def fsck(
+    data_dir: Annotated[Path, typer.Option(help="The data folder to check.")] = Path(".plughost"),
+) -> None:
+    """Check a data folder: every deployment's and snapshot's files present and intact.
+
+    Reads the folder only (no code runs); the server must not be running on it.
+    """
+    from .errors import PlughostError
+    from .store import Store
+
+    if not (data_dir / "plughost.db").is_file():
+        typer.echo(f"error: {data_dir} is not a plughost data folder", err=True)
+        raise typer.Exit(1)
+    store = Store(data_dir)
+    try:
+        store.open()
+    except PlughostError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    try:
+        problems = store.check()
+    finally:
+        store.close()
+    for problem in problems:
+        typer.echo(problem)
+    typer.echo(f"{len(problems)} problems" if problems else f"{data_dir}: consistent")
+    if problems:
+        raise typer.Exit(1)
+
+
 # -- network -------------------------------------------------------------------------
 
 
