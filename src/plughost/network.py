@@ -21,6 +21,7 @@ import os
 import re
 import secrets
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -151,6 +152,7 @@ class Network:
         self._tenant_locks: dict[str, asyncio.Lock] = {}
         self._staging: list[tuple[str, frozenset[str]]] = []  # (digest, blobs) being deployed
         self._workers: dict[str, Supervisor] = {}  # tenants placed in a worker process
+        self._pinned: Counter[str] = Counter()  # bundle digests of namespaces about to load
         self._live: dict[str, Deployment] = {}
         self._live_ns: dict[str, Namespace] = {}
         self._snapshots: dict[tuple[str, str], Snapshot] = {}
@@ -300,7 +302,10 @@ class Network:
             worker: Supervisor | None = None
             instances: list[LoadedMod] = []
             try:
-                folder, manifest = await asyncio.to_thread(stage)
+                # Files are written under the write lock, so that no GC pass runs between
+                # registering them as staged and writing them; the code imports outside it.
+                async with self._write_lock:
+                    folder, manifest = await asyncio.to_thread(stage)
                 chosen = placement or manifest.placement
                 if chosen == "process":
                     worker = Supervisor(
@@ -463,7 +468,7 @@ class Network:
 
     # -- agents --------------------------------------------------------------------
 
-    def _resolve(self, tenant: str, snapshot: str | None) -> tuple[Namespace, Loader]:
+    def _resolve(self, tenant: str, snapshot: str | None) -> tuple[Namespace, str, Loader]:
         if snapshot is None:
             deployment = self.get_deployment(tenant)
             namespace = self._live_ns[tenant]
@@ -474,10 +479,33 @@ class Network:
             digest, version = found.digest, found.version
 
         def load() -> LoadedNamespace:
-            manifest = self._store.manifest(tenant, version=version, snapshot=snapshot)
-            return load_namespace(namespace, self._store.bundle_dir(digest, manifest))
+            try:
+                manifest = self._store.manifest(tenant, version=version, snapshot=snapshot)
+                folder = self._store.bundle_dir(digest, manifest)
+            except (KeyError, FileNotFoundError) as exc:
+                raise _Removed(namespace) from exc
+            return load_namespace(namespace, folder)
 
-        return namespace, load
+        return namespace, digest, load
+
+    async def _acquire(self, tenant: str, snapshot: str | None) -> LoadedNamespace:
+        """Lease the namespace a call resolves to, resolving again if what it named was
+        removed (a deleted snapshot, a pruned version) while it loaded."""
+        attempts = 0
+        while True:
+            namespace, digest, load = self._resolve(tenant, snapshot)
+            # Pinned while it may load: a GC pass must not take its folder meanwhile.
+            self._pinned[digest] += 1
+            try:
+                return await self._runtime.acquire(namespace, load)
+            except _Removed:
+                attempts += 1
+                if attempts > 3:
+                    raise
+            finally:
+                self._pinned[digest] -= 1
+                if not self._pinned[digest]:
+                    del self._pinned[digest]
 
     async def list_agents(self, tenant: str, snapshot: str | None = None) -> list[AgentInfo]:
         """The agents of the tenant's live code, or of a snapshot, by name.
@@ -493,7 +521,7 @@ class Network:
                 AgentInfo(name, description, tool)
                 for name, (description, tool) in sorted(agents_info.items())
             ]
-        entry = await self._runtime.acquire(*self._resolve(tenant, snapshot))
+        entry = await self._acquire(tenant, snapshot)
         try:
             return [
                 AgentInfo(
@@ -532,7 +560,7 @@ class Network:
         if snapshot is None and tenant in self._workers:
             return await self._call_in_worker(tenant, agent, dict(args or {}))
         started = time.perf_counter()
-        entry = await self._runtime.acquire(*self._resolve(tenant, snapshot))
+        entry = await self._acquire(tenant, snapshot)
         handed_over = False
         try:
             slot = entry.agents.get(agent)
@@ -1322,7 +1350,8 @@ class Network:
             return await self._collect_locked()
 
     async def _collect_locked(self) -> GarbageReport:
-        bundles = self._runtime.digests() | {digest for digest, _ in self._staging}
+        bundles = self._runtime.digests() | set(self._pinned)
+        bundles |= {digest for digest, _ in self._staging}
         blobs = {blob for _, staged in self._staging for blob in staged}
         return await asyncio.to_thread(self._store.collect_garbage, bundles, blobs)
 
@@ -1382,6 +1411,10 @@ class Network:
             "namespaces": {"loaded": len(self._runtime), "limit": self._runtime.max_loaded},
             "workers": {tenant: worker.describe() for tenant, worker in self._workers.items()},
         }
+
+
+class _Removed(Exception):
+    """What a call resolved to was removed before its namespace loaded."""
 
 
 def _snapshot_namespace(snapshot: Snapshot) -> Namespace:

@@ -437,7 +437,8 @@ class Store:
                 referenced_blobs.update(json.loads(manifest).values())
         blobs = 0
         for path in self._blobs.glob("*/*"):
-            if path.name not in referenced_blobs:
+            # A .tmp- file is a blob being written; an interrupted one goes at the next open.
+            if path.name not in referenced_blobs and not path.name.startswith(".tmp-"):
                 path.unlink(missing_ok=True)
                 blobs += 1
         # A deploy in progress may be about to write into an empty shard of one of its blobs.
@@ -447,7 +448,7 @@ class Store:
                 shard.rmdir()
         bundles = 0
         for path in self._bundles.iterdir():
-            if path.name not in referenced_bundles:
+            if path.name not in referenced_bundles and not path.name.startswith(".tmp-"):
                 shutil.rmtree(path, ignore_errors=True)
                 bundles += 1
         return GarbageReport(blobs, bundles)
