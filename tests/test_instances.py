@@ -501,3 +501,14 @@ async def test_an_unloaded_instance_stays_unloaded_after_a_crash(network: Networ
     assert [i["rpc_name"] for i in network.instances()] == ["robot1/camera"]
     assert await network.rpc("robot1/camera", "shoot") == "robot1-v1-1"
     assert [i["name"] for i in network._workers["robot1"].ready[1]] == ["camera"]
+
+
+async def test_a_module_that_exits_the_interpreter_at_import_is_contained_in_a_worker(
+    network: Network,
+) -> None:
+    await network.deploy("steady", robot_bundle(10), placement="process")
+    exiting = {"agents": [{"filename": "bye.py", "source": "import os\nos._exit(3)\n"}]}
+    with pytest.raises(WorkerStartFailed, match="exited before it was ready"):
+        await network.deploy("exits", exiting, placement="process")
+    assert "exits" not in network.list_tenants()
+    assert (await network.rpc("steady/camera", "settings"))["config"] == {"fps": 10}
