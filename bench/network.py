@@ -22,6 +22,7 @@ from typing import Any
 
 from plughost import Network
 
+from .memory import rss_kb
 from .report import Outcome
 
 WARM_CALLS = 20_000
@@ -67,13 +68,6 @@ def five_agent_bundle(marker: str = "") -> dict[str, Any]:
     helpers = "def render(n, message):\n    return f'{n}:{message}'\n"
     files.append({"filename": "helpers.py", "source": helpers})
     return {"agents": files}
-
-
-def _rss_kb() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS in /proc/self/status")
 
 
 async def _warm_calls(network: Network) -> Outcome:
@@ -164,13 +158,13 @@ async def _density(data: Path, scratch: Path) -> Outcome:
     async with Network(data, max_loaded_namespaces=DENSITY_TENANTS) as network:
         await network.deploy("warmup", bundle)
         gc.collect()
-        before = _rss_kb()
+        before = rss_kb()
         start = time.perf_counter()
         for i in range(DENSITY_TENANTS):
             await network.deploy(f"tenant{i}", bundle)
         elapsed = time.perf_counter() - start
         gc.collect()
-        after = _rss_kb()
+        after = rss_kb()
         loaded = len(network.loaded_namespaces())
         answer = await network.call_agent(
             f"tenant{DENSITY_TENANTS - 1}", "Agent3", {"message": "x"}

@@ -19,6 +19,7 @@ from typing import Any
 
 from plughost import Network
 
+from .memory import rss_kb
 from .report import Outcome
 
 CALLS = 3000
@@ -78,13 +79,6 @@ def _bare_pipe_us() -> float:
         child.join(5)
 
 
-def _rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
-
-
 async def _rpc_us(network: Network, name: str, method: str) -> float:
     await network.rpc(name, method)
     start = time.perf_counter()
@@ -111,13 +105,13 @@ async def _scenario(data: Path) -> Outcome:
             await network.rpc(f"start{i}/camera", "settings")
             starts.append(time.perf_counter() - start)
             await network.remove_tenant(f"start{i}")
-        worker_kb = _rss_kb(network.health()["workers"]["remote"]["pid"])
+        worker_kb = rss_kb(network.health()["workers"]["remote"]["pid"])
         gc.collect()
-        before = _rss_kb_self()
+        before = rss_kb()
         for i in range(200):
             await network.deploy(f"mem{i}", bundle(), placement="inprocess")
         gc.collect()
-        namespace_kb = (_rss_kb_self() - before) / 200
+        namespace_kb = (rss_kb() - before) / 200
     med_remote, med_local, med_bare = (statistics.median(v) for v in (remote, local, bare))
     med_remote_async = statistics.median(remote_async)
     med_local_async = statistics.median(local_async)
@@ -150,13 +144,6 @@ async def _scenario(data: Path) -> Outcome:
         met=ratio <= RPC_GOAL,
         notes=[f"median of {ROUNDS} rounds of {CALLS} sequential calls; {STARTS} worker starts"],
     )
-
-
-def _rss_kb_self() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
 
 
 def worker_rpc() -> Outcome:
