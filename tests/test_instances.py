@@ -512,3 +512,15 @@ async def test_a_module_that_exits_the_interpreter_at_import_is_contained_in_a_w
         await network.deploy("exits", exiting, placement="process")
     assert "exits" not in network.list_tenants()
     assert (await network.rpc("steady/camera", "settings"))["config"] == {"fps": 10}
+
+
+async def test_an_import_that_never_returns_is_stopped_by_the_worker_start_deadline(
+    tmp_path: Path,
+) -> None:
+    async with Network(tmp_path / "data", worker_start_timeout=2) as network:
+        looping = {"agents": [{"filename": "loop.py", "source": "while True:\n    pass\n"}]}
+        with pytest.raises(WorkerStartFailed, match="not ready after 2 s"):
+            await network.deploy("loops", looping, placement="process")
+        assert network.list_tenants() == [] and network.health()["workers"] == {}
+        await network.deploy("fine", robot_bundle(10), placement="process")
+        assert (await network.rpc("fine/camera", "settings"))["config"] == {"fps": 10}

@@ -276,3 +276,20 @@ def test_a_single_file_is_a_bundle_of_one_module(write_bundle: WriteBundle, load
     loaded = load(Namespace("single"), folder / "alone.py")
     assert list(loaded.modules) == ["alone"]
     assert loaded.modules["alone"].X == 1
+
+
+def test_a_bundle_that_replaces_the_import_function_is_undone_with_a_warning(
+    write_bundle: WriteBundle, load: Load
+) -> None:
+    import builtins
+
+    folder = write_bundle(
+        {"hijack.py": "import builtins\nbuiltins.__import__ = lambda *a, **k: None\n"}
+    )
+    real = builtins.__import__
+    with pytest.warns(BundleWarning, match=r"changed builtins\.__import__"):
+        load(Namespace("hijack"), folder)
+    assert builtins.__import__ is real
+    import json as reimported
+
+    assert reimported is json

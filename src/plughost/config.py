@@ -61,6 +61,7 @@ class NetworkConfig(BaseModel):
     keep_versions: int = Field(default=5, ge=1)
     agent_threads: int = Field(default=32, ge=1)
     unload_timeout: float = Field(default=10.0, gt=0)
+    worker_start_timeout: float = Field(default=60.0, gt=0)
     bundle_limits: LimitsEntry = Field(default_factory=LimitsEntry)
     mod_roots: list[str] | None = None
     mods: list[ModEntry] = Field(default_factory=list)
@@ -77,6 +78,7 @@ class NetworkConfig(BaseModel):
             mod_roots=list(self.mod_roots) if self.mod_roots is not None else None,
             mods=[ModSpec(m.mod_path, m.config, m.mod_id, m.tenant) for m in self.mods],
             unload_timeout=self.unload_timeout,
+            worker_start_timeout=self.worker_start_timeout,
         )
 
 

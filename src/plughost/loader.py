@@ -121,17 +121,23 @@ class _ModuleLoader(importlib.machinery.SourceFileLoader):
         code = self.get_code(module.__name__)
         module.__dict__["__builtins__"] = _bundle_builtins
         path_before = sys.path[:]
+        import_before = builtins.__import__
         try:
             exec(code, module.__dict__)
         finally:
+            # Both are shared by every namespace and the host itself.
             if sys.path != path_before:
                 sys.path[:] = path_before
-                warnings.warn(
-                    BundleWarning(
-                        f"{self.path} changed sys.path while loading; the change was undone"
-                    ),
-                    stacklevel=2,
-                )
+                self._undone("sys.path")
+            if builtins.__import__ is not import_before:
+                builtins.__import__ = import_before
+                self._undone("builtins.__import__")
+
+    def _undone(self, what: str) -> None:
+        warnings.warn(
+            BundleWarning(f"{self.path} changed {what} while loading; the change was undone"),
+            stacklevel=3,
+        )
 
 
 class _NamespaceImports:

@@ -68,7 +68,7 @@ from .naming import TENANT_NAME_RULE, Namespace, check_tenant_name
 from .runtime import LoadedNamespace, Loader, Runtime, load_namespace
 from .store import Deployment, GarbageReport, Snapshot, Store, StoredMod
 from .worker import RemoteError, WorkerSpec
-from .workers import START_TIMEOUT, Supervisor
+from .workers import Supervisor
 
 log = logging.getLogger("plughost")
 
@@ -122,6 +122,7 @@ class Network:
             (default: ``plughost.mods`` and the data folder's ``mods/``).
         mods: mods to load at start, besides those loaded before a restart.
         unload_timeout: seconds an unload waits for a mod's running handlers.
+        worker_start_timeout: seconds a worker process may take to load its deployment.
 
     Use as ``async with Network(...) as network:`` or ``start()`` / ``stop()``.
     """
@@ -139,6 +140,7 @@ class Network:
         mod_roots: list[str | Path] | None = None,
         mods: list[ModSpec] | None = None,
         unload_timeout: float = 10.0,
+        worker_start_timeout: float = 60.0,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.network_id = network_id
@@ -161,6 +163,7 @@ class Network:
         self._mod_root_names = mod_roots
         self._startup_mods = list(mods or [])
         self.unload_timeout = unload_timeout
+        self.worker_start_timeout = worker_start_timeout
         self._mods = ModRegistry()
         self._mod_roots = ModRoots([])
         self._mod_lock = asyncio.Lock()
@@ -880,7 +883,7 @@ class Network:
         spec = await self._live_worker_spec(tenant)
         try:
             await self._workers[tenant].request(
-                "restart", old.mod_id, spec.folder, timeout=START_TIMEOUT
+                "restart", old.mod_id, spec.folder, timeout=self.worker_start_timeout
             )
         except RemoteError as exc:
             raise ModLoadError(
@@ -911,6 +914,7 @@ class Network:
             str(self.data_dir.resolve()),
             tuple((m.path, m.name, dict(m.config), tuple(m.expose)) for m in manifest.mods),
             self.unload_timeout,
+            self.worker_start_timeout,
         )
 
     async def _live_worker_spec(self, tenant: str) -> WorkerSpec:

@@ -46,6 +46,7 @@ class WorkerSpec:
     data_dir: str
     instances: tuple[InstanceSpecTuple, ...]
     unload_timeout: float = 10.0
+    start_timeout: float = 60.0
 
 
 class RemoteError(Exception):
@@ -335,6 +336,7 @@ def main(descriptor: int) -> None:
         fields["data_dir"],
         tuple((i[0], i[1], i[2], tuple(i[3])) for i in fields["instances"]),
         fields["unload_timeout"],
+        fields["start_timeout"],
     )
     asyncio.run(_serve(_Worker(sock, spec)))
 

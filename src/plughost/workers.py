@@ -38,7 +38,6 @@ _FIRST_BACKOFF = 0.05
 _MAX_BACKOFF = 5.0
 _STABLE_AFTER = 10.0
 MAX_ATTEMPTS = 10
-START_TIMEOUT = 60.0
 
 
 class _Process:
@@ -63,7 +62,8 @@ class _Process:
     def pid(self) -> int | None:
         return self.process.pid if self.process is not None else None
 
-    async def start(self, timeout: float = START_TIMEOUT) -> Ready:
+    async def start(self) -> Ready:
+        timeout = self.spec.start_timeout
         loop = asyncio.get_running_loop()
         host_end, worker_end = socket.socketpair()
         with worker_end:
