@@ -16,6 +16,7 @@ from plughost import (
     AgentError,
     BundleLoadError,
     BundleRejectedError,
+    BundleTooLargeError,
     DataFolderInUseError,
     DuplicateAgentError,
     DuplicateSnapshotError,
@@ -710,3 +711,12 @@ async def test_a_failing_garbage_pass_neither_stops_collection_nor_stop(
     assert len(passes) >= 3
     await network.stop()
     assert network.health()["status"] == "stopped"
+
+
+async def test_a_bundle_of_ten_thousand_files_is_refused_by_the_file_limit(
+    network: Network,
+) -> None:
+    many = {"files": [{"filename": f"f{i}.txt", "source": "x"} for i in range(10_000)]}
+    with pytest.raises(BundleTooLargeError, match="more than 5000 files"):
+        await network.deploy("many", many)
+    assert network.list_tenants() == []
