@@ -380,15 +380,7 @@ def create_app(
     @app.get("/api/mods", response_model=ModsModel, tags=["mods"], responses=ERRORS)
     async def list_mods(principal: Auth) -> ModsModel:
         """The loaded mods (a tenant token sees global ones and its own)."""
-        mods = network.health()["mods"]
-        visible = {
-            key: value
-            for key, value in mods["details"].items()
-            if principal.is_admin or value.get("tenant") in (None, principal.tenant)
-        }
-        loaded = [key for key in mods["loaded"] if key in visible]
-        failed = [key for key in mods["failed"] if key in visible]
-        return ModsModel(loaded=loaded, count=len(loaded), failed=failed, details=visible)
+        return ModsModel(**network.mod_status(principal.tenant))
 
     @app.post(
         "/api/mods",

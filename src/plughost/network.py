@@ -683,7 +683,9 @@ class Network:
             ]
             if len(found) != 1:
                 reason = "is not loaded" if not found else "matches several mods: name it by key"
-                raise ModNotLoadedError(mod_path_or_id, self._visible_mods(confine_to), reason)
+                raise ModNotLoadedError(
+                    mod_path_or_id, self.mod_status(confine_to)["loaded"], reason
+                )
             mod = found[0]
             self._mods.unregister(mod.key)
             try:
@@ -694,13 +696,19 @@ class Network:
         await self._notify("system.mod.unloaded", mod.mod_id, mod.mod_path, mod.tenant)
         return report
 
-    def _visible_mods(self, confine_to: str | None) -> list[str]:
-        """The loaded mod keys a caller confined to a tenant may see: global ones and its own."""
-        return [
-            mod.key
-            for mod in self._mods.loaded()
-            if confine_to is None or mod.tenant in (None, confine_to)
-        ]
+    def mod_status(self, confine_to: str | None = None) -> dict[str, Any]:
+        """The ``mods`` part of health: loaded and failed mods with their details.
+
+        With ``confine_to`` (a tenant), only global mods and that tenant's.
+        """
+        details = {
+            key: value
+            for key, value in self._mods.details().items()
+            if confine_to is None or value.get("tenant") in (None, confine_to)
+        }
+        loaded = [key for key in self._mods.list_loaded() if key in details]
+        failed = [key for key in details if details[key]["status"] == "failed"]
+        return {"loaded": loaded, "count": len(loaded), "failed": failed, "details": details}
 
     def get_loaded_mods(self) -> list[str]:
         """The keys of the loaded mods: ``mod_id``, or ``tenant/mod_id`` inside a tenant."""
@@ -967,7 +975,7 @@ class Network:
                 target = self._mod_for(str(name), tenant)
             except (ModNotLoadedError, AmbiguousNameError):
                 # The tenant learns what it may see, not what other tenants run.
-                raise ModNotLoadedError(str(name), self._visible_mods(tenant)) from None
+                raise ModNotLoadedError(str(name), self.mod_status(tenant)["loaded"]) from None
             if target.tenant not in (None, tenant):
                 raise OutsideTenantError(tenant, str(name))
             return await self.rpc(target.key, str(method), *call_args, **call_kwargs)
@@ -1124,9 +1132,9 @@ class Network:
                 data["shutdown_error"] = report.shutdown_error
             return EventResponse(success=True, message=report.message, data=data)
         if name == "system.mod.list":
-            visible = set(self._visible_mods(confine_to))
-            details = {k: v for k, v in self._mods.details().items() if k in visible}
-            return EventResponse(success=True, data={"mods": details})
+            return EventResponse(
+                success=True, data={"mods": self.mod_status(confine_to)["details"]}
+            )
         if name in ("system.instance.restart", "system.instance.unload"):
             rpc_name = payload.get("rpc_name")
             if not rpc_name:
@@ -1400,17 +1408,11 @@ class Network:
             status = "degraded"
         else:
             status = "healthy"
-        loaded = self._mods.list_loaded()
         return {
             "status": status,
             "network_id": self.network_id,
             "uptime": uptime,
-            "mods": {
-                "loaded": loaded,
-                "count": len(loaded),
-                "failed": [mod_key(f.mod_id, f.tenant) for f in self._mods.failed()],
-                "details": self._mods.details(),
-            },
+            "mods": self.mod_status(),
             "tenants": {"count": len(self._live)},
             "namespaces": {"loaded": len(self._runtime), "limit": self._runtime.max_loaded},
             "workers": {tenant: worker.describe() for tenant, worker in self._workers.items()},
