@@ -9,11 +9,12 @@ import sys
 import tarfile
 import warnings
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from plughost import Agent, BasicAgent, BundleWarning, Namespace
+from plughost import Agent, BasicAgent, BundleWarning, ForeignModulesError, Namespace
 from plughost.loader import code_cache
 
 from .conftest import Load, WriteBundle
@@ -293,3 +294,67 @@ def test_a_bundle_that_replaces_the_import_function_is_undone_with_a_warning(
     import json as reimported
 
     assert reimported is json
+
+
+POLLUTERS = {
+    "replaces another namespace's module": (
+        "import sys, types\n"
+        "sys.modules['plughost_ns.t_victim.helpers'] = types.ModuleType('fake')\n"
+    ),
+    "removes another namespace's module": (
+        "import sys\ndel sys.modules['plughost_ns.t_victim.helpers']\n"
+    ),
+    "plants a module under a namespace not loaded yet": (
+        "import sys, types\n"
+        "sys.modules['plughost_ns.t_later.helpers'] = types.ModuleType('planted')\n"
+    ),
+    "replaces the root package": (
+        "import sys, types\nsys.modules['plughost_ns'] = types.ModuleType('plughost_ns')\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(POLLUTERS))
+def test_a_bundle_that_writes_other_namespaces_keys_is_undone_and_refused(
+    write_bundle: WriteBundle, load: Load, case: str
+) -> None:
+    victim = load(Namespace("victim"), _swarm(write_bundle, "victim"))
+    keys_before = dict(sys.modules)
+    polluter = write_bundle({"polluter.py": POLLUTERS[case]})
+
+    with pytest.raises(ForeignModulesError) as caught:
+        load(Namespace("polluter"), polluter)
+
+    assert caught.value.keys and all(k.startswith("plughost_ns") for k in caught.value.keys)
+    assert caught.value.keys[0] in str(caught.value)
+    assert dict(sys.modules) == keys_before
+    assert _notify(victim.modules["notifier_agent"]) == "<victim>victim:hi"
+    later = load(Namespace("later"), _swarm(write_bundle, "later"))
+    assert _notify(later.modules["notifier_agent"]) == "<later>later:hi"
+
+
+def test_keys_planted_before_a_namespace_loads_are_dropped_with_a_warning(
+    write_bundle: WriteBundle, load: Load
+) -> None:
+    import types
+
+    planted = types.ModuleType("planted")
+    sys.modules["plughost_ns.t_target.helpers"] = planted
+    with pytest.warns(BundleWarning, match=r"dropped sys\.modules keys .*t_target\.helpers"):
+        target = load(Namespace("target"), _swarm(write_bundle, "real"))
+    assert target.modules["helpers"] is not planted
+    assert _notify(target.modules["notifier_agent"]) == "<real>real:hi"
+
+
+def test_namespaces_loading_side_by_side_are_not_taken_for_polluters(
+    write_bundle: WriteBundle, load: Load
+) -> None:
+    # Each load imports a slow module, so that every load overlaps the others.
+    slow = "import time\ntime.sleep(0.05)\n"
+    folders = [
+        write_bundle({"a_slow.py": slow, "b.py": "X = 1\n", "c.py": "from b import X\n"})
+        for _ in range(8)
+    ]
+    with ThreadPoolExecutor(8) as pool:
+        loaded = list(pool.map(lambda i: load(Namespace(f"side{i}"), folders[i]), range(8)))
+    assert [bundle.modules["c"].X for bundle in loaded] == [1] * 8

@@ -56,6 +56,23 @@ class BundleLoadError(PlughostError):
         super().__init__(f"{namespace!r}: {where}: {type(cause).__name__}: {cause}")
 
 
+class ForeignModulesError(BundleLoadError):
+    """A bundle, while it loaded, changed ``sys.modules`` keys of other namespaces.
+
+    The keys were put back as they were, and nothing of the bundle was kept.
+
+    Attributes:
+        keys: the keys it added, replaced or removed, sorted.
+    """
+
+    def __init__(self, namespace: Namespace, keys: list[str]) -> None:
+        self.keys = keys
+        super().__init__(
+            namespace,
+            PermissionError(f"changed sys.modules keys of other namespaces: {', '.join(keys)}"),
+        )
+
+
 class NamespaceConflictError(PlughostError):
     """A namespace is already loaded with different content.
 

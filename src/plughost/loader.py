@@ -18,6 +18,12 @@ How isolation works, without touching ``sys.path``:
 
 ``importlib.import_module("helpers")`` and ``exec`` bypass ``__import__`` and
 are not redirected; bundle code should use import statements.
+
+While a bundle loads, what it does to other namespaces' ``sys.modules`` keys is
+undone and fails the load (:class:`~plughost.errors.ForeignModulesError`), and
+keys planted under a namespace before it loads are dropped. Code that runs
+later, in a call, is not watched: in-process namespaces separate names, they
+do not sandbox hostile code; ``placement = "process"`` does.
 """
 
 from __future__ import annotations
@@ -44,7 +50,13 @@ from typing import Any
 from ._codecache import CodeCache
 from ._leaks import find_leaks
 from .bundle import BundleIndex, extract_archive, index_bundle, is_archive
-from .errors import BundleLoadError, BundleRejectedError, BundleWarning, NamespaceConflictError
+from .errors import (
+    BundleLoadError,
+    BundleRejectedError,
+    BundleWarning,
+    ForeignModulesError,
+    NamespaceConflictError,
+)
 from .naming import ROOT_PACKAGE, Namespace
 
 __all__ = ["Leak", "LoadedBundle", "UnloadReport", "code_cache", "load_bundle", "loaded_namespaces"]
@@ -304,7 +316,7 @@ class LoadedBundle:
             if _active.get(self.package_name) is not self._imports:
                 return UnloadReport(self.namespace, [])
             del _active[self.package_name]
-        removed = _remove_modules(self.package_name)
+            removed = _remove_modules(self.package_name)
         self.modules.clear()
         self._imports.loaded = None
         watched = [(name, _watch(module)) for name, module in removed]
@@ -338,11 +350,64 @@ def _watch(module: ModuleType) -> list[weakref.ref[Any]]:
 
 
 def _remove_modules(package_name: str) -> list[tuple[str, ModuleType]]:
+    """Take the namespace's modules out of ``sys.modules``; call it holding ``_lock``.
+
+    Under the lock, a namespace's keys and its ``_active`` entry change
+    together, which is what lets :func:`_undo_foreign_writes` tell an unload
+    from another bundle's meddling.
+    """
     prefix = package_name + "."
     keys = [k for k in list(sys.modules) if k == package_name or k.startswith(prefix)]
     removed = [(k, m) for k in keys if (m := sys.modules.pop(k, None)) is not None]
     _root.__dict__.pop(package_name.partition(".")[2], None)
     return removed
+
+
+def _package_of(key: str) -> str:
+    return ".".join(key.split(".", 2)[:2])
+
+
+def _namespace_modules() -> dict[str, ModuleType]:
+    """Every ``sys.modules`` entry of the namespace tree, the root package included."""
+    return {
+        key: module
+        for key, module in list(sys.modules.items())
+        if key.startswith(_PREFIX) or key == ROOT_PACKAGE
+    }
+
+
+def _undo_foreign_writes(
+    own_package: str, before: dict[str, ModuleType], settled: dict[str, _NamespaceImports]
+) -> list[str]:
+    """Put back what changed, while one bundle loaded, under keys it does not own.
+
+    ``before`` is :func:`_namespace_modules` from when the load began, and
+    ``settled`` the namespaces that had finished loading then. A change is the
+    loading bundle's doing when it touches the root package, a namespace that
+    was settled before and still is (its own code does not import any more),
+    or adds a key under a namespace that is not loaded at all. Namespaces that
+    load meanwhile change their own keys, so theirs are not judged. Call it
+    holding ``_lock``. Returns the keys put back, sorted.
+    """
+    after = _namespace_modules()
+    changed = []
+    for key in before.keys() | after.keys():
+        package = _package_of(key)
+        was, now = before.get(key), after.get(key)
+        if package == own_package or was is now:
+            continue
+        imports = _active.get(package)
+        if (
+            key == ROOT_PACKAGE
+            or (imports is not None and settled.get(package) is imports)
+            or (imports is None and now is not None)
+        ):
+            changed.append(key)
+            if was is None:
+                del sys.modules[key]
+            else:
+                sys.modules[key] = was
+    return sorted(changed)
 
 
 def loaded_namespaces() -> list[Namespace]:
@@ -401,17 +466,37 @@ def _load_index(
             workdir.cleanup()
         return _wait_for(imports, index)
     try:
+        with _lock:
+            planted = _remove_modules(package_name)
+            before = _namespace_modules()
+            settled = {p: i for p, i in _active.items() if i.loaded is not None}
+        if planted:
+            warnings.warn(
+                BundleWarning(
+                    f"{namespace!r}: dropped sys.modules keys set before it loaded: "
+                    + ", ".join(sorted(key for key, _ in planted))
+                ),
+                stacklevel=3,
+            )
         importlib.import_module(package_name)
         modules: dict[str, ModuleType] = {}
         for stem in index.modules:
             if stem.rpartition(".")[2] != "__main__":
                 modules[stem] = importlib.import_module(namespace.module_name(stem))
-    except BaseException as exc:
-        _remove_modules(package_name)
         with _lock:
+            foreign = _undo_foreign_writes(package_name, before, settled)
+        if foreign:
+            raise ForeignModulesError(namespace, foreign)
+    except BaseException as exc:
+        with _lock:
+            _remove_modules(package_name)
             del _active[package_name]
         if workdir is not None:
             workdir.cleanup()
+        if isinstance(exc, BundleLoadError):
+            imports.error = exc
+            imports.done.set()
+            raise
         if isinstance(exc, Exception | SystemExit):
             error = load_error(namespace, index.root, exc)
             imports.error = error
