@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from plughost import BundleRejectedError, Namespace
+from plughost import BundleRejectedError, BundleTooLargeError, Namespace
 from plughost.bundle import BundleLimits, extract_archive
 from plughost.loader import load_bundle
 
@@ -228,3 +228,30 @@ def test_a_zip_with_an_unsupported_compression_method_is_refused(tmp_path: Path)
     target.mkdir()
     with pytest.raises(BundleRejectedError, match="not a readable zip archive"):
         extract_archive(archive, target)
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar.gz"])
+def test_a_compression_bomb_within_every_size_limit_is_refused_by_its_ratio(
+    tmp_path: Path, kind: str
+) -> None:
+    # 12 files of 1 MiB of zeros: each under the file limit, all under the total.
+    entries = [(f"zeros{i}.bin", b"\0" * (1 << 20)) for i in range(12)]
+    if kind == "zip":
+        bomb = _zip(tmp_path / "bomb.zip", entries)
+    else:
+        bomb = _tar(tmp_path / "bomb.tar.gz", [(_tar_info(n), d) for n, d in entries])
+    assert bomb.stat().st_size * 100 < 12 << 20
+    target = tmp_path / "target"
+    target.mkdir()
+    with pytest.raises(BundleTooLargeError, match="more than 100 times its size"):
+        extract_archive(bomb, target)
+    assert list(target.iterdir()) == []
+
+
+def test_an_archive_of_ordinary_ratio_passes_the_ratio_check(tmp_path: Path) -> None:
+    source = os.urandom(1 << 19).hex().encode()  # 1 MiB that compresses about 2 times
+    archive = _zip(tmp_path / "ok.zip", [("data.txt", source)])
+    target = tmp_path / "target"
+    target.mkdir()
+    extract_archive(archive, target)
+    assert (target / "data.txt").read_bytes() == source

@@ -28,17 +28,24 @@ _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 _GZIP_MAGIC = b"\x1f\x8b"
 _COPY_CHUNK = 1 << 16
 _MAX_NAME_BYTES = 255  # what file systems allow for one name
+_RATIO_FLOOR = 1 << 20  # below this, any expansion is harmless: tiny files compress absurdly well
 
 _Opener = Callable[[], IO[bytes] | None]
 
 
 @dataclass(frozen=True)
 class BundleLimits:
-    """Bounds on what one bundle may hold; a bundle past any of them is refused."""
+    """Bounds on what one bundle may hold; a bundle past any of them is refused.
+
+    ``max_ratio`` bounds how many times an archive may expand its own size
+    once its content passes 1 MiB: source code compresses 3 to 10 times, a
+    compression bomb hundreds or thousands of times.
+    """
 
     max_total_bytes: int = 64 * 1024 * 1024
     max_files: int = 5_000
     max_file_bytes: int = 16 * 1024 * 1024
+    max_ratio: int = 100
 
 
 @dataclass(frozen=True)
@@ -316,10 +323,15 @@ def _checked_entry_name(name: str) -> PurePosixPath:
 
 
 class _Plan:
-    """The checked entries of an archive, before any of them is written."""
+    """The checked entries of an archive, before any of them is written.
 
-    def __init__(self, limits: BundleLimits) -> None:
+    ``packed_bytes`` is the archive's own size, for the expansion ratio; a
+    folder or a JSON bundle has none.
+    """
+
+    def __init__(self, limits: BundleLimits, packed_bytes: int | None = None) -> None:
         self.limits = limits
+        self.packed_bytes = packed_bytes
         self.files: dict[PurePosixPath, int] = {}
         self.folders: set[PurePosixPath] = set()
         self.total = 0
@@ -343,7 +355,18 @@ class _Plan:
             raise BundleTooLargeError(
                 f"bundle is over the limit of {self.limits.max_total_bytes} bytes"
             )
+        self.check_ratio(self.total)
         return path
+
+    def check_ratio(self, expanded: int) -> None:
+        """Refuse an archive whose content, ``expanded`` bytes so far, passes ``max_ratio``."""
+        if self.packed_bytes is None or expanded <= _RATIO_FLOOR:
+            return
+        if expanded > self.limits.max_ratio * self.packed_bytes:
+            raise BundleTooLargeError(
+                f"archive of {self.packed_bytes} bytes expands to over {expanded} bytes, "
+                f"more than {self.limits.max_ratio} times its size (a compression bomb)"
+            )
 
 
 def _copy_bounded(source: IO[bytes], destination: Path, name: str, plan: _Plan) -> int:
@@ -362,7 +385,7 @@ def _copy_bounded(source: IO[bytes], destination: Path, name: str, plan: _Plan) 
 def _extract_zip(archive: Path, target: Path, limits: BundleLimits) -> None:
     try:
         with zipfile.ZipFile(archive) as zf:
-            _extract_zip_entries(zf, target, limits)
+            _extract_zip_entries(zf, target, _Plan(limits, archive.stat().st_size))
     except BundleRejectedError:
         raise
     except (
@@ -373,8 +396,7 @@ def _extract_zip(archive: Path, target: Path, limits: BundleLimits) -> None:
         ) from None
 
 
-def _extract_zip_entries(zf: zipfile.ZipFile, target: Path, limits: BundleLimits) -> None:
-    plan = _Plan(limits)
+def _extract_zip_entries(zf: zipfile.ZipFile, target: Path, plan: _Plan) -> None:
     entries: list[tuple[PurePosixPath, _Opener]] = []
     for info in zf.infolist():
         name = _zip_entry_name(info)
@@ -407,7 +429,7 @@ def _zip_entry_name(info: zipfile.ZipInfo) -> str:
 def _extract_tar(archive: Path, target: Path, limits: BundleLimits) -> None:
     try:
         with tarfile.open(archive, "r:gz") as tf:
-            _extract_tar_members(tf, target, limits)
+            _extract_tar_members(tf, target, _Plan(limits, archive.stat().st_size))
     except BundleRejectedError:
         raise
     except Exception as exc:
@@ -416,11 +438,10 @@ def _extract_tar(archive: Path, target: Path, limits: BundleLimits) -> None:
         ) from None
 
 
-def _extract_tar_members(tf: tarfile.TarFile, target: Path, limits: BundleLimits) -> None:
-    members = tf.getmembers()
-    plan = _Plan(limits)
+def _extract_tar_members(tf: tarfile.TarFile, target: Path, plan: _Plan) -> None:
     entries: list[tuple[PurePosixPath, _Opener]] = []
-    for member in members:
+    # Member by member: a header over a limit stops the reading before its data is inflated.
+    for member in tf:
         if member.issym() or member.islnk():
             raise BundleRejectedError("entry is a link", member.name)
         if member.isdir():
@@ -449,3 +470,4 @@ def _write_planned(entries: list[tuple[PurePosixPath, _Opener]], target: Path, p
             raise BundleTooLargeError(
                 f"bundle expands past the limit of {plan.limits.max_total_bytes} bytes"
             )
+        plan.check_ratio(total)

@@ -7,7 +7,8 @@ Example::
     host: 127.0.0.1
     port: 8700
     max_loaded_namespaces: 1000
-    bundle_limits: {max_total_bytes: 67108864, max_files: 5000, max_file_bytes: 16777216}
+    bundle_limits:
+      {max_total_bytes: 67108864, max_files: 5000, max_file_bytes: 16777216, max_ratio: 100}
     mod_roots: [plughost.mods, ./mods]
     mods:
       - mod_path: plughost.mods.shared_cache
@@ -45,6 +46,7 @@ class LimitsEntry(BaseModel):
     max_total_bytes: int = Field(default=BundleLimits.max_total_bytes, ge=1)
     max_files: int = Field(default=BundleLimits.max_files, ge=1)
     max_file_bytes: int = Field(default=BundleLimits.max_file_bytes, ge=1)
+    max_ratio: int = Field(default=BundleLimits.max_ratio, ge=1)
 
 
 class NetworkConfig(BaseModel):
