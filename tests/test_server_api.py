@@ -37,6 +37,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     (folder / "config.yaml").write_text(
         "data_dir: data\n"
         "bundle_limits: {max_total_bytes: 200000, max_files: 50, max_file_bytes: 100000}\n"
+        "max_request_bytes: 400000\n"
     )
     server = ServerProcess(folder, admin_token=ADMIN, config=folder / "config.yaml").start()
     tokens = {}
@@ -375,6 +376,33 @@ BAD_INPUTS: list[tuple[str, str, dict[str, Any], int, str]] = [
         {"content": b"[" * 100_000, "headers": {"Content-Type": "application/json"}},
         400,
         "invalid_json",
+    ),
+    (
+        "PUT",
+        "/api/tenants/t1/bundle",
+        {
+            "content": b"[" * 100_000 + b"]" * 100_000,
+            "headers": {"Content-Type": "application/json"},
+        },
+        400,
+        "invalid_json",
+    ),
+    (
+        "POST",
+        "/api/tenants/t1/agents/Notifier/call",
+        {"json": {"args": {"message": "x" * 500_000}}},
+        413,
+        "too_large",
+    ),
+    (
+        "POST",
+        "/api/events",
+        {
+            "content": (b"x" * (1 << 16) for _ in range(40)),  # chunked: no Content-Length
+            "headers": {"Content-Type": "application/json"},
+        },
+        413,
+        "too_large",
     ),
     ("GET", "/api/nowhere", {}, 404, "not_found"),
     ("PATCH", "/api/tenants/t1", {}, 405, "method_not_allowed"),

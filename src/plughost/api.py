@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import json
 import os
+import re
 import secrets
 import tempfile
 from collections.abc import AsyncIterator
@@ -28,6 +29,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import __version__
+from ._body_limit import BodyLimit
 from .errors import (
     AgentError,
     AmbiguousNameError,
@@ -63,6 +65,7 @@ ARCHIVE_TYPES = frozenset(
     {"application/zip", "application/gzip", "application/x-gzip", "application/octet-stream"}
 )
 _CHUNK = 1 << 16
+_BUNDLE_PATH = re.compile(r"/api/tenants/[^/]+/bundle")
 
 # Most specific first: the first matching class decides the status.
 _ERRORS: list[tuple[type[Exception], int, str]] = [
@@ -302,12 +305,17 @@ def admin_token_for(data_dir: Path, configured: str | None = None) -> tuple[str,
 
 
 def create_app(
-    network: Network, *, admin_token: str, max_upload_bytes: int | None = None
+    network: Network,
+    *,
+    admin_token: str,
+    max_upload_bytes: int | None = None,
+    max_request_bytes: int = 1 << 20,
 ) -> FastAPI:
     """The ASGI app over ``network``; starting the app starts the network.
 
     ``max_upload_bytes`` bounds a bundle upload (default: the network's
-    ``BundleLimits.max_total_bytes``); a larger body gets 413.
+    ``BundleLimits.max_total_bytes``), ``max_request_bytes`` every other
+    request body; a larger body gets 413.
     """
     upload_limit = max_upload_bytes or network.limits.max_total_bytes
 
@@ -327,6 +335,16 @@ def create_app(
     )
     app.state.network = network
     app.state.admin_hash = hash_token(admin_token)
+    app.add_middleware(
+        BodyLimit,
+        limit=max_request_bytes,
+        too_large=lambda limit: _error_response(
+            413, "too_large", f"the request body is over {limit} bytes"
+        ),
+        streams=lambda scope: (
+            scope["method"] == "PUT" and _BUNDLE_PATH.fullmatch(scope["path"]) is not None
+        ),
+    )
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -682,6 +700,8 @@ def _parse_json(body: bytes) -> Any:
         return json.loads(body)
     except (UnicodeDecodeError, ValueError):
         raise ApiError(400, "invalid_json", "the request body is not valid JSON") from None
+    except RecursionError:
+        raise ApiError(400, "invalid_json", "the request body is nested too deeply") from None
 
 
 async def _read_limited(request: Request, limit: int) -> bytes:

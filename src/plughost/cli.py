@@ -134,7 +134,9 @@ def serve(
     typer.echo(
         f"plughost {__version__}: data folder {settings.data_dir}; admin token from {source}"
     )
-    api = create_app(settings.network(), admin_token=token)
+    api = create_app(
+        settings.network(), admin_token=token, max_request_bytes=settings.max_request_bytes
+    )
     uvicorn.run(
         api,
         host=host or settings.host,

@@ -7,6 +7,7 @@ Example::
     host: 127.0.0.1
     port: 8700
     max_loaded_namespaces: 1000
+    max_request_bytes: 1048576  # every request body but bundle uploads
     bundle_limits:
       {max_total_bytes: 67108864, max_files: 5000, max_file_bytes: 16777216, max_ratio: 100}
     mod_roots: [plughost.mods, ./mods]
@@ -64,6 +65,7 @@ class NetworkConfig(BaseModel):
     agent_threads: int = Field(default=32, ge=1)
     unload_timeout: float = Field(default=10.0, gt=0)
     worker_start_timeout: float = Field(default=60.0, gt=0)
+    max_request_bytes: int = Field(default=1 << 20, ge=1)
     bundle_limits: LimitsEntry = Field(default_factory=LimitsEntry)
     mod_roots: list[str] | None = None
     mods: list[ModEntry] = Field(default_factory=list)
