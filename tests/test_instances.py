@@ -337,6 +337,25 @@ async def test_agents_run_in_the_worker_and_errors_keep_their_types(network: Net
     assert namespace_keys() == set()  # nothing of the tenant's code is loaded in the host
 
 
+async def test_a_redeploy_that_names_no_placement_keeps_the_tenant_where_it_runs(
+    network: Network,
+) -> None:
+    await network.deploy("remote", agent_bundle("v1"), placement="process")
+    first_pid = network.health()["workers"]["remote"]["pid"]
+
+    await network.deploy("remote", agent_bundle("v2"))
+
+    assert network.get_deployment("remote").placement == "process"
+    assert await network.call_agent("remote", "Notifier", {"message": "m"}) == "v2:m"
+    assert network.health()["workers"]["remote"]["pid"] != first_pid
+    assert namespace_keys() == set()
+
+    await network.deploy("remote", agent_bundle("v3"), placement="inprocess")
+    assert network.get_deployment("remote").placement == "inprocess"
+    assert "remote" not in network.health()["workers"]
+    assert await network.call_agent("remote", "Notifier", {"message": "m"}) == "v3:m"
+
+
 async def test_no_worker_outlives_its_network_or_its_killed_host(tmp_path: Path) -> None:
     async with Network(tmp_path / "data") as network:
         await network.deploy("w", agent_bundle("w"), placement="process")

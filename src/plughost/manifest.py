@@ -2,7 +2,7 @@
 
 Example::
 
-    placement = "inprocess"          # or "process": the namespace runs in a worker process
+    placement = "process"            # or "inprocess"; unset: as the tenant runs now
 
     [[mods]]
     path = "camera_module"           # a module of the bundle, optionally "module:Class"
@@ -59,11 +59,14 @@ class InstanceSpec(BaseModel):
 
 
 class Manifest(BaseModel):
-    """What ``plughost.toml`` says; a bundle without one gets these defaults."""
+    """What ``plughost.toml`` says; a bundle without one gets these defaults.
+
+    ``placement`` is ``None`` when the file does not set it.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    placement: Placement = "inprocess"
+    placement: Placement | None = None
     mods: list[InstanceSpec] = Field(default_factory=list)
 
     @field_validator("mods")

@@ -254,8 +254,9 @@ class Network:
         the live deployment. The new code is loaded and its agents found before
         anything is committed; calls that start after this returns run it,
         calls already running finish on the old code. ``placement``
-        (default: the bundle's ``plughost.toml``, else ``"inprocess"``) set to
-        ``"process"`` runs the live code in a supervised worker process.
+        (default: the bundle's ``plughost.toml``, else the tenant's current
+        placement, else ``"inprocess"``) set to ``"process"`` runs the live
+        code in a supervised worker process.
 
         Raises:
             InvalidNameError: the tenant name breaks the rule.
@@ -309,7 +310,9 @@ class Network:
                 # registering them as staged and writing them; the code imports outside it.
                 async with self._write_lock:
                     folder, manifest = await asyncio.to_thread(stage)
-                chosen = placement or manifest.placement
+                # A redeploy that names no placement keeps the tenant where it runs: a
+                # tenant put in a worker is never moved into the host unasked.
+                chosen = placement or manifest.placement or _placement_of(current)
                 if chosen == "process":
                     worker = Supervisor(
                         self._worker_spec_for(tenant, version, folder, manifest),
@@ -1421,6 +1424,12 @@ class Network:
 
 class _Removed(Exception):
     """What a call resolved to was removed before its namespace loaded."""
+
+
+def _placement_of(deployment: Deployment | None) -> Placement:
+    return (
+        "process" if deployment is not None and deployment.placement == "process" else "inprocess"
+    )
 
 
 def _snapshot_namespace(snapshot: Snapshot) -> Namespace:
