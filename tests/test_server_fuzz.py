@@ -1,15 +1,20 @@
 """Property-based fuzzing of the API from its own OpenAPI schema: no 500, responses conform.
 
 Each operation's cases come from schemathesis' Hypothesis strategy for it,
-sent with the admin token to a real server. The checks are the ones the API
-promises: no server error, and status code, content type, headers and body as
-the schema documents them, for schema-valid and schema-invalid input alike.
-Schema-valid input may still be refused (a bundle whose code does not compile
-is valid JSON), so acceptance is not required.
+sent to a real server three times over: with the admin token, with a tenant's
+token and with none. The checks are the ones the API promises: no server
+error, and status code, content type, headers and body as the schema
+documents them, for schema-valid and schema-invalid input alike. Schema-valid
+input may still be refused (a bundle whose code does not compile is valid
+JSON), so acceptance is not required.
+
+``PLUGHOST_FUZZ_EXAMPLES`` sets the examples per operation, mode and token
+(40 by default).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,7 +34,7 @@ from .server import ServerProcess
 
 ADMIN = "admin-token-for-fuzzing"
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES_PER_OPERATION = 40
+EXAMPLES_PER_OPERATION = int(os.environ.get("PLUGHOST_FUZZ_EXAMPLES", "40"))
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -40,21 +45,26 @@ CHECKS = [
 
 
 @pytest.fixture(scope="module")
-def fuzzed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def fuzzed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, str]]:
     folder = tmp_path_factory.mktemp("fuzz")
     server = ServerProcess(folder, admin_token=ADMIN, data_dir=folder / "data").start()
     with server.client() as client:
-        client.deploy("t1", ROOT / "examples" / "alice")
+        tenant_token = client.deploy("t1", ROOT / "examples" / "alice")["token"]
         client.create_snapshot("t1", "jan")
     try:
-        yield server
+        yield server, tenant_token
     finally:
         assert server.stop()
 
 
-def test_no_route_answers_500_or_breaks_its_schema(fuzzed_server: ServerProcess) -> None:
-    schema = schemathesis.openapi.from_url(fuzzed_server.url + "/openapi.json")
-    headers = {"Authorization": f"Bearer {ADMIN}"}
+@pytest.mark.parametrize("principal", ["admin", "tenant", "anonymous"])
+def test_no_route_answers_500_or_breaks_its_schema(
+    fuzzed_server: tuple[ServerProcess, str], principal: str
+) -> None:
+    server, tenant_token = fuzzed_server
+    schema = schemathesis.openapi.from_url(server.url + "/openapi.json")
+    token = {"admin": ADMIN, "tenant": tenant_token, "anonymous": None}[principal]
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 16
     problems: list[str] = []
@@ -85,5 +95,7 @@ def test_no_route_answers_500_or_breaks_its_schema(fuzzed_server: ServerProcess)
     print(f"fuzzed {len(operations)} operations with {sum(statuses.values())} requests: {statuses}")
     assert sum(statuses.values()) >= 10 * len(runs)
     assert any(200 <= status < 300 for status in statuses)
-    with fuzzed_server.client() as client:
+    if principal == "anonymous":
+        assert statuses.get(401, 0) > 0
+    with server.client() as client:
         assert client.health()["status"] == "healthy"

@@ -274,8 +274,16 @@ async def _principal(request: Request) -> Principal:
 
 
 Auth = Annotated[Principal, Depends(_principal)]
+_ERROR_STATUSES = (400, 401, 403, 404, 409, 413, 415, 422)
 ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 409, 413, 415, 422)
+    status: {"model": ErrorResponse} for status in _ERROR_STATUSES
+}
+# A "model" would be documented in the route's own media type; errors are JSON on every route.
+ERRORS_OF_TEXT_ROUTES: dict[int | str, dict[str, Any]] = {
+    status: {
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+    }
+    for status in _ERROR_STATUSES
 }
 
 
@@ -380,7 +388,12 @@ def create_app(
         """What is loaded right now. No token needed."""
         return network.health()
 
-    @app.get("/metrics", response_class=PlainTextResponse, tags=["health"], responses=ERRORS)
+    @app.get(
+        "/metrics",
+        response_class=PlainTextResponse,
+        tags=["health"],
+        responses=ERRORS_OF_TEXT_ROUTES,
+    )
     async def metrics(principal: Auth) -> Response:
         """Prometheus text format (admin)."""
         principal.require_admin()
