@@ -2,11 +2,15 @@
 
 Every operation either succeeds or raises one of the documented error types;
 afterwards the store, the registry, health and sys.modules agree.
+
+``PLUGHOST_SOAK_OPERATIONS`` (operations per task, 60 by default) and
+``PLUGHOST_SOAK_SEED`` (0 by default) size and vary a longer run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import sys
 from pathlib import Path
@@ -37,7 +41,8 @@ DOCUMENTED = (
     UnknownTenantError,
 )
 TASKS = 16
-OPERATIONS_PER_TASK = 60
+OPERATIONS_PER_TASK = int(os.environ.get("PLUGHOST_SOAK_OPERATIONS", "60"))
+SEED = int(os.environ.get("PLUGHOST_SOAK_SEED", "0"))
 
 
 async def _operate(network: Network, rng: random.Random, counts: dict[str, int]) -> None:
@@ -100,7 +105,10 @@ async def test_sixteen_tasks_of_random_operations_leave_a_consistent_network(
     async with Network(data, max_loaded_namespaces=4) as network:
         (network.data_dir / "mods" / "counter.py").write_text(COUNTER_MOD)
         await asyncio.gather(
-            *(_operate(network, random.Random(seed), counts) for seed in range(TASKS))
+            *(
+                _operate(network, random.Random(SEED * TASKS + task), counts)
+                for task in range(TASKS)
+            )
         )
         assert sum(counts.values()) == TASKS * OPERATIONS_PER_TASK
         assert counts.get("call", 0) > 50 and counts.get("deploy", 0) > 50
