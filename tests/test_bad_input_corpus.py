@@ -82,6 +82,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
         callers.stop()
         (folder / "release-spinners").touch()
         assert server.stop()
+    print(f"calls answered while the corpus ran: {callers.answers}")
     assert callers.failures == []
     assert min(callers.answers.values()) > 0
 

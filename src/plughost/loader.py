@@ -21,7 +21,7 @@ are not redirected; bundle code should use import statements.
 
 While a bundle loads, what it does to other namespaces' ``sys.modules`` keys is
 undone and fails the load (:class:`~plughost.errors.ForeignModulesError`), and
-keys planted under a namespace before it loads are dropped. Code that runs
+keys planted under a namespace's module names before it loads are dropped. Code that runs
 later, in a call, is not watched: in-process namespaces separate names, they
 do not sandbox hostile code; ``placement = "process"`` does.
 """
@@ -367,21 +367,16 @@ def _package_of(key: str) -> str:
     return ".".join(key.split(".", 2)[:2])
 
 
-def _namespace_modules() -> dict[str, ModuleType]:
-    """Every ``sys.modules`` entry of the namespace tree, the root package included."""
-    return {
-        key: module
-        for key, module in list(sys.modules.items())
-        if key.startswith(_PREFIX) or key == ROOT_PACKAGE
-    }
-
-
 def _undo_foreign_writes(
-    own_package: str, before: dict[str, ModuleType], settled: dict[str, _NamespaceImports]
+    own_package: str,
+    own_keys: list[str],
+    before: dict[str, ModuleType],
+    settled: dict[str, _NamespaceImports],
 ) -> list[str]:
     """Put back what changed, while one bundle loaded, under keys it does not own.
 
-    ``before`` is :func:`_namespace_modules` from when the load began, and
+    ``before`` is a copy of ``sys.modules`` from when the load began (this
+    call changes it), ``own_keys`` the keys the load itself added, and
     ``settled`` the namespaces that had finished loading then. A change is the
     loading bundle's doing when it touches the root package, a namespace that
     was settled before and still is (its own code does not import any more),
@@ -389,13 +384,24 @@ def _undo_foreign_writes(
     load meanwhile change their own keys, so theirs are not judged. Call it
     holding ``_lock``. Returns the keys put back, sorted.
     """
-    after = _namespace_modules()
+    for key in own_keys:
+        if key in sys.modules:
+            before[key] = sys.modules[key]
+    # Compared in C, this is the usual case: about 0.3 ms at 20,000 modules.
+    if before == sys.modules:
+        return []
+    after = sys.modules.copy()
+    touched = {
+        key
+        for key, _ in before.items() ^ after.items()
+        if key.startswith(_PREFIX) or key == ROOT_PACKAGE
+    }
     changed = []
-    for key in before.keys() | after.keys():
+    for key in touched:
         package = _package_of(key)
-        was, now = before.get(key), after.get(key)
-        if package == own_package or was is now:
+        if package == own_package:
             continue
+        was, now = before.get(key), after.get(key)
         imports = _active.get(package)
         if (
             key == ROOT_PACKAGE
@@ -467,14 +473,15 @@ def _load_index(
         return _wait_for(imports, index)
     try:
         with _lock:
-            planted = _remove_modules(package_name)
-            before = _namespace_modules()
+            own_keys = [package_name, *(namespace.module_name(stem) for stem in index.modules)]
+            planted = [key for key in own_keys if sys.modules.pop(key, None) is not None]
+            before = sys.modules.copy()
             settled = {p: i for p, i in _active.items() if i.loaded is not None}
         if planted:
             warnings.warn(
                 BundleWarning(
                     f"{namespace!r}: dropped sys.modules keys set before it loaded: "
-                    + ", ".join(sorted(key for key, _ in planted))
+                    + ", ".join(planted)
                 ),
                 stacklevel=3,
             )
@@ -484,7 +491,7 @@ def _load_index(
             if stem.rpartition(".")[2] != "__main__":
                 modules[stem] = importlib.import_module(namespace.module_name(stem))
         with _lock:
-            foreign = _undo_foreign_writes(package_name, before, settled)
+            foreign = _undo_foreign_writes(package_name, own_keys, before, settled)
         if foreign:
             raise ForeignModulesError(namespace, foreign)
     except BaseException as exc:
