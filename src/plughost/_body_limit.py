@@ -11,9 +11,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 class BodyLimit:
     """ASGI middleware that answers ``too_large(limit)`` to a body over ``limit`` bytes.
 
-    The body is read (up to the limit) before the app sees the request, then
-    handed to it whole. Requests for which ``streams(scope)`` is true pass
-    through unread: their route reads the body as a stream and bounds it
+    A body with a ``Content-Length`` is judged by it (the HTTP server
+    delivers no more than it declares) and passes through untouched. A
+    chunked body is read, up to the limit, before the app sees the request,
+    then handed to it whole. Requests for which ``streams(scope)`` is true
+    pass through unread: their route reads the body as a stream and bounds it
     itself (bundle uploads, whose limit is the bundle size limit).
     """
 
@@ -34,16 +36,20 @@ class BodyLimit:
         if scope["type"] != "http" or self.streams(scope):
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.limit:
-            await self.too_large(self.limit)(scope, receive, send)
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length")
+        if declared is not None or b"transfer-encoding" not in headers:
+            if declared is not None and declared.isdigit() and int(declared) > self.limit:
+                await self.too_large(self.limit)(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
             return
         chunks: list[bytes] = []
         size = 0
         while True:
             message = await receive()
             if message["type"] != "http.request":
-                break  # the client went away; the app sees the disconnect below
+                return  # the client went away: there is no one to answer
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.limit:

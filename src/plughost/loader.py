@@ -19,11 +19,12 @@ How isolation works, without touching ``sys.path``:
 ``importlib.import_module("helpers")`` and ``exec`` bypass ``__import__`` and
 are not redirected; bundle code should use import statements.
 
-While a bundle loads, what it does to other namespaces' ``sys.modules`` keys is
-undone and fails the load (:class:`~plughost.errors.ForeignModulesError`), and
-keys planted under a namespace's module names before it loads are dropped. Code that runs
-later, in a call, is not watched: in-process namespaces separate names, they
-do not sandbox hostile code; ``placement = "process"`` does.
+While a bundle loads, what it does to other namespaces' ``sys.modules`` keys
+is undone and fails the load (:class:`~plughost.errors.ForeignModulesError`),
+and keys planted under a namespace's module names before it loads are
+dropped. Code that runs later, in a call, is not watched: in-process
+namespaces separate names, they do not sandbox hostile code;
+``placement = "process"`` does.
 """
 
 from __future__ import annotations
@@ -376,7 +377,7 @@ def _undo_foreign_writes(
     """Put back what changed, while one bundle loaded, under keys it does not own.
 
     ``before`` is a copy of ``sys.modules`` from when the load began (this
-    call changes it), ``own_keys`` the keys the load itself added, and
+    call changes it), ``own_keys`` the keys of the modules the load imports, and
     ``settled`` the namespaces that had finished loading then. A change is the
     loading bundle's doing when it touches the root package, a namespace that
     was settled before and still is (its own code does not import any more),
@@ -387,7 +388,8 @@ def _undo_foreign_writes(
     for key in own_keys:
         if key in sys.modules:
             before[key] = sys.modules[key]
-    # Compared in C, this is the usual case: about 0.3 ms at 20,000 modules.
+    # The usual case, compared in C. It still touches every entry: about 1 ms per load
+    # at 20,000 modules (bench/RESULTS.md, loader run C).
     if before == sys.modules:
         return []
     after = sys.modules.copy()
