@@ -29,6 +29,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from ._wire import RemoteError
 from .bundle import BundleFiles, BundleLimits, BundleSource, read_bundle
 from .errors import (
     AgentError,
@@ -67,7 +68,7 @@ from .mod import (
 from .naming import TENANT_NAME_RULE, Namespace, check_tenant_name
 from .runtime import LoadedNamespace, Loader, Runtime, load_namespace
 from .store import Deployment, GarbageReport, Snapshot, Store, StoredMod
-from .worker import RemoteError, WorkerSpec
+from .worker import WorkerSpec
 from .workers import Supervisor
 
 log = logging.getLogger("plughost")

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from . import _wire
+from ._wire import RemoteError
 from .errors import PlughostError
 from .events import Event, as_response, matches
 from .mod import LoadedMod, ResolvedModPath, mod_namespace, start_mod, stop_mod
@@ -47,16 +48,6 @@ class WorkerSpec:
     instances: tuple[InstanceSpecTuple, ...]
     unload_timeout: float = 10.0
     start_timeout: float = 60.0
-
-
-class RemoteError(Exception):
-    """A failure to send back: which kind of error, its type name and message."""
-
-    def __init__(self, kind: str, error_type: str, message: str) -> None:
-        self.kind = kind
-        self.error_type = error_type
-        self.message = message
-        super().__init__(message)
 
 
 def describe_instance(mod: LoadedMod) -> dict[str, Any]:
@@ -105,8 +96,7 @@ class _Worker:
         self.link = _HostLink(self, spec.data_dir)
         self.mods: dict[str, LoadedMod] = {}
         self.entry: LoadedNamespace | None = None
-        self.pending: dict[int, asyncio.Future[Any]] = {}
-        self.ids = itertools.count(1)
+        self.requests = _wire.Requests()
         self.generations = itertools.count(1)
         self.closed: asyncio.Future[None] | None = None
         self.tasks: set[asyncio.Task[None]] = set()
@@ -119,13 +109,11 @@ class _Worker:
         await self.writer.drain()
 
     async def ask(self, kind: str, *args: Any) -> Any:
-        request_id = next(self.ids)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.pending[request_id] = future
+        message, future = self.requests.open(kind, *args)
         try:
-            await self._send([kind, request_id, *args])
+            await self._send(message)
         except (TypeError, ValueError) as exc:
-            del self.pending[request_id]
+            self.requests.drop(message)
             raise RemoteError("encode", type(exc).__name__, f"cannot send: {exc}") from None
         return await future
 
@@ -136,12 +124,7 @@ class _Worker:
                 message = await _wire.read(reader)
                 kind, request_id = message[0], message[1]
                 if kind == "reply":
-                    future = self.pending.pop(request_id, None)
-                    if future is not None and not future.done():
-                        if message[2]:
-                            future.set_result(message[3])
-                        else:
-                            future.set_exception(RemoteError(*message[3]))
+                    self.requests.settle(message)
                     continue
                 task = loop.create_task(self._answer(kind, request_id, tuple(message[2:])))
                 self.tasks.add(task)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import os
 import signal
 import socket
@@ -27,8 +26,9 @@ from dataclasses import asdict, replace
 from typing import Any
 
 from . import _wire
+from ._wire import RemoteError
 from .errors import PlughostError, WorkerCrashed, WorkerStartFailed
-from .worker import RemoteError, WorkerSpec
+from .worker import WorkerSpec
 
 HostRequest = Callable[[str, tuple[Any, ...]], Awaitable[Any]]
 Ready = tuple[dict[str, list[Any]], list[dict[str, Any]]]
@@ -47,8 +47,7 @@ class _Process:
         self.spec = spec
         self._on_request = on_request
         self._on_exit = on_exit
-        self._pending: dict[int, asyncio.Future[Any]] = {}
-        self._ids = itertools.count(1)
+        self._requests = _wire.Requests()
         self._ready: asyncio.Future[Ready] | None = None
         self._stopping = False
         self._lost_already = False
@@ -113,12 +112,7 @@ class _Process:
                         WorkerStartFailed(self.spec.tenant, failure, error_type, text)
                     )
                 elif kind == "reply":
-                    future = self._pending.pop(request_id, None)
-                    if future is not None and not future.done():
-                        if message[2]:
-                            future.set_result(message[3])
-                        else:
-                            future.set_exception(RemoteError(*message[3]))
+                    self._requests.settle(message)
                 else:
                     task = loop.create_task(self._answer(kind, request_id, tuple(message[2:])))
                     self._tasks.add(task)
@@ -152,11 +146,7 @@ class _Process:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
-        crash = WorkerCrashed(self.spec.tenant, self.pid)
-        for future in self._pending.values():
-            if not future.done():
-                future.set_exception(crash)
-        self._pending.clear()
+        self._requests.fail_all(WorkerCrashed(self.spec.tenant, self.pid))
         for task in self._tasks:
             task.cancel()
         if self._ready is not None and not self._ready.done():
@@ -181,16 +171,14 @@ class _Process:
             TypeError: the request holds something that is not JSON.
             TimeoutError: no answer within ``timeout``.
         """
-        request_id = next(self._ids)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = future
+        message, future = self._requests.open(kind, *args)
         try:
-            await self._send([kind, request_id, *args])
+            await self._send(message)
         except ValueError as exc:
-            self._pending.pop(request_id, None)
+            self._requests.drop(message)
             raise TypeError(f"cannot send to the worker: {exc}") from None
         except BaseException:
-            self._pending.pop(request_id, None)
+            self._requests.drop(message)
             raise
         return await asyncio.wait_for(future, timeout)
 
