@@ -212,6 +212,11 @@ class _NamespaceImports:
         return None
 
 
+def _package_of(key: str) -> str:
+    """The namespace package a ``plughost_ns.*`` key belongs to (``plughost_ns.t_acme``)."""
+    return ".".join(key.split(".", 2)[:2])
+
+
 def _bundle_import(
     name: str,
     globals: Mapping[str, object] | None = None,
@@ -227,7 +232,7 @@ def _bundle_import(
     if level == 0 and globals is not None:
         importer = globals.get("__name__")
         if isinstance(importer, str) and importer.startswith(_PREFIX):
-            imports = _active.get(".".join(importer.split(".", 2)[:2]))
+            imports = _active.get(_package_of(importer))
             resolved = imports.resolve(name) if imports is not None else None
             if resolved is not None:
                 key, bound = resolved
@@ -251,7 +256,7 @@ class _BundleFinder(importlib.abc.MetaPathFinder):
     ) -> importlib.machinery.ModuleSpec | None:
         if not fullname.startswith(_PREFIX):
             return None
-        imports = _active.get(".".join(fullname.split(".", 2)[:2]))
+        imports = _active.get(_package_of(fullname))
         return imports.spec_for(fullname) if imports is not None else None
 
 
@@ -362,10 +367,6 @@ def _remove_modules(package_name: str) -> list[tuple[str, ModuleType]]:
     removed = [(k, m) for k in keys if (m := sys.modules.pop(k, None)) is not None]
     _root.__dict__.pop(package_name.partition(".")[2], None)
     return removed
-
-
-def _package_of(key: str) -> str:
-    return ".".join(key.split(".", 2)[:2])
 
 
 def _undo_foreign_writes(
