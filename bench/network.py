@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from plughost import Network
+from plughost.placements.inprocess import InProcessUnit
 
 from .memory import rss_kb
 from .report import Outcome
@@ -74,10 +75,11 @@ async def _warm_calls(network: Network) -> Outcome:
     await network.deploy("warm", five_agent_bundle())
     # One call loads the namespace; after it, every call is warm.
     await network.call_agent("warm", "Agent0", {"message": "m"})
-    entry = network._runtime.get(network._live_ns["warm"])  # the very instances calls use
-    assert entry is not None
-    async_agent = entry.agents["Agent0"].instance
-    sync_agent = entry.agents["Agent1"].instance
+    # The very instances calls use.
+    unit = network._runtime.get(network._catalog.live_namespace("warm"))
+    assert isinstance(unit, InProcessUnit)
+    async_agent = unit.loaded.agents["Agent0"].instance
+    sync_agent = unit.loaded.agents["Agent1"].instance
     args = {"message": "m"}
 
     async def direct_async() -> None:

@@ -245,5 +245,5 @@ def test_a_worker_tenant_whose_new_code_never_loads_keeps_its_old_code(
     assert waited >= START_TIMEOUT
     assert _request(server, "GET", "/api/tenants/good-worker").json()["version"] == old["version"]
     health = _request(server, "GET", "/api/health").json()
-    assert health["workers"]["good-worker"]["state"] == "running"
+    assert health["workers"]["good-worker"]["state"] == "ready"
     _others_were_served_meanwhile(callers, before)

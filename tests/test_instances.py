@@ -25,6 +25,7 @@ from plughost import (
     WorkerCrashed,
     WorkerStartFailed,
 )
+from plughost.placements.worker import WorkerUnit
 
 from .conftest import agent_bundle, namespace_keys
 
@@ -261,7 +262,7 @@ async def test_instance_events_and_bad_manifests(robots: Network) -> None:
 async def _wait_for_restart(network: Network, tenant: str, restarts: int) -> None:
     for _ in range(3000):  # bounded: the supervisor restarts with a short backoff
         worker = network.health()["workers"][tenant]
-        if worker["state"] == "running" and worker["restarts"] >= restarts:
+        if worker["state"] == "ready" and worker["restarts"] >= restarts:
             return
         await asyncio.sleep(0.01)
     raise AssertionError(f"worker of {tenant} did not come back: {worker}")
@@ -519,7 +520,9 @@ async def test_an_unloaded_instance_stays_unloaded_after_a_crash(network: Networ
     await _wait_for_restart(network, "robot1", 1)
     assert [i["rpc_name"] for i in network.instances()] == ["robot1/camera"]
     assert await network.rpc("robot1/camera", "shoot") == "robot1-v1-1"
-    assert [i["name"] for i in network._workers["robot1"].ready[1]] == ["camera"]
+    unit = network._runtime.get(network._catalog.live_namespace("robot1"))
+    assert isinstance(unit, WorkerUnit)
+    assert [i["name"] for i in unit.supervisor.ready[1]] == ["camera"]
 
 
 async def test_a_module_that_exits_the_interpreter_at_import_is_contained_in_a_worker(

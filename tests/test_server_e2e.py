@@ -153,7 +153,7 @@ def test_robots_in_worker_processes_through_the_cli(tmp_path: Path) -> None:
         assert "'mapper' unloaded" in cli("instance", "unload", "robot2/mapper")
         health = server.client().health()
         assert set(health["workers"]) == {"robot1", "robot2"}
-        assert all(w["state"] == "running" for w in health["workers"].values())
+        assert all(w["state"] == "ready" for w in health["workers"].values())
         assert "robot2/mapper" not in health["mods"]["loaded"]
         assert "worker robot1" in cli("network", "health")
         pids = [w["pid"] for w in health["workers"].values()]

@@ -5,7 +5,7 @@ namespace; bundles of plugin code are deployed, loaded, unloaded and
 hot-swapped at runtime.
 """
 
-from .agent import Agent, BasicAgent
+from .agent import Agent, AgentInfo, BasicAgent
 from .bundle import BundleLimits
 from .errors import (
     AgentError,
@@ -14,6 +14,7 @@ from .errors import (
     BundleRejectedError,
     BundleTooLargeError,
     BundleWarning,
+    CallTimeoutError,
     DataFolderInUseError,
     DuplicateAgentError,
     DuplicateSnapshotError,
@@ -38,7 +39,7 @@ from .errors import (
 from .events import Event, EventResponse, on
 from .mod import Mod, ModUnloadReport, rpc
 from .naming import Namespace
-from .network import AgentInfo, ModSpec, Network
+from .network import ModSpec, Network
 from .store import Deployment, Snapshot
 
 __version__ = "0.1.0"
@@ -54,6 +55,7 @@ __all__ = [
     "BundleRejectedError",
     "BundleTooLargeError",
     "BundleWarning",
+    "CallTimeoutError",
     "DataFolderInUseError",
     "Deployment",
     "DuplicateAgentError",

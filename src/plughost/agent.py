@@ -1,14 +1,19 @@
-"""The base class of agents: named, described, callable units of tenant code."""
+"""Agents: named, described, callable units of tenant code, and a namespace's loaded agents."""
 
 from __future__ import annotations
 
 import abc
 import inspect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 from typing import Any, ClassVar
 
-from .errors import DuplicateAgentError
+from .errors import DuplicateAgentError, PlughostError
+from .events import handlers_of, is_topic_pattern
+from .loader import LoadedBundle, load_bundle, load_error
+from .naming import Namespace
 
 
 class Agent(abc.ABC):
@@ -84,3 +89,76 @@ def find_agents(modules: Mapping[str, ModuleType]) -> dict[str, type[Agent]]:
             found[name] = value
             where[name] = stem
     return found
+
+
+@dataclass(frozen=True)
+class AgentInfo:
+    """An agent as listed: its name, description and OpenAI-style tool description."""
+
+    name: str
+    description: str
+    tool: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class AgentInstance:
+    """An agent of a loaded namespace, instantiated once and reused by every call.
+
+    ``handlers`` are its ``@on`` event handlers, as ``(pattern, bound method)``.
+    """
+
+    name: str
+    instance: Agent
+    is_async: bool
+    handlers: list[tuple[str, Callable[..., Any]]]
+
+
+@dataclass(eq=False)
+class LoadedNamespace:
+    """A bundle loaded into a namespace, with its agents instantiated."""
+
+    namespace: Namespace
+    bundle: LoadedBundle
+    agents: dict[str, AgentInstance]
+
+    def describe(self) -> list[AgentInfo]:
+        """The agents, by name, as listed."""
+        return [
+            AgentInfo(
+                name, str(slot.instance.metadata.get("description", "")), slot.instance.to_tool()
+            )
+            for name, slot in sorted(self.agents.items())
+        ]
+
+    def unload(self) -> None:
+        """Drop the agents and unload the code (not waiting for the garbage check)."""
+        self.agents.clear()
+        self.bundle.unload(verify=False)
+
+
+def load_namespace(namespace: Namespace, folder: Path) -> LoadedNamespace:
+    """Load the bundle in ``folder`` into ``namespace`` and instantiate its agents.
+
+    Raises:
+        BundleRejectedError, BundleLoadError: as :func:`plughost.loader.load_bundle`.
+        DuplicateAgentError: two agents share a name (the namespace is unloaded again).
+        BundleLoadError: also when an agent's constructor or class attributes fail.
+    """
+    bundle = load_bundle(namespace, folder)
+    try:
+        agents: dict[str, AgentInstance] = {}
+        for name, cls in find_agents(bundle.modules).items():
+            instance = cls()
+            agents[name] = AgentInstance(
+                name,
+                instance,
+                inspect.iscoroutinefunction(instance.perform),
+                [h for h in handlers_of(instance) if not is_topic_pattern(h[0])],
+            )
+    except PlughostError:
+        bundle.unload(verify=False)
+        raise
+    except Exception as exc:  # an agent's constructor or class attributes
+        bundle.unload(verify=False)
+        raise load_error(namespace, folder.resolve(), exc) from exc
+    return LoadedNamespace(namespace, bundle, agents)

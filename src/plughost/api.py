@@ -36,6 +36,7 @@ from .errors import (
     BundleLoadError,
     BundleRejectedError,
     BundleTooLargeError,
+    CallTimeoutError,
     DuplicateAgentError,
     DuplicateSnapshotError,
     InvalidNameError,
@@ -58,8 +59,10 @@ from .events import Event, EventResponse
 from .manifest import Placement
 from .mod import ModUnloadReport
 from .naming import TENANT_NAME_PATTERN
-from .network import SNAPSHOT_NAME_PATTERN, Network, hash_token
+from .network import Network
 from .store import Snapshot
+from .tenants import SNAPSHOT_NAME_PATTERN
+from .tokens import hash_token
 
 ARCHIVE_TYPES = frozenset(
     {"application/zip", "application/gzip", "application/x-gzip", "application/octet-stream"}
@@ -89,6 +92,7 @@ _ERRORS: list[tuple[type[Exception], int, str]] = [
     (RpcError, 422, "rpc_error"),
     (WorkerStartFailed, 422, "bundle_load_failed"),
     (WorkerCrashed, 503, "worker_crashed"),
+    (CallTimeoutError, 504, "call_timeout"),
     (NotStartedError, 503, "not_started"),
 ]
 
@@ -274,7 +278,7 @@ async def _principal(request: Request) -> Principal:
 
 
 Auth = Annotated[Principal, Depends(_principal)]
-_ERROR_STATUSES = (400, 401, 403, 404, 409, 413, 415, 422)
+_ERROR_STATUSES = (400, 401, 403, 404, 409, 413, 415, 422, 503, 504)
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse} for status in _ERROR_STATUSES
 }
@@ -404,8 +408,6 @@ def create_app(
     @app.post("/api/events", response_model=EventResponse, tags=["events"], responses=ERRORS)
     async def send_event(event: Event, principal: Auth) -> EventResponse:
         """Send an event; the response says whether it succeeded."""
-        if not principal.is_admin:
-            event = _scoped_event(event, principal)
         return await network.send_event(event, confine_to=principal.tenant)
 
     @app.get("/api/mods", response_model=ModsModel, tags=["mods"], responses=ERRORS)
@@ -528,10 +530,7 @@ def create_app(
         """Deploy a bundle: a zip, a tar.gz or a JSON bundle. The first deploy of a
         tenant (admin only) returns its token, once. ``?placement=process`` runs
         it in a worker process (default: its ``plughost.toml``, else in process)."""
-        new_tenant = tenant not in network.list_tenants()
-        if new_tenant:
-            principal.require_admin()
-        else:
+        if not principal.is_admin:
             principal.require_tenant(tenant)
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         with tempfile.TemporaryDirectory(prefix="plughost-upload-") as tmp:
@@ -539,19 +538,23 @@ def create_app(
                 document = _parse_json(await _read_limited(request, upload_limit))
                 if not isinstance(document, dict):
                     raise ApiError(400, "bundle_rejected", "a JSON bundle must be an object")
-                deployment = await network.deploy(tenant, document, placement=placement)
+                deployed = await network.deploy_confined(
+                    tenant, document, placement=placement, confine_to=principal.tenant
+                )
             elif content_type in ARCHIVE_TYPES:
                 upload = Path(tmp, "bundle")
                 await _save_limited(request, upload, upload_limit)
-                deployment = await network.deploy(tenant, upload, placement=placement)
+                deployed = await network.deploy_confined(
+                    tenant, upload, placement=placement, confine_to=principal.tenant
+                )
             else:
                 raise ApiError(
                     415,
                     "unsupported_media_type",
                     "send application/zip, application/gzip or application/json",
                 )
-        token = await network.issue_tenant_token(tenant) if new_tenant else None
-        response.status_code = 201 if new_tenant else 200
+        deployment, token = deployed
+        response.status_code = 201 if token is not None else 200
         return DeploymentModel(**jsonable_encoder(deployment), token=token)
 
     @app.get("/api/tenants", response_model=list[TenantModel], tags=["tenants"], responses=ERRORS)
@@ -684,28 +687,6 @@ def _require_instance(principal: Principal, rpc_name: str) -> None:
     """A tenant token names its instances by full RPC name, inside its own tenant."""
     tenant, slash, _ = rpc_name.partition("/")
     principal.scope(tenant if slash else None)
-
-
-def _scoped_event(event: Event, principal: Principal) -> Event:
-    """Confine a tenant's event to its tenant; refuse what would leave it."""
-    tenant = principal.tenant
-    assert tenant is not None
-    if event.tenant not in (None, tenant):
-        principal.require_tenant(event.tenant)
-    destination = event.destination_id or ""
-    kind, _, target = destination.partition(":")
-    if kind == "agent":
-        principal.require_tenant(target.partition("/")[0])
-    if kind == "mod" and "/" in target:
-        principal.require_tenant(target.partition("/")[0])
-    if kind == "topic" and target.startswith("/") and not target.startswith(f"/{tenant}/"):
-        raise ApiError(403, "forbidden", "a tenant token may only publish to its own topics")
-    payload = dict(event.payload)
-    if kind == "system" or event.event_name.startswith("system."):
-        named = payload.get("tenant", event.tenant)
-        principal.scope(None if named is None else str(named))
-        payload["tenant"] = tenant
-    return event.model_copy(update={"tenant": tenant, "payload": payload})
 
 
 def _parse_json(body: bytes) -> Any:

@@ -354,10 +354,30 @@ class WorkerCrashed(PlughostError):
         pid: its process id, if it had started.
     """
 
-    def __init__(self, tenant: str, pid: int | None) -> None:
+    def __init__(self, tenant: str, pid: int | None, reason: str | None = None) -> None:
         self.tenant = tenant
         self.pid = pid
-        super().__init__(f"the worker of tenant {tenant!r} (pid {pid}) crashed; it is restarting")
+        self.reason = reason
+        why = f" ({reason})" if reason else ""
+        super().__init__(
+            f"the worker of tenant {tenant!r} (pid {pid}) crashed{why}; it is restarting"
+        )
+
+
+class CallTimeoutError(PlughostError, TimeoutError):
+    """A call did not finish within its deadline; its lease ends when the work really stops.
+
+    Attributes:
+        tenant: whose code it called.
+        target: the agent, or ``instance.method``.
+        seconds: the deadline.
+    """
+
+    def __init__(self, tenant: str, target: str, seconds: float) -> None:
+        self.tenant = tenant
+        self.target = target
+        self.seconds = seconds
+        super().__init__(f"{target!r} of tenant {tenant!r} did not answer within {seconds:g} s")
 
 
 class WorkerStartFailed(PlughostError):

@@ -18,22 +18,45 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import inspect
+import itertools
 import re
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from .errors import ModLoadError, ModPathRefusedError, PlughostError
 from .events import handlers_of, is_topic_pattern, resolve_topic, topic_of
+from .lifecycle import MOD_TRANSITIONS, Lifecycle, ModState
 from .loader import LoadedBundle, load_bundle
 from .naming import Namespace
 
-if TYPE_CHECKING:
-    from .network import Network
+
+class Host(Protocol):
+    """What a mod sees of the network it runs in: publishing, RPC and a data folder.
+
+    The network is one host; a worker process gives its mods another that
+    forwards to the network. A mod never holds the network itself.
+    """
+
+    data_dir: Path
+
+    async def publish(
+        self,
+        topic: str,
+        data: Mapping[str, Any],
+        *,
+        tenant: str | None = None,
+        source_id: str = "system",
+    ) -> int: ...
+
+    async def rpc(
+        self, name: str, method: str, *args: Any, tenant: str | None = None, **kwargs: Any
+    ) -> Any: ...
+
 
 GLOBAL_SCOPE = "*"
 """The tenant part of the namespace of a mod loaded outside any tenant."""
@@ -59,14 +82,14 @@ class Mod:
     """Base class of mods.
 
     The network sets, before ``initialize()``: ``mod_id``, ``config`` (exactly
-    the dict the user gave), ``network``, ``tenant`` (``None`` for a global
+    the dict the user gave), ``network`` (a :class:`Host`), ``tenant`` (``None`` for a global
     mod) and ``namespace`` (where the mod's code is loaded). Subclasses take
     no constructor arguments; set up in ``initialize()``.
     """
 
     mod_id: str
     config: dict[str, Any]
-    network: Network
+    network: Host
     tenant: str | None
     namespace: Namespace
 
@@ -209,26 +232,57 @@ def _package_folder(dotted: str) -> Path | None:
     return Path(next(iter(spec.submodule_search_locations))).resolve()
 
 
+class InstanceControl(Protocol):
+    """Where a loaded mod's code runs, and how to shut it down or replace it there."""
+
+    placement: str
+
+    async def shutdown(self, mod: LoadedMod) -> str | None:
+        """Run the mod's ``shutdown()``; return the error text if it failed."""
+        ...
+
+    async def restart(self, mod: LoadedMod, source: ResolvedModPath) -> LoadedMod:
+        """Load ``source`` as a replacement of ``mod``, beside it; ``mod`` keeps running.
+
+        Raises:
+            ModLoadError: the new code failed; nothing changed.
+        """
+        ...
+
+
 @dataclass(eq=False)
 class LoadedMod:
-    """A mod that is loaded: its instance, its code, and its handlers and RPC methods."""
+    """A mod that is loaded: its instance, its code, and its handlers and RPC methods.
+
+    ``handlers``, ``topics`` and ``rpcs`` are what the network routes to;
+    for an instance that runs elsewhere they forward there. ``control``
+    knows where it runs.
+    """
 
     mod_id: str
     mod_path: str
     tenant: str | None
     config: dict[str, Any]
     instance: Mod
-    bundle: LoadedBundle | None  # None for an instance that runs in a worker process
+    bundle: LoadedBundle | None  # None where the code runs outside this process
     handlers: list[tuple[str, Callable[..., Any]]]
     topics: dict[str, list[Callable[..., Any]]]
     rpcs: dict[str, Callable[..., Any]]
+    control: InstanceControl
     source: ResolvedModPath | None = None
     from_bundle: bool = False
-    remote_stop: Callable[[], Awaitable[Any]] | None = None  # set for an instance in a worker
     loaded_at: float = field(default_factory=time.time)
     in_flight: int = 0
     idle: asyncio.Event = field(default_factory=asyncio.Event)
-    accepting: bool = True
+    lifecycle: Lifecycle[ModState] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.lifecycle = Lifecycle("mod", self.key, ModState.LOADED, MOD_TRANSITIONS)
+
+    @property
+    def accepting(self) -> bool:
+        """Whether it takes new events and calls: loaded, not unloading."""
+        return self.lifecycle.state is ModState.LOADED
 
     @property
     def class_name(self) -> str:
@@ -245,7 +299,7 @@ class LoadedMod:
             "mod_path": self.mod_path,
             "loaded_at": int(self.loaded_at),
             "tenant": self.tenant,
-            "status": "loaded",
+            "status": self.lifecycle.state.value,
             "origin": "bundle" if self.from_bundle else "loaded",
         }
 
@@ -321,6 +375,20 @@ class ModRegistry:
         found.update({mod_key(f.mod_id, f.tenant): f.details() for f in self._failed.values()})
         return found
 
+    def status(self, confine_to: str | None = None) -> dict[str, Any]:
+        """The ``mods`` part of health: loaded and failed mods with their details.
+
+        With ``confine_to`` (a tenant), only global mods and that tenant's.
+        """
+        details = {
+            key: value
+            for key, value in self.details().items()
+            if confine_to is None or value.get("tenant") in (None, confine_to)
+        }
+        loaded = [key for key in self._loaded if key in details]
+        failed = [key for key in details if details[key]["status"] == "failed"]
+        return {"loaded": loaded, "count": len(loaded), "failed": failed, "details": details}
+
 
 def _pascal(mod_id: str) -> str:
     return "".join(part[:1].upper() + part[1:] for part in re.split(r"[^A-Za-z0-9]+", mod_id))
@@ -361,9 +429,10 @@ async def start_mod(
     mod_id: str,
     config: dict[str, Any],
     tenant: str | None,
-    network: Network,
+    host: Host,
     *,
     namespace: Namespace,
+    control: InstanceControl,
     expose: tuple[str, ...] = (),
 ) -> LoadedMod:
     """Import, instantiate, bind and initialize a mod in ``namespace``; undo every step on failure.
@@ -391,7 +460,7 @@ async def start_mod(
         cls = find_mod_class(module, mod_id, resolved.class_name)
         step = "instantiate"
         instance = cls()
-        instance.mod_id, instance.config, instance.network = mod_id, config, network
+        instance.mod_id, instance.config, instance.network = mod_id, config, host
         instance.tenant, instance.namespace, instance.expose = tenant, namespace, expose
         step = "initialize"
         initialized = True
@@ -420,7 +489,7 @@ async def start_mod(
         await asyncio.to_thread(bundle.unload, verify=False)
         raise ModLoadError(path, step, f"{type(exc).__name__}: {exc}", exc) from exc
     return LoadedMod(
-        mod_id, path, tenant, config, instance, bundle, handlers, topics, rpcs, resolved
+        mod_id, path, tenant, config, instance, bundle, handlers, topics, rpcs, control, resolved
     )
 
 
@@ -441,6 +510,7 @@ class ModUnloadReport:
 
     mod_id: str
     mod_path: str
+    tenant: str | None = None
     shutdown_error: str | None = None
     leaked: list[str] = field(default_factory=list)
     timed_out_handlers: int = 0
@@ -459,20 +529,14 @@ class ModUnloadReport:
 
 async def stop_mod(mod: LoadedMod, timeout: float) -> ModUnloadReport:
     """Wait for the mod's handler calls (up to ``timeout``), shut it down, and unload its code."""
-    mod.accepting = False
-    report = ModUnloadReport(mod.mod_id, mod.mod_path)
+    mod.lifecycle.set(ModState.UNLOADING)
+    report = ModUnloadReport(mod.mod_id, mod.mod_path, mod.tenant)
     if mod.in_flight:
         try:
             await asyncio.wait_for(mod.idle.wait(), timeout)
         except TimeoutError:
             report.timed_out_handlers = mod.in_flight
-    if mod.remote_stop is not None:
-        try:
-            await mod.remote_stop()
-        except Exception as exc:
-            report.shutdown_error = f"{getattr(exc, 'error_type', type(exc).__name__)}: {exc}"
-    else:
-        report.shutdown_error = await _call_shutdown(mod.instance)
+    report.shutdown_error = await mod.control.shutdown(mod)
     mod.handlers.clear()
     mod.topics.clear()
     mod.rpcs.clear()
@@ -482,4 +546,57 @@ async def stop_mod(mod: LoadedMod, timeout: float) -> ModUnloadReport:
         report.leaked = [
             f"{leak.module_name} held by {', '.join(leak.holders)}" for leak in unload.leaked
         ]
+    mod.lifecycle.set(ModState.UNLOADED)
     return report
+
+
+class LocalControl:
+    """Runs mods in this process, each load under a namespace of its own.
+
+    Args:
+        host: what the mods it starts see as their network.
+    """
+
+    placement = "inprocess"
+
+    def __init__(self, host: Host) -> None:
+        self._host = host
+        self._generations = itertools.count(1)
+
+    async def start(
+        self,
+        resolved: ResolvedModPath,
+        mod_id: str,
+        config: dict[str, Any],
+        tenant: str | None,
+        *,
+        expose: tuple[str, ...] = (),
+        from_bundle: bool = False,
+    ) -> LoadedMod:
+        """Load, instantiate and initialize one mod; see :func:`start_mod`."""
+        namespace = mod_namespace(mod_id, tenant, next(self._generations))
+        mod = await start_mod(
+            resolved,
+            mod_id,
+            config,
+            tenant,
+            self._host,
+            namespace=namespace,
+            control=self,
+            expose=expose,
+        )
+        mod.from_bundle = from_bundle
+        return mod
+
+    async def shutdown(self, mod: LoadedMod) -> str | None:
+        return await _call_shutdown(mod.instance)
+
+    async def restart(self, mod: LoadedMod, source: ResolvedModPath) -> LoadedMod:
+        return await self.start(
+            source,
+            mod.mod_id,
+            mod.config,
+            mod.tenant,
+            expose=mod.instance.expose,
+            from_bundle=mod.from_bundle,
+        )

@@ -1,90 +1,91 @@
-"""Which namespaces are loaded now, and who is using them.
+"""Which namespaces are loaded now, in whichever placement, and who is using them.
 
-A namespace is loaded on first use (one load however many callers arrive at
+A namespace is started on first use (one start however many callers arrive at
 once), used through leases, and unloaded in two ways:
 
 * eviction: past ``max_loaded`` namespaces, the least recently used one
-  that no call is using is unloaded;
+  that no call is using, and that its placement lets go, is unloaded;
 * retirement: a namespace whose code was replaced (a redeploy, a deleted
   snapshot, a removed tenant) takes no new calls and is unloaded as soon as
   its last call returns, so calls in flight finish on the code they started
   with while new calls already run the new code.
 
-Everything here runs on the network's event loop; only the load itself runs
-in a worker thread, so bundle code executing at import does not stall it.
+The runtime knows nothing of where a namespace's code runs: a placement
+hands it a :class:`Unit`, and the same leases, bound and drain apply to a
+namespace in this process, in a worker process or anywhere else.
 """
 
 from __future__ import annotations
 
+import abc
 import asyncio
-import inspect
 from collections import Counter, OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from .agent import Agent, find_agents
-from .errors import NotStartedError, PlughostError
-from .events import handlers_of, is_topic_pattern
-from .loader import LoadedBundle, load_bundle, load_error
+from .agent import AgentInfo
+from .errors import NotStartedError
+from .lifecycle import NAMESPACE_TRANSITIONS, Lifecycle, NamespaceState
 from .naming import Namespace
 
+Handler = tuple[str, str, Callable[..., Any]]
+"""An agent's event handler: ``(owner, pattern, function)``."""
 
-@dataclass(frozen=True)
-class AgentInstance:
-    """An agent of a loaded namespace, instantiated once and reused by every call.
 
-    ``handlers`` are its ``@on`` event handlers, as ``(pattern, bound method)``.
+class Unit(abc.ABC):
+    """One namespace's code, started by a placement: what the runtime leases and drains.
+
+    Args:
+        namespace: the namespace it runs.
+        digest: the bundle digest it was loaded from (the GC spares its files).
+        evictable: whether the LRU bound may unload it while idle.
     """
 
-    name: str
-    instance: Agent
-    is_async: bool
-    handlers: list[tuple[str, Callable[..., Any]]]
+    def __init__(self, namespace: Namespace, digest: str, *, evictable: bool = True) -> None:
+        self.namespace = namespace
+        self.digest = digest
+        self.evictable = evictable
+        self.in_flight = 0
+        self.lifecycle = Lifecycle(
+            "namespace", repr(namespace), NamespaceState.LIVE, NAMESPACE_TRANSITIONS
+        )
+        self.unloaded = asyncio.Event()
+
+    @property
+    def retired(self) -> bool:
+        return self.lifecycle.state is not NamespaceState.LIVE
+
+    @abc.abstractmethod
+    def agents(self) -> list[AgentInfo]:
+        """The agents it offers, by name."""
+
+    @abc.abstractmethod
+    async def call(self, agent: str, args: Mapping[str, Any], release: Callable[[], None]) -> Any:
+        """Run one agent call; call ``release`` exactly once, when the work has really stopped.
+
+        Raises:
+            UnknownAgentError, AgentError, CallTimeoutError, WorkerCrashed.
+        """
+
+    def handlers(self) -> list[Handler]:
+        """The agents' event handlers that the host can run; none by default."""
+        return []
+
+    def describe(self) -> dict[str, Any] | None:
+        """What health shows of where it runs (a process's pid, state, restarts), if anything."""
+        return None
+
+    @property
+    def healthy(self) -> bool:
+        """False while it cannot serve (a worker restarting or failed)."""
+        return True
+
+    @abc.abstractmethod
+    def unload(self) -> asyncio.Task[None] | None:
+        """Let the code go: at once, or by a task the runtime waits for when it closes."""
 
 
-@dataclass(eq=False)
-class LoadedNamespace:
-    """A loaded namespace: its bundle, its agents, and the calls using it now."""
-
-    namespace: Namespace
-    bundle: LoadedBundle
-    agents: dict[str, AgentInstance]
-    in_flight: int = 0
-    retired: bool = False
-    unloaded: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-def load_namespace(namespace: Namespace, folder: Path) -> LoadedNamespace:
-    """Load the bundle in ``folder`` into ``namespace`` and instantiate its agents.
-
-    Raises:
-        BundleRejectedError, BundleLoadError: as :func:`plughost.loader.load_bundle`.
-        DuplicateAgentError: two agents share a name (the namespace is unloaded again).
-        BundleLoadError: also when an agent's constructor or class attributes fail.
-    """
-    bundle = load_bundle(namespace, folder)
-    try:
-        agents: dict[str, AgentInstance] = {}
-        for name, cls in find_agents(bundle.modules).items():
-            instance = cls()
-            agents[name] = AgentInstance(
-                name,
-                instance,
-                inspect.iscoroutinefunction(instance.perform),
-                [h for h in handlers_of(instance) if not is_topic_pattern(h[0])],
-            )
-    except PlughostError:
-        bundle.unload(verify=False)
-        raise
-    except Exception as exc:  # an agent's constructor or class attributes
-        bundle.unload(verify=False)
-        raise load_error(namespace, folder.resolve(), exc) from exc
-    return LoadedNamespace(namespace, bundle, agents)
-
-
-Loader = Callable[[], LoadedNamespace]
+Starter = Callable[[], Awaitable[Unit]]
 
 
 class Runtime:
@@ -99,10 +100,11 @@ class Runtime:
         if max_loaded < 1:
             raise ValueError("max_loaded must be at least 1")
         self.max_loaded = max_loaded
-        self._entries: OrderedDict[Namespace, LoadedNamespace] = OrderedDict()
-        self._loading: dict[Namespace, asyncio.Task[LoadedNamespace]] = {}
+        self._entries: OrderedDict[Namespace, Unit] = OrderedDict()
+        self._loading: dict[Namespace, asyncio.Task[Unit]] = {}
         self._waiting: Counter[Namespace] = Counter()
         self._retire_when_loaded: set[Namespace] = set()
+        self._stopping: set[asyncio.Task[None]] = set()
         self._closed = False
         self.loads = 0
         self.load_failures = 0
@@ -116,94 +118,111 @@ class Runtime:
         """The namespaces loaded now, least recently used first."""
         return list(self._entries)
 
-    def get(self, namespace: Namespace) -> LoadedNamespace | None:
-        """The loaded namespace, if it is loaded and not retired."""
-        entry = self._entries.get(namespace)
-        return entry if entry is not None and not entry.retired else None
+    def states(self) -> dict[str, int]:
+        """How many namespaces are in each lifecycle state now."""
+        counts = Counter(unit.lifecycle.state.value for unit in self._entries.values())
+        counts[NamespaceState.LOADING.value] += len(self._loading)
+        return {state.value: counts[state.value] for state in NamespaceState if counts[state.value]}
 
-    async def acquire(self, namespace: Namespace, load: Loader) -> LoadedNamespace:
-        """Lease ``namespace``, loading it with ``load`` (in a thread) if needed.
+    def get(self, namespace: Namespace) -> Unit | None:
+        """The loaded namespace, if it is loaded and not retired."""
+        unit = self._entries.get(namespace)
+        return unit if unit is not None and not unit.retired else None
+
+    async def acquire(self, namespace: Namespace, start: Starter) -> Unit:
+        """Lease ``namespace``, starting it with ``start`` if needed.
 
         Every successful acquire must be paired with :meth:`release`.
 
         Raises:
-            Exception: whatever ``load`` raised; every waiter of that load gets it.
+            Exception: whatever ``start`` raised; every waiter of that start gets it.
         """
         while True:
-            entry = self._entries.get(namespace)
-            if entry is not None:
-                if not entry.retired:
-                    entry.in_flight += 1
+            unit = self._entries.get(namespace)
+            if unit is not None:
+                if not unit.retired:
+                    unit.in_flight += 1
                     self._entries.move_to_end(namespace)
-                    return entry
+                    return unit
                 # Same key, older code still draining: its replacement waits for it.
-                await entry.unloaded.wait()
+                await unit.unloaded.wait()
                 continue
-            task = self._loading.get(namespace) or self._start_load(namespace, load)
+            task = self._loading.get(namespace) or self._start(namespace, start)
             self._waiting[namespace] += 1
             try:
-                entry = await asyncio.shield(task)
+                unit = await asyncio.shield(task)
             finally:
                 self._waiting[namespace] -= 1
                 if not self._waiting[namespace]:
                     del self._waiting[namespace]
-            if self._entries.get(namespace) is entry:
+            if self._entries.get(namespace) is unit:
                 # Retired while it loaded, it still serves the calls that were waiting for it.
-                entry.in_flight += 1
+                unit.in_flight += 1
                 self._entries.move_to_end(namespace)
-                return entry
+                return unit
 
-    def hold(self) -> list[LoadedNamespace]:
+    def lease(self, unit: Unit) -> None:
+        """Take one more lease on a unit already held (kept loaded until released)."""
+        unit.in_flight += 1
+
+    def hold(self) -> list[Unit]:
         """Lease every loaded namespace that takes calls; release each with :meth:`release`."""
-        held = [entry for entry in self._entries.values() if not entry.retired]
-        for entry in held:
-            entry.in_flight += 1
+        held = [unit for unit in self._entries.values() if not unit.retired]
+        for unit in held:
+            unit.in_flight += 1
         return held
 
-    def release(self, entry: LoadedNamespace) -> None:
+    def release(self, unit: Unit) -> None:
         """End one lease; unload a retired namespace once its last lease ends."""
-        entry.in_flight -= 1
-        if entry.in_flight == 0:
-            if entry.retired:
-                self._unload(entry)
+        unit.in_flight -= 1
+        if unit.in_flight == 0:
+            if unit.retired:
+                self._unload(unit)
             elif len(self._entries) > self.max_loaded:
                 self._evict()
 
-    def add(self, entry: LoadedNamespace) -> None:
-        """Register a namespace loaded elsewhere (a deploy loads before it commits)."""
-        self._entries[entry.namespace] = entry
+    def add(self, unit: Unit) -> None:
+        """Register a namespace started elsewhere (a deploy starts before it commits)."""
+        self._entries[unit.namespace] = unit
         self._evict()
 
     def retire(self, namespace: Namespace) -> None:
         """Take no new calls into ``namespace``; unload it when its last call returns."""
-        entry = self._entries.get(namespace)
-        if entry is None:
+        unit = self._entries.get(namespace)
+        if unit is None:
             if namespace in self._loading:
                 self._retire_when_loaded.add(namespace)
             return
-        entry.retired = True
-        if entry.in_flight == 0:
-            self._unload(entry)
+        if not unit.retired:
+            unit.lifecycle.set(NamespaceState.DRAINING)
+        if unit.in_flight == 0:
+            self._unload(unit)
+
+    def units(self) -> list[Unit]:
+        """Every loaded unit, retired ones still draining included."""
+        return list(self._entries.values())
 
     def digests(self) -> set[str]:
         """The bundle digests of every namespace still loaded (retired ones included)."""
-        return {entry.bundle.digest for entry in self._entries.values()}
+        return {unit.digest for unit in self._entries.values()}
 
     async def close(self, timeout: float = 30.0) -> None:
-        """Wait (up to ``timeout``) for loads in progress, then unload every namespace.
+        """Wait (up to ``timeout``) for starts in progress, then unload every namespace.
 
-        A load that finishes later is unloaded as soon as it does.
+        A start that finishes later is unloaded as soon as it does.
         """
         self._closed = True
         if self._loading:
             await asyncio.wait(list(self._loading.values()), timeout=timeout)
-        for entry in list(self._entries.values()):
-            self._unload(entry)
+        for unit in list(self._entries.values()):
+            self._unload(unit)
+        if self._stopping:
+            await asyncio.wait(list(self._stopping), timeout=timeout)
 
-    def _start_load(self, namespace: Namespace, load: Loader) -> asyncio.Task[LoadedNamespace]:
-        async def run() -> LoadedNamespace:
+    def _start(self, namespace: Namespace, start: Starter) -> asyncio.Task[Unit]:
+        async def run() -> Unit:
             try:
-                entry = await asyncio.to_thread(load)
+                unit = await start()
             except BaseException:
                 self.load_failures += 1
                 raise
@@ -211,38 +230,43 @@ class Runtime:
                 del self._loading[namespace]
             self.loads += 1
             if self._closed:
-                entry.bundle.unload(verify=False)
+                self._unload(unit)
                 raise NotStartedError("the network stopped while this namespace was loading")
-            self._entries[namespace] = entry
+            self._entries[namespace] = unit
             if namespace in self._retire_when_loaded:
                 self._retire_when_loaded.discard(namespace)
-                entry.retired = True
+                unit.lifecycle.set(NamespaceState.DRAINING)
                 if not self._waiting.get(namespace):
-                    self._unload(entry)
-                return entry
+                    self._unload(unit)
+                return unit
             self._evict(keep=namespace)
-            return entry
+            return unit
 
         task = asyncio.get_running_loop().create_task(run())
-        # The load's error reaches its callers; this keeps asyncio from also logging it.
+        # The start's error reaches its callers; this keeps asyncio from also logging it.
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
         self._loading[namespace] = task
         return task
 
     def _evict(self, keep: Namespace | None = None) -> None:
         excess = len(self._entries) - self.max_loaded
-        for namespace, entry in list(self._entries.items()):
+        for namespace, unit in list(self._entries.items()):
             if excess <= 0:
                 return
-            if entry.in_flight == 0 and namespace != keep:
-                self._unload(entry)
+            if unit.in_flight == 0 and unit.evictable and namespace != keep:
+                self._unload(unit)
                 self.evictions += 1
                 excess -= 1
 
-    def _unload(self, entry: LoadedNamespace) -> None:
-        if self._entries.get(entry.namespace) is entry:
-            del self._entries[entry.namespace]
-        entry.agents.clear()
-        entry.bundle.unload(verify=False)
+    def _unload(self, unit: Unit) -> None:
+        if unit.lifecycle.state is NamespaceState.UNLOADED:
+            return
+        if self._entries.get(unit.namespace) is unit:
+            del self._entries[unit.namespace]
+        unit.lifecycle.set(NamespaceState.UNLOADED)
+        stopping = unit.unload()
+        if stopping is not None:
+            self._stopping.add(stopping)
+            stopping.add_done_callback(self._stopping.discard)
         self.unloads += 1
-        entry.unloaded.set()
+        unit.unloaded.set()

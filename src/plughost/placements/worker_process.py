@@ -1,7 +1,7 @@
-"""The worker process: one tenant's live deployment, run outside the host process.
+"""The worker process: one namespace of a tenant, run outside the host process.
 
 The host starts a Python process that runs :func:`main` on one end of a socket
-pair. Messages are JSON lists in length-prefixed frames (see ``_wire``). The
+pair. Messages are JSON lists in length-prefixed frames (see ``protocol``). The
 host sends requests ``[kind, id, ...]``; the worker answers
 ``["reply", id, ok, value]``, where a failure's value is
 ``[error kind, type name, message]``. The worker also asks the host
@@ -17,37 +17,21 @@ import contextlib
 import ctypes
 import functools
 import inspect
-import itertools
 import json
 import os
 import signal
 import socket
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-from . import _wire
-from ._wire import RemoteError
-from .errors import PlughostError
-from .events import Event, as_response, matches
-from .mod import LoadedMod, ResolvedModPath, mod_namespace, start_mod, stop_mod
-from .naming import Namespace
-from .runtime import LoadedNamespace, load_namespace
-
-InstanceSpecTuple = tuple[str, str, dict[str, Any], tuple[str, ...]]  # path, name, config, expose
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    """What a worker runs: a tenant's deployment folder and its declared instances."""
-
-    tenant: str
-    version: int
-    folder: str
-    data_dir: str
-    instances: tuple[InstanceSpecTuple, ...]
-    unload_timeout: float = 10.0
-    start_timeout: float = 60.0
+from .. import protocol
+from ..agent import LoadedNamespace, load_namespace
+from ..errors import PlughostError
+from ..events import Event, as_response, matches
+from ..mod import LoadedMod, LocalControl, ResolvedModPath, stop_mod
+from ..naming import Namespace
+from ..protocol import InstanceSpecTuple, RemoteError, WorkerSpec
 
 
 def describe_instance(mod: LoadedMod) -> dict[str, Any]:
@@ -65,7 +49,7 @@ def describe_instance(mod: LoadedMod) -> dict[str, Any]:
 
 
 class _HostLink:
-    """The ``network`` a worker's mods see: publishing and RPC go through the host."""
+    """The host a worker's mods see: publishing and RPC go through the network."""
 
     def __init__(self, worker: _Worker, data_dir: str) -> None:
         self._worker = worker
@@ -74,7 +58,7 @@ class _HostLink:
     async def publish(
         self,
         topic: str,
-        data: dict[str, Any],
+        data: Mapping[str, Any],
         *,
         tenant: str | None = None,
         source_id: str = "system",
@@ -94,10 +78,10 @@ class _Worker:
         self.spec = spec
         self.writer: asyncio.StreamWriter | None = None
         self.link = _HostLink(self, spec.data_dir)
+        self.control = LocalControl(self.link)
         self.mods: dict[str, LoadedMod] = {}
         self.entry: LoadedNamespace | None = None
-        self.requests = _wire.Requests()
-        self.generations = itertools.count(1)
+        self.requests = protocol.Requests()
         self.closed: asyncio.Future[None] | None = None
         self.tasks: set[asyncio.Task[None]] = set()
 
@@ -105,8 +89,7 @@ class _Worker:
 
     async def _send(self, message: list[Any]) -> None:
         assert self.writer is not None
-        self.writer.write(_wire.encode(message))
-        await self.writer.drain()
+        await protocol.write(self.writer, message)
 
     async def ask(self, kind: str, *args: Any) -> Any:
         message, future = self.requests.open(kind, *args)
@@ -121,7 +104,7 @@ class _Worker:
         loop = asyncio.get_running_loop()
         try:
             while True:
-                message = await _wire.read(reader)
+                message = await protocol.read(reader)
                 kind, request_id = message[0], message[1]
                 if kind == "reply":
                     self.requests.settle(message)
@@ -129,7 +112,7 @@ class _Worker:
                 task = loop.create_task(self._answer(kind, request_id, tuple(message[2:])))
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
-        except (asyncio.IncompleteReadError, ConnectionError, _wire.WireError, IndexError):
+        except (asyncio.IncompleteReadError, ConnectionError, protocol.WireError):
             pass
         self._close()
 
@@ -223,22 +206,12 @@ class _Worker:
         path, name, config, expose = spec
         module, _, class_name = path.partition(":")
         resolved = ResolvedModPath(path, Path(folder), class_name or None, module)
-        namespace = mod_namespace(name, self.spec.tenant, next(self.generations))
-        network = cast(Any, self.link)
         try:
-            mod = await start_mod(
-                resolved,
-                name,
-                config,
-                self.spec.tenant,
-                network,
-                namespace=namespace,
-                expose=expose,
+            return await self.control.start(
+                resolved, name, config, self.spec.tenant, expose=expose, from_bundle=True
             )
         except PlughostError as exc:
             raise RemoteError("load", type(exc).__name__, str(exc)) from exc
-        mod.from_bundle = True
-        return mod
 
     async def _restart(self, name: str, folder: str) -> dict[str, Any]:
         old = self._mod(name)
@@ -256,7 +229,13 @@ class _Worker:
         reader, self.writer = await asyncio.open_connection(sock=self.sock)
         reading = loop.create_task(self._read_loop(reader))
         try:
-            namespace = Namespace(self.spec.tenant, version=self.spec.version)
+            tenant, snapshot = self.spec.tenant, self.spec.snapshot
+            # One namespace a process: its name only has to be right, not unique across workers.
+            namespace = (
+                Namespace(tenant, snapshot=snapshot)
+                if snapshot is not None
+                else Namespace(tenant, version=self.spec.version)
+            )
             self.entry = await asyncio.to_thread(load_namespace, namespace, Path(self.spec.folder))
             for spec in self.spec.instances:
                 mod = await self._start_instance(self.spec.folder, spec)
@@ -281,8 +260,7 @@ class _Worker:
             await stop_mod(mod, self.spec.unload_timeout)
         self.mods.clear()
         if self.entry is not None:
-            self.entry.agents.clear()
-            self.entry.bundle.unload(verify=False)
+            self.entry.unload()
 
 
 async def _invoke(mod: LoadedMod, function: Any, *args: Any, **kwargs: Any) -> Any:
@@ -311,16 +289,7 @@ def main(descriptor: int) -> None:
     sock = socket.socket(fileno=descriptor)
     with sock.makefile("rb") as stream:
         size = int.from_bytes(stream.read(4), "big")
-        fields = json.loads(stream.read(size))
-    spec = WorkerSpec(
-        fields["tenant"],
-        fields["version"],
-        fields["folder"],
-        fields["data_dir"],
-        tuple((i[0], i[1], i[2], tuple(i[3])) for i in fields["instances"]),
-        fields["unload_timeout"],
-        fields["start_timeout"],
-    )
+        spec = WorkerSpec.from_message(json.loads(stream.read(size)))
     asyncio.run(_serve(_Worker(sock, spec)))
 
 

@@ -1,0 +1,302 @@
+"""The bus: events to their handlers, topics to their subscribers, RPC to its method.
+
+The dispatcher routes by ``destination_id`` (``mod:``, ``agent:``,
+``topic:``; ``system:`` and ``system.*`` events go to the system handlers it
+is given) or, without one, to every handler whose pattern matches. It is the
+:class:`~plughost.mod.Host` every mod in this process sees, and it answers
+what worker processes ask on their tenant's behalf.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from .agent_threads import AgentThreads
+from .errors import (
+    AmbiguousNameError,
+    ModNotLoadedError,
+    OutsideTenantError,
+    PlughostError,
+    RpcError,
+    UnknownRpcError,
+)
+from .events import Event, EventResponse, as_response, matches, resolve_topic
+from .metrics import Metrics
+from .mod import LoadedMod, ModRegistry, mod_key
+from .runtime import Runtime
+
+SystemHandler = Callable[[Event, str | None], Awaitable[EventResponse]]
+AgentCaller = Callable[[str, str, Mapping[str, Any]], Awaitable[Any]]
+
+
+class Dispatcher:
+    """Routes events, topics and RPC among the mods and agents of one network.
+
+    Args:
+        mods: the registry of loaded mods.
+        runtime: the loaded namespaces, whose agents' handlers get broadcasts.
+        threads: where sync handlers run.
+        data_dir: the data folder mods see.
+        metrics: counts events.
+        system: answers ``system.*`` events (with the tenant they are confined to).
+        call_agent: runs an agent for an ``agent:<tenant>/<agent>`` event.
+    """
+
+    def __init__(
+        self,
+        mods: ModRegistry,
+        runtime: Runtime,
+        threads: AgentThreads,
+        data_dir: Path,
+        metrics: Metrics,
+        system: SystemHandler,
+        call_agent: AgentCaller,
+    ) -> None:
+        self._mods = mods
+        self._runtime = runtime
+        self._threads = threads
+        self.data_dir = data_dir
+        self._metrics = metrics
+        self._system = system
+        self._call_agent = call_agent
+
+    # -- events ----------------------------------------------------------------------
+
+    async def send(self, event: Event, confine_to: str | None = None) -> EventResponse:
+        """Deliver ``event``; never raises for what a handler or the routing did."""
+        try:
+            response = await self._route(event, confine_to)
+        except PlughostError as exc:
+            response = EventResponse(success=False, message=str(exc))
+        except Exception as exc:
+            response = EventResponse(success=False, message=f"{type(exc).__name__}: {exc}")
+        try:
+            json.dumps(response.data)
+        except (TypeError, ValueError) as exc:
+            response = EventResponse(success=False, message=f"the answer is not JSON: {exc}")
+        self._metrics.events.labels("ok" if response.success else "failed").inc()
+        return response
+
+    async def _route(self, event: Event, confine_to: str | None) -> EventResponse:
+        destination = event.destination_id
+        if not destination:
+            return await self.broadcast(event)
+        kind, _, target = destination.partition(":")
+        if kind == "system" and target == "system":
+            return await self._system(event, confine_to)
+        if kind == "mod" and target:
+            mod = self.mod_for(target, event.tenant)
+            for pattern, handler in mod.handlers:
+                if matches(pattern, event.event_name):
+                    return as_response(await self.invoke(mod, handler, event))
+            return EventResponse(
+                success=False, message=f"mod {mod.key!r} has no handler for {event.event_name!r}"
+            )
+        if kind == "agent" and "/" in target:
+            tenant, _, agent = target.partition("/")
+            output = await self._call_agent(tenant, agent, event.payload)
+            return EventResponse(success=True, data={"output": output})
+        if kind == "topic" and target:
+            topic = resolve_topic(target, event.tenant)
+            delivered = await self.publish(
+                target, event.payload, tenant=event.tenant, source_id=event.source_id
+            )
+            return EventResponse(
+                success=True,
+                message=f"delivered to {delivered} subscribers",
+                data={"topic": topic, "delivered": delivered},
+            )
+        return EventResponse(
+            success=False,
+            message=(
+                f"unknown destination_id {destination!r}: expected system:system, mod:<mod_id>, "
+                "agent:<tenant>/<agent> or topic:<name>"
+            ),
+        )
+
+    def mod_for(self, target: str, tenant: str | None) -> LoadedMod:
+        """The mod ``target`` names, looked up inside ``tenant`` first, then globally."""
+        candidates = [target] if "/" in target else [mod_key(target, tenant), target]
+        for key in candidates:
+            mod = self._mods.get(key)
+            if mod is not None and mod.accepting:
+                return mod
+        if "/" not in target:
+            found = [
+                mod
+                for mod in self._mods.loaded()
+                if mod.accepting and target in (mod.mod_id, mod.class_name)
+            ]
+            if len(found) == 1:
+                return found[0]
+            if found:
+                raise AmbiguousNameError(target, sorted(mod.key for mod in found))
+        raise ModNotLoadedError(target, self._mods.list_loaded())
+
+    async def broadcast(self, event: Event) -> EventResponse:
+        """Deliver to every handler matching ``event_name``: of global mods and, for an event
+        with a tenant, that tenant's mods; without a tenant, of every mod; and of loaded agents."""
+        calls: list[tuple[str, Any]] = []
+        for mod in self._mods.loaded():
+            if not mod.accepting or (event.tenant and mod.tenant not in (None, event.tenant)):
+                continue
+            for pattern, handler in mod.handlers:
+                if matches(pattern, event.event_name):
+                    calls.append((mod.key, self.invoke(mod, handler, event)))
+        held = self._runtime.hold()
+        try:
+            for unit in held:
+                if event.tenant and unit.namespace.tenant != event.tenant:
+                    continue
+                for owner, pattern, handler in unit.handlers():
+                    if matches(pattern, event.event_name):
+                        calls.append((owner, self._run(handler, event)))
+            if not calls:
+                return EventResponse(
+                    success=False, message=f"no handler for event {event.event_name!r}"
+                )
+            results = await asyncio.gather(*(call for _, call in calls), return_exceptions=True)
+        finally:
+            for unit in held:
+                self._runtime.release(unit)
+        responses = {
+            owner: (
+                EventResponse(success=False, message=f"{type(r).__name__}: {r}")
+                if isinstance(r, BaseException)
+                else as_response(r)
+            )
+            for (owner, _), r in zip(calls, results, strict=True)
+        }
+        if len(responses) == 1:
+            return next(iter(responses.values()))
+        return EventResponse(
+            success=all(r.success for r in responses.values()),
+            message=f"delivered to {len(responses)} handlers",
+            data={"responses": {owner: r.model_dump() for owner, r in responses.items()}},
+        )
+
+    async def notify(self, event_name: str, mod_id: str, mod_path: str, tenant: str | None) -> None:
+        """Tell every subscriber of ``event_name`` that a mod changed."""
+        event = Event(
+            event_name=event_name,
+            payload={"mod_id": mod_id, "mod_path": mod_path, "tenant": tenant},
+        )
+        await self.broadcast(event)
+
+    async def invoke(self, mod: LoadedMod, function: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run a handler or RPC method of ``mod``, counted so that an unload can wait for it."""
+        mod.in_flight += 1
+        mod.idle.clear()
+
+        def finished() -> None:
+            mod.in_flight -= 1
+            if mod.in_flight == 0:
+                mod.idle.set()
+
+        if not inspect.iscoroutinefunction(function):
+            return await self._threads.run(functools.partial(function, *args, **kwargs), finished)
+        try:
+            return await function(*args, **kwargs)
+        finally:
+            finished()
+
+    async def _run(self, function: Any, *args: Any) -> Any:
+        if inspect.iscoroutinefunction(function):
+            return await function(*args)
+        return await self._threads.run(functools.partial(function, *args), lambda: None)
+
+    # -- topics and RPC: the Host mods see -------------------------------------------
+
+    async def publish(
+        self,
+        topic: str,
+        data: Mapping[str, Any],
+        *,
+        tenant: str | None = None,
+        source_id: str = "system",
+    ) -> int:
+        """Publish ``data`` to ``topic`` resolved against ``tenant``; return how many received it.
+
+        Subscribers are mods with ``@on("topic:<name>")`` whose name resolves to
+        the same topic; each gets an event ``topic.message`` with ``data`` as payload.
+
+        Raises:
+            ValueError: the topic is empty.
+        """
+        resolved = resolve_topic(topic, tenant)
+        event = Event(
+            event_name="topic.message",
+            source_id=source_id,
+            destination_id=f"topic:{resolved}",
+            payload=dict(data),
+            tenant=tenant,
+        )
+        calls = [
+            self.invoke(mod, handler, event)
+            for mod in self._mods.loaded()
+            if mod.accepting
+            for handler in mod.topics.get(resolved, ())
+        ]
+        await asyncio.gather(*calls, return_exceptions=True)
+        return len(calls)
+
+    async def rpc(
+        self, name: str, method: str, *args: Any, tenant: str | None = None, **kwargs: Any
+    ) -> Any:
+        """Call an ``@rpc`` method of the mod named ``name`` (``mod_id`` or ``tenant/mod_id``).
+
+        A bare ``mod_id`` is looked up inside ``tenant`` first, then globally.
+
+        Raises:
+            ModNotLoadedError: no such mod.
+            UnknownRpcError: the mod has no such RPC method.
+            RpcError: the method raised.
+        """
+        mod = self.mod_for(name, tenant)
+        function = mod.rpcs.get(method)
+        if function is None:
+            raise UnknownRpcError(mod.key, method, sorted(mod.rpcs))
+        try:
+            return await self.invoke(mod, function, *args, **kwargs)
+        except PlughostError:
+            raise
+        except Exception as exc:
+            error_type = getattr(exc, "error_type", type(exc).__name__)  # remote errors name theirs
+            raise RpcError(mod.key, method, error_type, str(exc)) from exc
+
+    async def answer_worker(self, tenant: str, kind: str, args: tuple[Any, ...]) -> Any:
+        """Requests a worker's mods make to the network: publishing and RPC.
+
+        The worker runs tenant code, so what it says about scope is not taken
+        on trust: it acts as its own tenant, and may reach only that tenant's
+        topics and instances, global mods, and one-segment global topic names
+        (the streams a manifest exposes).
+        """
+        if kind == "publish":
+            topic, data, scope, source_id = args
+            if not isinstance(data, dict):
+                raise TypeError("published data must be an object")
+            resolved = resolve_topic(str(topic), tenant if scope is not None else None)
+            if resolved.count("/") > 1 and not resolved.startswith(f"/{tenant}/"):
+                raise OutsideTenantError(tenant, resolved)
+            source = f"{tenant}/{source_id}"
+            return await self.publish(resolved, data, tenant=tenant, source_id=source)
+        if kind == "rpc":
+            name, method, call_args, call_kwargs, _ = args
+            if not isinstance(call_args, list) or not isinstance(call_kwargs, dict):
+                raise TypeError("RPC arguments must be a list and an object")
+            try:
+                target = self.mod_for(str(name), tenant)
+            except (ModNotLoadedError, AmbiguousNameError):
+                # The tenant learns what it may see, not what other tenants run.
+                raise ModNotLoadedError(str(name), self._mods.status(tenant)["loaded"]) from None
+            if target.tenant not in (None, tenant):
+                raise OutsideTenantError(tenant, str(name))
+            return await self.rpc(target.key, str(method), *call_args, **call_kwargs)
+        raise ValueError(f"unknown request {kind!r} from a worker")

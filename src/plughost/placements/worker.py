@@ -1,0 +1,568 @@
+"""The ``process`` placement: each namespace of a tenant runs in a supervised worker process.
+
+A worker separates crashes and imports from the host: an exception,
+``os._exit``, SIGKILL or a segfault ends one worker, whose requests in
+flight fail with :class:`~plughost.errors.WorkerCrashed`, and the
+:class:`Supervisor` starts it again after a backoff that doubles from 50 ms
+up to 5 s; after ``MAX_ATTEMPTS`` failed starts in a row the worker is
+``failed`` (health shows it) until the next deploy. It does not sandbox:
+the worker runs as the host's user (the ``sandbox`` placement does).
+
+Each worker runs in a process group of its own, so stopping it also stops
+whatever its code started. Everything it sends is checked: a frame that
+breaks the protocol (too large, not JSON, nested too deeply, of the wrong
+shape) is the worker's fault, and the worker is killed and restarted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from .. import protocol
+from ..agent import AgentInfo
+from ..errors import (
+    AgentError,
+    CallTimeoutError,
+    ModLoadError,
+    PlughostError,
+    UnknownAgentError,
+    WorkerCrashed,
+    WorkerStartFailed,
+)
+from ..events import Event, EventResponse
+from ..lifecycle import WORKER_TRANSITIONS, Lifecycle, WorkerState
+from ..mod import Host, LoadedMod, Mod, ResolvedModPath
+from ..naming import Namespace
+from ..protocol import RemoteError, WorkerSpec
+from ..runtime import Unit
+from .base import Launch, Placement, Started
+
+HostRequest = Callable[[str, str, tuple[Any, ...]], Awaitable[Any]]
+"""Answers a worker's request to the host: ``(tenant, kind, args)``."""
+Ready = tuple[dict[str, list[Any]], list[dict[str, Any]]]
+
+_ENTRY = "import sys; from plughost.placements.worker_process import main; main(int(sys.argv[1]))"
+_FIRST_BACKOFF = 0.05
+_MAX_BACKOFF = 5.0
+_STABLE_AFTER = 10.0
+MAX_ATTEMPTS = 10
+_EXITED = "the worker exited"
+
+
+class _Process:
+    """One worker process and the socket to it."""
+
+    def __init__(
+        self,
+        spec: WorkerSpec,
+        on_request: Callable[[str, tuple[Any, ...]], Awaitable[Any]],
+        on_exit: Callable[[str], None],
+    ) -> None:
+        self.spec = spec
+        self._on_request = on_request
+        self._on_exit = on_exit
+        self._requests = protocol.Requests()
+        self._ready: asyncio.Future[Ready] | None = None
+        self._stopping = False
+        self._lost_already = False
+        self._writer: asyncio.StreamWriter | None = None
+        self._reading: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.process: subprocess.Popen[bytes] | None = None
+        self.started_at = time.monotonic()
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    async def start(self) -> Ready:
+        timeout = self.spec.start_timeout
+        loop = asyncio.get_running_loop()
+        host_end, worker_end = socket.socketpair()
+        with worker_end:
+            self.process = await asyncio.to_thread(
+                subprocess.Popen,
+                [sys.executable, "-c", _ENTRY, str(worker_end.fileno())],
+                pass_fds=[worker_end.fileno()],
+                start_new_session=True,
+            )
+        reader, self._writer = await asyncio.open_connection(sock=host_end)
+        self._ready = loop.create_future()
+        self._reading = loop.create_task(self._read_loop(reader))
+        try:
+            await self._send(self.spec.to_message())
+            return await asyncio.wait_for(asyncio.shield(self._ready), timeout)
+        except TimeoutError:
+            await self.stop(timeout=1)
+            raise WorkerStartFailed(
+                self.spec.tenant, "timeout", "TimeoutError", f"not ready after {timeout:.0f} s"
+            ) from None
+        except BaseException:
+            await self.stop(timeout=5)
+            raise
+
+    async def _send(self, message: Any) -> None:
+        if self._writer is None:
+            raise WorkerCrashed(self.spec.tenant, self.pid)
+        try:
+            await protocol.write(self._writer, message)
+        except ConnectionError:
+            self._lost("the connection closed")
+            raise WorkerCrashed(self.spec.tenant, self.pid) from None
+
+    async def _read_loop(self, reader: asyncio.StreamReader) -> None:
+        loop = asyncio.get_running_loop()
+        reason = _EXITED
+        try:
+            while True:
+                message = await protocol.read(reader)
+                kind, request_id = message[0], message[1]
+                if kind == "reply":
+                    self._requests.settle(message)
+                elif kind == "ready" and self._ready is not None and not self._ready.done():
+                    agents, instances = protocol.check_ready(message)
+                    self._ready.set_result((agents, instances))
+                elif kind == "failed" and self._ready is not None and not self._ready.done():
+                    failure, error_type, text = protocol.check_failed(message)
+                    self._ready.set_exception(
+                        WorkerStartFailed(self.spec.tenant, failure, error_type, text)
+                    )
+                else:
+                    task = loop.create_task(self._answer(kind, request_id, tuple(message[2:])))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # The worker broke the protocol: whatever it is doing, it cannot be trusted on.
+            reason = f"protocol error: {type(exc).__name__}: {exc}"
+            self.kill()
+        self._lost(reason)
+
+    async def _answer(self, kind: str, request_id: int, args: tuple[Any, ...]) -> None:
+        try:
+            reply: list[Any] = ["reply", request_id, True, await self._on_request(kind, args)]
+        except Exception as exc:
+            error_type = getattr(exc, "error_type", type(exc).__name__)
+            reply = ["reply", request_id, False, ["error", error_type, str(exc)]]
+        try:
+            await self._send(reply)
+        except (TypeError, ValueError) as exc:
+            failure = ["encode", type(exc).__name__, f"the answer is not JSON: {exc}"]
+            with contextlib.suppress(PlughostError):
+                await self._send(["reply", request_id, False, failure])
+        except PlughostError:
+            pass
+
+    def _lost(self, reason: str) -> None:
+        """The worker exited, died or broke the protocol: fail what waits for it, once."""
+        if self._lost_already:
+            return
+        self._lost_already = True
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        self._requests.fail_all(WorkerCrashed(self.spec.tenant, self.pid, reason))
+        for task in self._tasks:
+            task.cancel()
+        if self._ready is not None and not self._ready.done():
+            why = "" if reason == _EXITED else f" ({reason})"
+            self._ready.set_exception(
+                WorkerStartFailed(
+                    self.spec.tenant,
+                    "exit",
+                    "WorkerCrashed",
+                    f"the worker exited before it was ready{why}",
+                )
+            )
+            return
+        if not self._stopping:
+            self._on_exit(reason)
+
+    async def request(self, kind: str, *args: Any, timeout: float) -> Any:
+        """Send a request and wait for its answer, up to ``timeout``.
+
+        Raises:
+            WorkerCrashed: the worker is gone or died before answering.
+            RemoteError: the request failed in the worker.
+            TypeError: the request holds something that is not JSON.
+            TimeoutError: no answer within ``timeout``.
+        """
+        message, future = self._requests.open(kind, *args)
+        try:
+            await self._send(message)
+        except ValueError as exc:
+            self._requests.drop(message)
+            raise TypeError(f"cannot send to the worker: {exc}") from None
+        except BaseException:
+            self._requests.drop(message)
+            raise
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            self._requests.drop(message)
+            raise
+
+    def kill(self) -> None:
+        """Kill the worker and everything it started (its process group)."""
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+
+    async def stop(self, timeout: float) -> None:
+        """Ask the worker to finish and exit; then kill its process group (what it started)."""
+        self._stopping = True
+        if self._writer is not None:
+            with contextlib.suppress(PlughostError, TimeoutError, RemoteError, TypeError):
+                await self.request("stop", timeout=timeout)
+        if self.process is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                await asyncio.to_thread(self.process.wait, timeout)
+            self.kill()  # also what the worker's code may have started
+            await asyncio.to_thread(self.process.wait)
+        self._lost("stopped")
+        if self._reading is not None:
+            self._reading.cancel()
+
+
+class Supervisor:
+    """Keeps one namespace's worker process running.
+
+    Args:
+        spec: what the worker runs.
+        on_request: answers the worker's requests to the host (``publish``, ``rpc``).
+    """
+
+    def __init__(
+        self, spec: WorkerSpec, on_request: Callable[[str, tuple[Any, ...]], Awaitable[Any]]
+    ) -> None:
+        self.spec = spec
+        self._on_request = on_request
+        self._process: _Process | None = None
+        self._starting: _Process | None = None
+        self._restarting: asyncio.Task[None] | None = None
+        self._backoff = _FIRST_BACKOFF
+        self._forgotten: set[str] = set()
+        self.restarts = 0
+        self.lifecycle = Lifecycle("worker", spec.tenant, WorkerState.STARTING, WORKER_TRANSITIONS)
+        self.ready: Ready = ({}, [])
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    @property
+    def state(self) -> WorkerState:
+        return self.lifecycle.state
+
+    def describe(self) -> dict[str, Any]:
+        found: dict[str, Any] = {
+            "pid": self.pid,
+            "state": self.state.value,
+            "restarts": self.restarts,
+        }
+        if self.lifecycle.error:
+            found["error"] = self.lifecycle.error
+        return found
+
+    async def start(self) -> Ready:
+        """Start the worker and wait until it has loaded everything.
+
+        Raises:
+            WorkerStartFailed: the deployment failed to load in the worker, or in time.
+        """
+        self.ready = await self._start_process(self.spec)
+        self.lifecycle.set(WorkerState.READY)
+        return self.ready
+
+    async def _start_process(self, spec: WorkerSpec) -> Ready:
+        process = _Process(spec, self._on_request, self._crashed)
+        self._starting = process
+        try:
+            ready = await process.start()
+        finally:
+            self._starting = None
+        self._process = process
+        return ready
+
+    def forget(self, name: str) -> None:
+        """An instance was unloaded: restarts must not bring it back."""
+        self._forgotten.add(name)
+
+    async def request(self, kind: str, *args: Any, timeout: float | None = None) -> Any:
+        """Send a request to the worker and return its answer.
+
+        Raises:
+            WorkerCrashed: the worker is down (or died before answering).
+            RemoteError: the request failed in the worker.
+            TimeoutError: no answer within ``timeout`` (default: the call deadline).
+        """
+        if self._process is None or self.state is not WorkerState.READY:
+            raise WorkerCrashed(self.spec.tenant, self.pid, self.lifecycle.error)
+        deadline = self.spec.call_timeout if timeout is None else timeout
+        return await self._process.request(kind, *args, timeout=deadline)
+
+    def recycle(self) -> None:
+        """Kill the worker; the supervisor restarts it (used when it stops answering)."""
+        if self._process is not None:
+            self._process.kill()
+
+    def keep_trying(self, error: str) -> None:
+        """A start failed: record it and go on trying with backoff."""
+        self._crashed(error)
+
+    def _crashed(self, reason: str) -> None:
+        if self.state in (WorkerState.STOPPED, WorkerState.FAILED):
+            return
+        self.lifecycle.set(WorkerState.RESTARTING, reason)
+        if self._restarting is None or self._restarting.done():
+            self._restarting = asyncio.get_running_loop().create_task(self._restart())
+
+    async def _restart(self) -> None:
+        if (
+            self._process is not None
+            and time.monotonic() - self._process.started_at > _STABLE_AFTER
+        ):
+            self._backoff = _FIRST_BACKOFF
+        spec = replace(
+            self.spec,
+            instances=tuple(i for i in self.spec.instances if i[1] not in self._forgotten),
+        )
+        for _ in range(MAX_ATTEMPTS):
+            await asyncio.sleep(self._backoff)
+            self._backoff = min(self._backoff * 2, _MAX_BACKOFF)
+            try:
+                self.ready = await self._start_process(spec)
+            except Exception as exc:
+                self.lifecycle.set(WorkerState.RESTARTING, f"{type(exc).__name__}: {exc}")
+                continue
+            self.spec = spec
+            self.restarts += 1
+            self.lifecycle.set(WorkerState.READY)
+            return
+        self.lifecycle.set(WorkerState.FAILED, self.lifecycle.error)
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Stop the worker for good, with a restart in progress."""
+        if self.state is not WorkerState.STOPPED:
+            self.lifecycle.set(WorkerState.STOPPED)
+        if self._restarting is not None:
+            self._restarting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._restarting
+        for process in (self._starting, self._process):
+            if process is not None:
+                await process.stop(timeout)
+
+
+class WorkerUnit(Unit):
+    """A namespace running in a worker process.
+
+    The tenant's live namespace is not evicted: its worker also runs the
+    tenant's declared instances.
+    """
+
+    def __init__(self, launch: Launch, supervisor: Supervisor) -> None:
+        super().__init__(launch.namespace, launch.digest, evictable=not launch.live)
+        self.supervisor = supervisor
+
+    def agents(self) -> list[AgentInfo]:
+        return [
+            AgentInfo(name, description, tool)
+            for name, (description, tool) in sorted(self.supervisor.ready[0].items())
+        ]
+
+    async def call(self, agent: str, args: Mapping[str, Any], release: Callable[[], None]) -> Any:
+        tenant = self.namespace.tenant
+        try:
+            return await self.supervisor.request("call", agent, dict(args))
+        except TimeoutError:
+            raise CallTimeoutError(tenant, agent, self.supervisor.spec.call_timeout) from None
+        except RemoteError as exc:
+            if exc.kind == "unknown_agent":
+                known = exc.message.split(",") if exc.message else []
+                raise UnknownAgentError(tenant, agent, self.namespace.snapshot, known) from None
+            raise AgentError(tenant, agent, exc.error_type, exc.message) from None
+        finally:
+            release()
+
+    def describe(self) -> dict[str, Any]:
+        return self.supervisor.describe()
+
+    @property
+    def healthy(self) -> bool:
+        return self.supervisor.state is WorkerState.READY
+
+    def unload(self) -> asyncio.Task[None]:
+        return asyncio.get_running_loop().create_task(
+            self.supervisor.stop(self.supervisor.spec.unload_timeout)
+        )
+
+
+class RemoteControl:
+    """Instances that run in a worker: shut down and restarted there."""
+
+    placement = "process"
+
+    def __init__(self, supervisor: Supervisor, host: Host) -> None:
+        self._supervisor = supervisor
+        self._host = host
+        self._replaced: set[int] = set()
+
+    async def shutdown(self, mod: LoadedMod) -> str | None:
+        if id(mod) in self._replaced:
+            self._replaced.discard(id(mod))
+            return None  # the worker swapped it out when it restarted it
+        self._supervisor.forget(mod.mod_id)
+        try:
+            await self._supervisor.request(
+                "unload", mod.mod_id, timeout=self._supervisor.spec.unload_timeout
+            )
+        except TimeoutError:
+            self._supervisor.recycle()  # it does not answer: restart it without this instance
+            return "TimeoutError: the worker did not unload the instance in time"
+        except (PlughostError, RemoteError) as exc:
+            return f"{getattr(exc, 'error_type', type(exc).__name__)}: {exc}"
+        return None
+
+    async def restart(self, mod: LoadedMod, source: ResolvedModPath) -> LoadedMod:
+        try:
+            described = await self._supervisor.request(
+                "restart",
+                mod.mod_id,
+                str(source.source),
+                timeout=self._supervisor.spec.start_timeout,
+            )
+        except RemoteError as exc:
+            raise ModLoadError(
+                mod.mod_path, "restart", f"{exc.error_type}: {exc.message}"
+            ) from None
+        self._replaced.add(id(mod))
+        return self.stub(protocol.check_instance(described))
+
+    def stub(self, info: dict[str, Any]) -> LoadedMod:
+        """The host's record of an instance in the worker: every handler, topic
+        subscription and RPC method forwards to it."""
+        supervisor, tenant, name = self._supervisor, self._supervisor.spec.tenant, info["name"]
+        instance: Mod = type(info["class"], (Mod,), {})()
+        instance.mod_id, instance.config, instance.network = name, info["config"], self._host
+        instance.tenant, instance.expose = tenant, tuple(info["expose"])
+        instance.namespace = Namespace(tenant, mod=name, placement="process")
+
+        async def on_event(event: Event) -> EventResponse:
+            answer = await supervisor.request("event", name, event.model_dump())
+            return EventResponse.model_validate(answer)
+
+        def on_topic(topic: str) -> Callable[[Event], Awaitable[None]]:
+            async def deliver(event: Event) -> None:
+                await supervisor.request("topic", name, topic, event.model_dump())
+
+            return deliver
+
+        def rpc_method(method: str) -> Callable[..., Awaitable[Any]]:
+            async def call(*args: Any, **kwargs: Any) -> Any:
+                return await supervisor.request("rpc", name, method, args, kwargs)
+
+            return call
+
+        return LoadedMod(
+            mod_id=name,
+            mod_path=info["mod_path"],
+            tenant=tenant,
+            config=info["config"],
+            instance=instance,
+            bundle=None,
+            handlers=[(pattern, on_event) for pattern in info["handlers"]],
+            topics={topic: [on_topic(topic)] for topic in info["topics"]},
+            rpcs={method: rpc_method(method) for method in info["rpcs"]},
+            control=self,
+            source=ResolvedModPath(info["mod_path"], Path(supervisor.spec.folder), None),
+            from_bundle=True,
+        )
+
+
+class Worker(Placement):
+    """Runs each namespace in a supervised worker process.
+
+    Args:
+        host: what instances in the worker see of the network (via their stubs).
+        on_request: answers workers' requests (publishing, RPC) as their tenant.
+        data_dir: the data folder, as workers' mods see it.
+        unload_timeout, start_timeout, call_timeout: the deadlines of unloading
+            an instance, of starting a worker, and of one request.
+    """
+
+    name = "process"
+
+    def __init__(
+        self,
+        host: Host,
+        on_request: HostRequest,
+        *,
+        data_dir: Path,
+        unload_timeout: float,
+        start_timeout: float,
+        call_timeout: float,
+    ) -> None:
+        self._host = host
+        self._on_request = on_request
+        self._data_dir = data_dir
+        self._unload_timeout = unload_timeout
+        self._start_timeout = start_timeout
+        self._call_timeout = call_timeout
+
+    def _supervisor(self, launch: Launch) -> Supervisor:
+        spec = WorkerSpec(
+            launch.tenant,
+            launch.version,
+            str(launch.folder.resolve()),
+            str(self._data_dir.resolve()),
+            tuple((m.path, m.name, dict(m.config), tuple(m.expose)) for m in launch.instances),
+            self._unload_timeout,
+            self._start_timeout,
+            self._call_timeout,
+            snapshot=launch.namespace.snapshot,
+        )
+
+        async def answer(kind: str, args: tuple[Any, ...]) -> Any:
+            return await self._on_request(launch.tenant, kind, args)
+
+        return Supervisor(spec, answer)
+
+    async def start(self, launch: Launch) -> Started:
+        supervisor = self._supervisor(launch)
+        _, described = await supervisor.start()
+        if len(described) != len(launch.instances):
+            await supervisor.stop(self._unload_timeout)
+            raise WorkerStartFailed(
+                launch.tenant,
+                "load",
+                "InstanceCountMismatch",
+                f"{len(launch.instances)} instances declared, {len(described)} came up",
+            )
+        control = RemoteControl(supervisor, self._host)
+        return Started(WorkerUnit(launch, supervisor), [control.stub(i) for i in described])
+
+    async def resume(self, launch: Launch) -> Started:
+        supervisor = self._supervisor(launch)
+        unit = WorkerUnit(launch, supervisor)
+        try:
+            _, described = await supervisor.start()
+        except PlughostError as exc:
+            supervisor.keep_trying(str(exc))  # health shows it; the supervisor retries
+            return Started(unit, [])
+        control = RemoteControl(supervisor, self._host)
+        return Started(unit, [control.stub(i) for i in described])

@@ -1,0 +1,721 @@
+"""The worker protocol: frames, the messages in them, and what a worker is told to run.
+
+Both ends use this module, so what one side sends is what the other accepts.
+A frame is a 4-byte length, then that many bytes of JSON. JSON, not pickle:
+the worker runs tenant code, and nothing it sends may run code in the host.
+Streams are asyncio's, so a slow or silent peer never blocks the event loop,
+and a frame larger than ``MAX_FRAME`` is refused before it is read.
+
+Both sides send requests ``[kind, id, *args]`` and answer each with
+``["reply", id, ok, value]``, where ``value`` is the result when ``ok`` and
+``[kind, error type, message]`` when not; :class:`Requests` keeps one side's
+account of them. :func:`read` returns only messages of that shape
+(:func:`check_message`), so a peer that breaks the protocol is a
+:class:`ProtocolError` at the boundary, not an ``IndexError`` deep in a handler.
+
+Nesting is bounded by ``MAX_DEPTH``: json's C decoder recurses, so a frame of
+100,000 brackets would otherwise end in ``RecursionError``, which no caller
+expects, and anything that walks a message recursively has the same limit.
+:func:`encode` refuses what :func:`read` would refuse, so a sender gets a
+``ValueError`` it can answer with, rather than the peer dropping the connection.
+
+Large frames are decoded in a thread, but a thread alone would not help: the C
+decoder holds the GIL from the first byte to the last, so the loop would stall
+as long as it runs (about a second for 25 MB of small objects). A frame over
+``OFF_LOOP_BYTES`` is read in 1 MiB pieces and decoded in a thread that hands
+the C scanner a slice of a few thousand characters at a time (a run of items
+in one call; what does not fit, item by item), so the GIL changes hands between
+calls and the loop keeps running, for some 10-50% more time in all. Small
+frames, almost all of them, are decoded at once on the loop: a thread costs
+more than they do. Two things still hold the GIL however long they take: one
+JSON string (about 1 ms per MB), and the garbage collector's full passes,
+which millions of new lists set off in any thread.
+
+A message's size is not known before it is encoded, so :func:`write` (and
+:func:`encode_async`) first count its items and characters, stopping at 512
+items or ``OFF_LOOP_BYTES`` characters (a couple of microseconds for a small
+message). A small message is encoded at once on the loop; a larger one in a
+thread: with the C encoder if it is small enough to take a few milliseconds,
+else with json's pure-Python encoder, which gives up the GIL as it goes, about
+three times slower. The message must not change meanwhile. :func:`encode`
+always encodes at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import dataclasses
+import itertools
+import json
+import json.scanner
+import math
+import re
+import reprlib
+from dataclasses import dataclass
+from typing import Any
+
+MAX_FRAME = 64 * 1024 * 1024
+MAX_DEPTH = 200
+OFF_LOOP_BYTES = 256 * 1024
+
+_READ_STEP = 1024 * 1024  # bytes of a large frame read at a time
+_SLICE = 8 * 1024  # characters the C scanner gets at a time in a large frame
+_INLINE_ITEMS = 512  # items of a message write() encodes on the loop at most...
+_ONE_CALL_ITEMS = 32 * 1024  # ...and in one C call in a thread (else with pure Python)
+_CONTAINERS = (list, tuple, dict)
+_CLOSERS = {"[": "]", "{": "}"}
+_QUOTES_AND_BRACKETS = {code: None for code in range(128) if chr(code) not in '[]{}"'}
+_PASSES = 16  # passes _within() makes before it leaves the question to a walk
+# The C scanner (typeshed asks for a scanner as its context; a decoder is what it reads).
+_SCAN = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
+_WHITESPACE = re.compile(r"[ \t\n\r]+")
+_SPACE = " \t\n\r"
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+_TOO_DEEP = f"nested deeper than {MAX_DEPTH} levels"
+
+
+class WireError(Exception):
+    """A frame that is too large or not JSON: the peer broke the protocol."""
+
+
+class ProtocolError(WireError):
+    """A frame that is JSON but no message: nested too deeply, or of the wrong shape."""
+
+
+class RemoteError(Exception):
+    """A failure to send back: which kind of error, its type name and message."""
+
+    def __init__(self, kind: str, error_type: str, message: str) -> None:
+        self.kind = kind
+        self.error_type = error_type
+        self.message = message
+        super().__init__(message)
+
+
+class Requests:
+    """The requests one side has sent and still waits for, by id."""
+
+    def __init__(self) -> None:
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future[Any]] = {}
+
+    def open(self, kind: str, *args: Any) -> tuple[list[Any], asyncio.Future[Any]]:
+        """Return a new request's message and the future its reply settles."""
+        request_id = next(self._ids)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiting[request_id] = future
+        return [kind, request_id, *args], future
+
+    def drop(self, message: list[Any]) -> None:
+        """Forget a request that could not be sent."""
+        self._waiting.pop(message[1], None)
+
+    def settle(self, reply: list[Any]) -> None:
+        """Settle the future of the request a reply answers: its value or a RemoteError.
+
+        A reply to no request waiting (answered already, or never asked) is ignored.
+        """
+        future = self._waiting.pop(reply[1], None)
+        if future is None or future.done():
+            return
+        if reply[2]:
+            future.set_result(reply[3])
+        else:
+            future.set_exception(RemoteError(*reply[3]))
+
+    def fail_all(self, error: BaseException) -> None:
+        """Fail every request still waiting with ``error``."""
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_exception(error)
+        self._waiting.clear()
+
+
+# -- messages --------------------------------------------------------------------------
+
+
+def check_message(message: Any) -> list[Any]:
+    """Return ``message`` if it is one: ``[kind, id, ...]``, a reply ``["reply", id, ok, value]``.
+
+    Raises:
+        ProtocolError: it is not, and the text says why.
+    """
+    if not isinstance(message, list):
+        raise ProtocolError(f"a message is a list, not {type(message).__name__}")
+    if len(message) < 2:
+        raise ProtocolError(f"a message begins with a kind and an id, not {_brief(message)}")
+    kind, request_id = message[0], message[1]
+    if not isinstance(kind, str):
+        raise ProtocolError(f"a message's kind is a str, not {type(kind).__name__}")
+    if not isinstance(request_id, int) or isinstance(request_id, bool):
+        raise ProtocolError(f"a message's id is an int, not {type(request_id).__name__}")
+    if kind == "reply":
+        if len(message) != 4:
+            raise ProtocolError(f"a reply has 4 items, not {len(message)}")
+        if not isinstance(message[2], bool):
+            raise ProtocolError(f"a reply's ok is a bool, not {type(message[2]).__name__}")
+        failure = message[3]
+        if not message[2] and not (
+            isinstance(failure, list)
+            and len(failure) == 3
+            and all(isinstance(part, str) for part in failure)
+        ):
+            raise ProtocolError(
+                f"a failed reply's value is 3 strings, [kind, error type, message], "
+                f"not {_brief(failure)}"
+            )
+    return message
+
+
+def _brief(value: Any) -> str:
+    """``value`` shown in an error: briefly, whatever its size."""
+    return reprlib.repr(value)
+
+
+# -- writing ---------------------------------------------------------------------------
+
+
+def encode(message: Any) -> bytes:
+    """Return ``message`` as one frame, encoded at once (see :func:`write` for large ones).
+
+    Raises:
+        TypeError, ValueError: the message holds something JSON cannot carry, is
+            nested deeper than ``MAX_DEPTH`` or is over ``MAX_FRAME``.
+    """
+    try:
+        text = _ENCODER.encode(message)  # C; one encoder, not one a call as json.dumps makes
+    except RecursionError:
+        raise ValueError(f"the message is {_TOO_DEEP}") from None
+    return _frame(message, text)
+
+
+async def encode_async(message: Any) -> bytes:
+    """Return ``message`` as one frame; a large one is encoded in a thread.
+
+    The message must not change until this returns.
+
+    Raises:
+        TypeError, ValueError: as :func:`encode`.
+    """
+    if _small(message, _INLINE_ITEMS, OFF_LOOP_BYTES):
+        return encode(message)
+    return await asyncio.to_thread(_encode_off_loop, message)
+
+
+async def write(writer: asyncio.StreamWriter, message: Any) -> None:
+    """Send ``message`` as one frame (encoded in a thread if large) and wait for the buffer.
+
+    Raises:
+        TypeError, ValueError: as :func:`encode`; nothing was sent.
+        ConnectionError: the peer is gone.
+    """
+    writer.write(await encode_async(message))
+    await writer.drain()
+
+
+def _encode_off_loop(message: Any) -> bytes:
+    if _small(message, _ONE_CALL_ITEMS, 4 * OFF_LOOP_BYTES):
+        return encode(message)  # a few milliseconds of GIL at most
+    try:
+        text = "".join(_ENCODER.iterencode(message))  # pure Python: not one-shot
+    except RecursionError:
+        raise ValueError(f"the message is {_TOO_DEEP}") from None
+    except RuntimeError as exc:  # a dict changed size while it was encoded
+        raise ValueError(f"the message changed while it was encoded: {exc}") from None
+    return _frame(message, text)
+
+
+def _frame(message: Any, text: str) -> bytes:
+    data = text.encode("utf-8")
+    if len(data) > MAX_FRAME:
+        raise ValueError(f"message of {len(data)} bytes is over the {MAX_FRAME}-byte limit")
+    if _may_be_deep(data) and _too_deep(message):
+        raise ValueError(f"the message is {_TOO_DEEP}")
+    return len(data).to_bytes(4, "big") + data
+
+
+def _small(message: Any, most_items: int, most_chars: int) -> bool:
+    """Whether ``message`` holds at most ``most_items`` items and ``most_chars`` of text.
+
+    It stops at the first item over, so it costs what the message costs, up to a bound.
+    """
+    items = chars = 0
+    pending = [message]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, str):
+            chars += len(value)
+            if chars > most_chars:
+                return False
+        elif isinstance(value, (list, tuple, dict)):
+            items += len(value)
+            if items > most_items:
+                return False
+            pending.extend(value)
+            if isinstance(value, dict):
+                pending.extend(value.values())
+    return True
+
+
+# -- reading ---------------------------------------------------------------------------
+
+
+async def read(reader: asyncio.StreamReader) -> list[Any]:
+    """Read one frame and return its message, checked by :func:`check_message`.
+
+    Raises:
+        asyncio.IncompleteReadError: the peer closed the connection.
+        WireError: the frame is too large or not JSON.
+        ProtocolError: the frame is nested too deeply or is not a message.
+    """
+    size = int.from_bytes(await reader.readexactly(4), "big")
+    if size > MAX_FRAME:
+        raise WireError(f"frame of {size} bytes is over the {MAX_FRAME}-byte limit")
+    if size <= OFF_LOOP_BYTES:
+        return check_message(_decode(await reader.readexactly(size)))
+    parts = []
+    for start in range(0, size, _READ_STEP):
+        parts.append(await reader.readexactly(min(_READ_STEP, size - start)))
+    return check_message(await asyncio.to_thread(_decode_large, parts))
+
+
+def _decode(data: bytes) -> Any:
+    try:
+        try:
+            # What json.loads does, less its Python steps, for UTF-8 text of a list.
+            if not (len(data) > 1 and data[0] == 0x5B and data[1]):
+                raise ValueError("not a list in UTF-8")
+            text = data.decode("utf-8", "surrogatepass")
+            value, end = _SCAN(text, 0)
+            if end != len(text) and text[end:].strip(_SPACE):
+                raise ValueError("extra data")
+        except (ValueError, StopIteration):
+            value = json.loads(data)  # the general case, and json's account of what is wrong
+    except RecursionError:
+        raise ProtocolError(f"frame is {_TOO_DEEP}") from None
+    except ValueError as exc:
+        raise WireError(f"frame is not JSON: {exc}") from None
+    if len(data) > 2 * MAX_DEPTH and _may_be_deep(data) and _too_deep(value):
+        raise ProtocolError(f"frame is {_TOO_DEEP}")
+    return value
+
+
+def _may_be_deep(data: bytes) -> bool:
+    """Whether ``data`` has room for more than ``MAX_DEPTH`` levels: cheap, often enough.
+
+    Short frames have no room (a level is two bytes), and neither have frames with
+    few brackets. In UTF-16 or UTF-32 every bracket still has its byte.
+    """
+    return len(data) > 2 * MAX_DEPTH and data.count(b"[") + data.count(b"{") > MAX_DEPTH
+
+
+def _too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether ``value`` nests deeper than ``limit`` levels (``[]`` is one).
+
+    Level by level, and a level with no containers (the types of its items are
+    taken at C speed) ends the walk, so flat values cost little.
+    """
+    if not isinstance(value, _CONTAINERS):
+        return False
+    level = [value]
+    for _ in range(limit):
+        items = list(
+            itertools.chain.from_iterable(
+                [each.values() if isinstance(each, dict) else each for each in level]
+            )
+        )
+        if not any(issubclass(kind, _CONTAINERS) for kind in set(map(type, items))):
+            return False
+        level = [item for item in items if isinstance(item, _CONTAINERS)]
+    return True
+
+
+def _within(valid: str, limit: int) -> bool | None:
+    """Whether the JSON text ``valid`` nests at most ``limit`` levels; None: not found cheaply.
+
+    Few brackets say yes at once. Else, in ASCII text (what :func:`encode` makes),
+    the brackets outside strings are kept and empty pairs taken away, a level at
+    most a pass; if that leaves none within ``limit`` passes, the text nests no
+    deeper. A few passes at C speed, where walking the decoded value would take
+    a Python step an item.
+    """
+    if valid.count("[") + valid.count("{") <= limit:
+        return True
+    if not valid.isascii():
+        return None
+    if "\\" in valid:  # what is left of strings is then just their quotes
+        valid = valid.replace("\\\\", "").replace('\\"', "")
+    brackets = "".join(valid.translate(_QUOTES_AND_BRACKETS).split('"')[::2])
+    for done in range(min(limit, _PASSES)):
+        brackets = brackets.replace("[]" if done % 2 else "{}", "")
+        if not brackets:
+            return True
+    return None
+
+
+def _decode_large(parts: list[bytes]) -> Any:
+    """Decode a frame read in ``parts`` (emptied as they are decoded, to free them early)."""
+    try:
+        encoding = json.detect_encoding(b"".join(parts[:4])[:4])  # it looks at 4 bytes
+        decoder = codecs.getincrementaldecoder(encoding)("surrogatepass")
+        pieces = []
+        parts.reverse()
+        while parts:
+            pieces.append(decoder.decode(parts.pop()))
+        pieces.append(decoder.decode(b"", True))
+        text = "".join(pieces)
+        del pieces
+        return _parse(text, _SLICE)
+    except ValueError as exc:
+        raise WireError(f"frame is not JSON: {exc}") from None
+
+
+def _parse(text: str, step: int) -> Any:
+    """Decode ``text`` as ``json.loads`` does, giving the C scanner ``step`` characters at most
+    for anything but one string or number.
+
+    Inside a container, a run of items that ends in the slice is one call; an item
+    that does not fit is one call if it fits a slice of its own, else it is opened
+    here and its items are decoded the same way. What a call returned is checked
+    for nesting on the text it read (:func:`_within`), and walked only when that
+    cannot tell.
+
+    Raises:
+        ValueError: ``text`` is not JSON.
+        ProtocolError: it is nested deeper than ``MAX_DEPTH``.
+    """
+    scan = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
+    size, half = len(text), step // 2
+    stack: list[Any] = []  # the containers being filled, innermost last
+    keys: dict[str, str] = {}  # one object per distinct key, as json.loads does
+    root: Any = None
+    key = ""
+    base, window = 0, text[:step]  # the slice the scanner gets, from ``base``
+    runs = True  # whether to try a run of items in this slice (not after one failed)
+    spare = size + step  # characters the scanner may read in vain on containers
+    pos = _skip(text, 0)
+    at_item = False  # pos is at an item of stack[-1], else at a value
+    while True:
+        if at_item:
+            top = stack[-1]
+            in_list = type(top) is list
+            if pos - base > len(window) - half and base + len(window) < size:
+                base, window, runs = pos, text[pos : pos + step], True
+            if runs and pos < size:
+                off = pos - base
+                # The run ends at the last comma after what its first item (its value, in
+                # an object) ends with; a wrong guess only costs a failed call.
+                if in_list:
+                    first = text[pos]
+                    comma = ","
+                else:
+                    colon = window.find('":', off + 1) + 2
+                    first = window[colon] if 1 < colon < len(window) else ""
+                    comma = ',"'
+                mark = _CLOSERS.get(first, '"' if first == '"' else "")
+                found = window.rfind(mark + comma, off)
+                cut = found + len(mark) if found >= 0 else -1
+                end = -1
+                if cut > off:
+                    run = ("[" if in_list else "{") + window[off:cut] + ("]" if in_list else "}")
+                    with contextlib.suppress(ValueError, StopIteration, RecursionError):
+                        items, end = scan(run, 0)
+                if end > 0 and end == len(run):
+                    within = _within(run, MAX_DEPTH + 1 - len(stack))
+                    if within is None:
+                        within = not _too_deep(items, MAX_DEPTH + 1 - len(stack))
+                    if not within:
+                        raise ProtocolError(f"frame is {_TOO_DEEP}")
+                    if in_list:
+                        top.extend(items)
+                    else:
+                        top.update(items)
+                    pos = base + cut
+                    at_item = False
+                else:
+                    runs = False
+            if at_item and not in_list:
+                if pos >= size or text[pos] != '"':
+                    raise json.JSONDecodeError(
+                        "Expecting property name enclosed in double quotes", text, pos
+                    )
+                key, pos = scan(text, pos)
+                key = keys.setdefault(key, key)
+                if pos < size and text[pos] in _SPACE:
+                    pos = _skip(text, pos)
+                if pos >= size or text[pos] != ":":
+                    raise json.JSONDecodeError("Expecting ':' delimiter", text, pos)
+                pos += 1
+                if pos < size and text[pos] in _SPACE:
+                    pos = _skip(text, pos)
+        if at_item or not stack:  # a value starts at pos
+            at_item = False
+            first = text[pos] if pos < size else ""
+            value: Any = _closed
+            if first in _CLOSERS:
+                if spare > 0:
+                    if pos - base > len(window) - half and base + len(window) < size:
+                        base, window, runs = pos, text[pos : pos + step], True
+                    off = pos - base
+                    try:
+                        value, end = scan(window, off)
+                    except (ValueError, StopIteration, RecursionError):
+                        spare -= len(window) - off
+                        value = _closed
+                    else:
+                        within = _within(window[off:end], MAX_DEPTH - len(stack))
+                        if within is None:
+                            within = not _too_deep(value, MAX_DEPTH - len(stack))
+                        if not within:
+                            raise ProtocolError(f"frame is {_TOO_DEEP}")
+                        pos = base + end
+                opened = value is _closed
+                if opened:
+                    if len(stack) == MAX_DEPTH:
+                        raise ProtocolError(f"frame is {_TOO_DEEP}")
+                    value = [] if first == "[" else {}
+            else:
+                opened = False
+                try:
+                    value, pos = scan(text, pos)
+                except StopIteration:
+                    raise json.JSONDecodeError("Expecting value", text, pos) from None
+            if not stack:
+                root = value
+            elif type(stack[-1]) is list:
+                stack[-1].append(value)
+            else:
+                stack[-1][key] = value
+            if opened:
+                stack.append(value)
+                pos += 1
+                if pos < size and text[pos] in _SPACE:
+                    pos = _skip(text, pos)
+                if pos >= size or text[pos] != _CLOSERS[first]:
+                    at_item = True
+                    continue
+                stack.pop()
+                pos += 1
+        # After a value: a comma and the next item, or the end of containers.
+        while stack:
+            if pos < size and text[pos] in _SPACE:
+                pos = _skip(text, pos)
+            here = text[pos] if pos < size else ""
+            if here == ",":
+                pos += 1
+                if pos < size and text[pos] in _SPACE:
+                    pos = _skip(text, pos)
+                at_item = True
+                break
+            if here != ("]" if type(stack[-1]) is list else "}"):
+                raise json.JSONDecodeError("Expecting ',' delimiter", text, pos)
+            stack.pop()
+            pos += 1
+        else:
+            if _skip(text, pos) != size:
+                raise json.JSONDecodeError("Extra data", text, _skip(text, pos))
+            return root
+
+
+def _skip(text: str, pos: int) -> int:
+    space = _WHITESPACE.match(text, pos)
+    return pos if space is None else space.end()
+
+
+_closed = object()  # no value decoded: the container is opened instead
+
+
+# -- the worker's spec ------------------------------------------------------------------
+
+InstanceSpecTuple = tuple[str, str, dict[str, Any], tuple[str, ...]]  # path, name, config, expose
+
+_REQUIRED = ("tenant", "version", "folder", "data_dir", "instances")
+_TIMEOUTS = ("unload_timeout", "start_timeout", "call_timeout")
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a worker runs: a tenant's deployment folder and its declared instances.
+
+    The host sends it as the first frame, :meth:`to_message`; the worker checks
+    it with :meth:`from_message` before it runs anything.
+    """
+
+    tenant: str
+    version: int
+    folder: str
+    data_dir: str
+    instances: tuple[InstanceSpecTuple, ...]
+    unload_timeout: float = 10.0
+    start_timeout: float = 60.0
+    call_timeout: float = 60.0  # the deadline of one request to the worker
+    snapshot: str | None = None
+
+    def to_message(self) -> dict[str, Any]:
+        """The spec as a JSON object, the first frame the host sends."""
+        return {
+            "tenant": self.tenant,
+            "version": self.version,
+            "folder": self.folder,
+            "data_dir": self.data_dir,
+            "instances": [[p, n, dict(c), list(e)] for p, n, c, e in self.instances],
+            "unload_timeout": self.unload_timeout,
+            "start_timeout": self.start_timeout,
+            "call_timeout": self.call_timeout,
+            "snapshot": self.snapshot,
+        }
+
+    @classmethod
+    def from_message(cls, fields: Any) -> WorkerSpec:
+        """The spec in ``fields``, a decoded :meth:`to_message`; fields with defaults may be
+        left out.
+
+        Raises:
+            ProtocolError: ``fields`` is not an object, lacks a field or has an
+                unknown one, or a field is of the wrong type (a timeout that is
+                not a positive number, an instance that is not
+                ``[path, name, config, expose]``).
+        """
+        if not isinstance(fields, dict):
+            raise ProtocolError(f"a worker spec is an object, not {type(fields).__name__}")
+        unknown = set(fields) - {field.name for field in dataclasses.fields(cls)}
+        if unknown:
+            raise ProtocolError(f"unknown worker spec fields: {sorted(map(str, unknown))}")
+        missing = [name for name in _REQUIRED if name not in fields]
+        if missing:
+            raise ProtocolError(f"missing worker spec fields: {missing}")
+        instances = _typed(fields, "instances", (list, tuple))
+        snapshot = fields.get("snapshot")
+        if snapshot is not None:
+            snapshot = _typed(fields, "snapshot", str)
+        timeouts = {name: _seconds(fields, name) for name in _TIMEOUTS if name in fields}
+        return cls(
+            _typed(fields, "tenant", str),
+            _typed(fields, "version", int),
+            _typed(fields, "folder", str),
+            _typed(fields, "data_dir", str),
+            tuple(_instance(item, index) for index, item in enumerate(instances)),
+            snapshot=snapshot,
+            **timeouts,
+        )
+
+
+def _typed(fields: dict[Any, Any], name: str, kind: type[Any] | tuple[type[Any], ...]) -> Any:
+    value = fields[name]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        expected = " or ".join(each.__name__ for each in kinds)
+        raise ProtocolError(f"worker spec {name} should be {expected}, not {type(value).__name__}")
+    return value
+
+
+def _seconds(fields: dict[Any, Any], name: str) -> float:
+    value = fields[name]
+    if (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    ):
+        return float(value)
+    raise ProtocolError(f"worker spec {name} should be seconds above 0, not {_brief(value)}")
+
+
+def _instance(item: Any, index: int) -> InstanceSpecTuple:
+    if isinstance(item, (list, tuple)) and len(item) == 4:
+        path, name, config, expose = item
+        if (
+            isinstance(path, str)
+            and isinstance(name, str)
+            and isinstance(config, dict)
+            and all(isinstance(key, str) for key in config)
+            and isinstance(expose, (list, tuple))
+            and all(isinstance(each, str) for each in expose)
+        ):
+            return path, name, dict(config), tuple(expose)
+    raise ProtocolError(
+        f"worker spec instance {index} should be [path, name, config, expose], not {_brief(item)}"
+    )
+
+
+# -- what a worker says about itself ---------------------------------------------------
+
+
+def check_ready(message: list[Any]) -> tuple[dict[str, list[Any]], list[dict[str, Any]]]:
+    """The agents and instances of a ``["ready", 0, agents, instances]`` message.
+
+    ``agents`` maps each name to ``[description, tool]``; each instance is as
+    :func:`check_instance` accepts.
+
+    Raises:
+        ProtocolError: the message is not of that shape.
+    """
+    if len(message) != 4 or not isinstance(message[2], dict) or not isinstance(message[3], list):
+        raise ProtocolError(
+            f"a ready message is [ready, id, agents, instances], not {_brief(message)}"
+        )
+    agents = message[2]
+    for name, described in agents.items():
+        if not (
+            isinstance(described, list)
+            and len(described) == 2
+            and isinstance(described[0], str)
+            and isinstance(described[1], dict)
+        ):
+            raise ProtocolError(
+                f"agent {name!r} should be [description, tool], not {_brief(described)}"
+            )
+    return agents, [check_instance(item) for item in message[3]]
+
+
+def check_failed(message: list[Any]) -> tuple[str, str, str]:
+    """The failure, error type and text of a ``["failed", 0, kind, type, text]`` message.
+
+    Raises:
+        ProtocolError: the message is not of that shape.
+    """
+    if len(message) != 5 or not all(isinstance(part, str) for part in message[2:]):
+        raise ProtocolError(
+            f"a failed message is [failed, id, kind, type, text], not {_brief(message)}"
+        )
+    return message[2], message[3], message[4]
+
+
+_INSTANCE_FIELDS: dict[str, type[Any]] = {
+    "name": str,
+    "mod_path": str,
+    "class": str,
+    "config": dict,
+    "expose": list,
+    "handlers": list,
+    "topics": list,
+    "rpcs": list,
+}
+
+
+def check_instance(described: Any) -> dict[str, Any]:
+    """An instance as a worker describes it: name, mod_path, class, config, expose, handlers,
+    topics and rpcs; the lists hold strings and ``class`` is an identifier.
+
+    Raises:
+        ProtocolError: it is not of that shape.
+    """
+    if not isinstance(described, dict) or set(described) != set(_INSTANCE_FIELDS):
+        raise ProtocolError(
+            f"an instance has the fields {sorted(_INSTANCE_FIELDS)}, not {_brief(described)}"
+        )
+    for name, kind in _INSTANCE_FIELDS.items():
+        value = described[name]
+        if not isinstance(value, kind) or (
+            kind is list and not all(isinstance(item, str) for item in value)
+        ):
+            raise ProtocolError(
+                f"an instance's {name} should be a {kind.__name__}, not {_brief(value)}"
+            )
+    if not described["class"].isidentifier():
+        raise ProtocolError(
+            f"an instance's class should be a class name, not {_brief(described['class'])}"
+        )
+    return described

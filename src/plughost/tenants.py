@@ -1,0 +1,358 @@
+"""Tenants: the deploy pipeline and hot swap, snapshots, removal, calls and garbage.
+
+A redeploy starts the new version beside the old one, in the tenant's
+placement, commits it, and then points new calls at it; the old version
+serves its calls in flight to the end and only then stops (hot swap). The
+same holds in every placement, because nothing here knows which one it
+talks to: it hands a :class:`~plughost.placements.base.Launch` to a
+placement and leases the :class:`~plughost.runtime.Unit` it gets back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+from .agent import AgentInfo
+from .bundle import BundleFiles, BundleLimits, BundleSource, read_bundle
+from .catalog import Catalog, GoneError, Location
+from .errors import DuplicateSnapshotError, InvalidNameError
+from .instances import Instances
+from .manifest import Placement as PlacementName
+from .metrics import Metrics
+from .mod import stop_mod
+from .naming import TENANT_NAME_RULE, Namespace, check_tenant_name
+from .placements.base import Launch, Placement, Started
+from .runtime import Runtime, Starter, Unit
+from .store import Deployment, GarbageReport, Snapshot, Store
+from .tokens import Tokens
+
+log = logging.getLogger("plughost")
+
+SNAPSHOT_NAME_RULE = (
+    "1-128 characters, no '/', no control characters, no lone surrogates, not '.' or '..'"
+)
+SNAPSHOT_NAME_PATTERN = r"^[^/\x00-\x1f\x7f-\x9f]{1,128}$"
+_SNAPSHOT_NAME = re.compile(SNAPSHOT_NAME_PATTERN)
+
+
+class Tenants:
+    """The tenants of one network: their code, where it runs, and calls into it.
+
+    Args:
+        store: the data folder.
+        catalog: what is live.
+        runtime: the loaded namespaces and their leases.
+        placements: every placement available here, by name.
+        instances: where a deploy's declared instances go.
+        tokens: forgets a removed tenant's token.
+        metrics: counts deploys and calls.
+        limits: bounds every bundle.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        catalog: Catalog,
+        runtime: Runtime,
+        placements: Mapping[str, Placement],
+        instances: Instances,
+        tokens: Tokens,
+        metrics: Metrics,
+        limits: BundleLimits,
+    ) -> None:
+        self._store = store
+        self._catalog = catalog
+        self._runtime = runtime
+        self._placements = placements
+        self._instances = instances
+        self._tokens = tokens
+        self._metrics = metrics
+        self.limits = limits
+        self.write_lock = asyncio.Lock()
+        self._tenant_locks: dict[str, asyncio.Lock] = {}
+        self._staging: list[tuple[str, frozenset[str]]] = []  # (digest, blobs) being deployed
+        self._pinned: Counter[str] = Counter()  # bundle digests of namespaces about to load
+        self._calls_ok = metrics.calls.labels("ok")
+        self._calls_failed = metrics.calls.labels("error")
+
+    def placement_of(self, tenant: str) -> Placement:
+        """The placement the tenant's code runs in."""
+        return self._placements[self._catalog.deployment(tenant).placement]
+
+    # -- starting ---------------------------------------------------------------------
+
+    async def resume(self) -> None:
+        """At start: bring back every tenant's instances and workers (failures show)."""
+        for tenant in self._catalog.tenants():
+            location = await asyncio.to_thread(self._catalog.locate_live, tenant)
+            started = await self.placement_of(tenant).resume(_launch(location, live=True))
+            if started.unit is not None:
+                self._runtime.add(started.unit)
+            self._instances.record(started.instances, started.failures)
+
+    # -- deploying --------------------------------------------------------------------
+
+    async def deploy(
+        self, tenant: str, source: BundleSource, placement: PlacementName | None
+    ) -> Deployment:
+        """Deploy ``source`` as the tenant's live code (see ``Network.deploy``)."""
+        try:
+            _check_tenant(tenant)
+            bundle = await asyncio.to_thread(read_bundle, source, self.limits)
+            # Shielded: once started, a deploy runs to its end even if its caller goes away.
+            deployment = await asyncio.shield(self._deploy(tenant, bundle, placement))
+        except Exception:
+            self._metrics.deploys.labels("error").inc()
+            raise
+        self._metrics.deploys.labels("ok").inc()
+        return deployment
+
+    async def _deploy(
+        self, tenant: str, bundle: BundleFiles, placement: PlacementName | None
+    ) -> Deployment:
+        files, digest = bundle.manifest, bundle.digest
+        # One deploy per tenant at a time. The global write lock is taken only to
+        # commit, so other tenants' writes go on while this bundle's code imports.
+        async with self._tenant_lock(tenant):
+            current = self._catalog.find(tenant)
+            if (
+                current is not None
+                and current.digest == digest
+                and placement in (None, current.placement)
+                and self._live_unit_healthy(tenant)
+            ):
+                return current
+            version = await asyncio.to_thread(self._store.next_version, tenant)
+            namespace = Namespace(tenant, version=version)
+
+            def stage() -> Location:
+                self._store.put_files(bundle.files, files)
+                return self._catalog.stage(namespace, version, digest, files)
+
+            staged = (digest, frozenset(files.values()))
+            self._staging.append(staged)
+            started: Started | None = None
+            old: Unit | None = None
+            try:
+                # Files are written under the write lock, so that no GC pass runs between
+                # registering them as staged and writing them; the code imports outside it.
+                async with self.write_lock:
+                    location = await asyncio.to_thread(stage)
+                self._instances.check_free(tenant, [m.name for m in location.manifest.mods])
+                # A redeploy that names no placement keeps the tenant where it runs: a
+                # tenant put in a worker is never moved into the host unasked.
+                chosen = (
+                    placement
+                    or location.manifest.placement
+                    or (current.placement if current is not None else "inprocess")
+                )
+                started = await self._placements[chosen].start(_launch(location, live=True))
+                unit = _unit_of(started)
+                agents = sorted(info.name for info in unit.agents())
+                async with self.write_lock:
+                    deployment = await asyncio.to_thread(
+                        self._store.record_deployment,
+                        tenant,
+                        version,
+                        files,
+                        agents,
+                        bundle.metadata,
+                        chosen,
+                    )
+                    self._runtime.add(unit)
+                    replaced = self._catalog.set_live(deployment)
+                    if replaced is not None:
+                        old = self._runtime.get(replaced)
+                        if old is not None:
+                            # Held until its instances are swapped out: their calls drain first.
+                            self._runtime.lease(old)
+                        self._runtime.retire(replaced)
+            except BaseException:
+                if started is not None:
+                    await _discard(started, self._instances.unload_timeout)
+                self._staging.remove(staged)
+                # Nothing of a failed deploy stays: the files it stored go at once.
+                async with self.write_lock:
+                    await self._collect_locked()
+                raise
+            self._staging.remove(staged)
+            try:
+                await self._instances.swap(tenant, started.instances)
+            finally:
+                if old is not None:
+                    self._runtime.release(old)
+            return deployment
+
+    def _live_unit_healthy(self, tenant: str) -> bool:
+        unit = self._runtime.get(self._catalog.live_namespace(tenant))
+        return unit is None or unit.healthy
+
+    def _tenant_lock(self, tenant: str) -> asyncio.Lock:
+        return self._tenant_locks.setdefault(tenant, asyncio.Lock())
+
+    async def remove(self, tenant: str) -> None:
+        """Remove a tenant: its deployments, snapshots, instances and namespaces."""
+        async with self._tenant_lock(tenant), self.write_lock:
+            self._catalog.deployment(tenant)
+            await asyncio.to_thread(self._store.remove_tenant, tenant)
+            self._tokens.forget(tenant)
+            await self._instances.drop_tenant(tenant)
+            for namespace in self._catalog.drop_tenant(tenant):
+                self._runtime.retire(namespace)
+            await self._collect_locked()
+
+    # -- snapshots ----------------------------------------------------------------------
+
+    async def create_snapshot(self, tenant: str, name: str) -> Snapshot:
+        """Snapshot the tenant's live deployment as ``name``."""
+        _check_snapshot_name(name)
+        async with self.write_lock:
+            deployment = self._catalog.deployment(tenant)
+            if self._catalog.has_snapshot(tenant, name):
+                raise DuplicateSnapshotError(tenant, name)
+            snapshot = await asyncio.to_thread(self._store.create_snapshot, deployment, name)
+            self._catalog.add_snapshot(snapshot)
+            return snapshot
+
+    async def delete_snapshot(self, tenant: str, name: str) -> None:
+        """Delete a snapshot; calls running in it finish first."""
+        async with self.write_lock:
+            self._catalog.snapshot(tenant, name)
+            await asyncio.to_thread(self._store.delete_snapshot, tenant, name)
+            self._runtime.retire(self._catalog.drop_snapshot(tenant, name))
+            await self._collect_locked()
+
+    # -- calls --------------------------------------------------------------------------
+
+    async def _acquire(self, tenant: str, snapshot: str | None) -> Unit:
+        """Lease the namespace a call resolves to, resolving again if what it named was
+        removed (a deleted snapshot, a pruned version) while it loaded."""
+        attempts = 0
+        while True:
+            namespace, digest, version = self._catalog.target(tenant, snapshot)
+            start = self._starter(tenant, snapshot, namespace, digest, version)
+            # Pinned while it may load: a GC pass must not take its folder meanwhile.
+            self._pinned[digest] += 1
+            try:
+                return await self._runtime.acquire(namespace, start)
+            except GoneError:
+                attempts += 1
+                if attempts > 3:
+                    raise
+            finally:
+                self._pinned[digest] -= 1
+                if not self._pinned[digest]:
+                    del self._pinned[digest]
+
+    def _starter(
+        self, tenant: str, snapshot: str | None, namespace: Namespace, digest: str, version: int
+    ) -> Starter:
+        """How to start a namespace a call needs, in the tenant's placement."""
+        placement = self.placement_of(tenant)
+
+        async def start() -> Unit:
+            location = await asyncio.to_thread(
+                self._catalog.locate, tenant, namespace, digest, version, snapshot
+            )
+            return _unit_of(await placement.start(_launch(location, live=False)))
+
+        return start
+
+    async def list_agents(self, tenant: str, snapshot: str | None) -> list[AgentInfo]:
+        """The agents of the tenant's live code, or of a snapshot, by name."""
+        unit = await self._acquire(tenant, snapshot)
+        try:
+            return unit.agents()
+        finally:
+            self._runtime.release(unit)
+
+    async def call_agent(
+        self, tenant: str, agent: str, args: Mapping[str, Any], snapshot: str | None
+    ) -> Any:
+        """Run one agent call in the tenant's live code or a snapshot."""
+        started = time.perf_counter()
+        unit = await self._acquire(tenant, snapshot)
+        try:
+            result = await unit.call(agent, args, lambda: self._runtime.release(unit))
+        except Exception:
+            self._calls_failed.inc()
+            raise
+        self._calls_ok.inc()
+        self._metrics.call_seconds.observe(time.perf_counter() - started)
+        return result
+
+    # -- garbage ------------------------------------------------------------------------
+
+    async def collect_garbage(self) -> GarbageReport:
+        """Remove stored files that no deployment, snapshot or loaded namespace uses."""
+        async with self.write_lock:
+            return await self._collect_locked()
+
+    async def _collect_locked(self) -> GarbageReport:
+        bundles = self._runtime.digests() | set(self._pinned)
+        bundles |= {digest for digest, _ in self._staging}
+        blobs = {blob for _, staged in self._staging for blob in staged}
+        return await asyncio.to_thread(self._store.collect_garbage, bundles, blobs)
+
+    async def collect_periodically(self, interval: float) -> None:
+        """Collect garbage every ``interval`` seconds, until cancelled."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.collect_garbage()
+            except Exception:
+                # The next pass retries; a pass that fails must not end the loop.
+                log.exception("garbage collection failed")
+
+
+def _launch(location: Location, *, live: bool) -> Launch:
+    return Launch(
+        location.tenant,
+        location.namespace,
+        location.version,
+        location.digest,
+        location.folder,
+        tuple(location.manifest.mods) if live else (),
+        live,
+    )
+
+
+def _unit_of(started: Started) -> Unit:
+    if started.unit is None:
+        raise RuntimeError("a placement's start() must return the unit it started")
+    return started.unit
+
+
+async def _discard(started: Started, timeout: float) -> None:
+    """Stop what a failed deploy started; the runtime never held it."""
+    for mod in started.instances:
+        await stop_mod(mod, timeout)
+    if started.unit is not None:
+        stopping = started.unit.unload()
+        if stopping is not None:
+            await stopping
+
+
+def _check_tenant(tenant: str) -> None:
+    try:
+        check_tenant_name(tenant)
+    except ValueError:
+        raise InvalidNameError("tenant", tenant, TENANT_NAME_RULE) from None
+
+
+def _check_snapshot_name(name: str) -> None:
+    valid = (
+        isinstance(name, str) and bool(_SNAPSHOT_NAME.fullmatch(name)) and name not in (".", "..")
+    )
+    try:
+        name.encode("utf-8")  # a lone surrogate matches the pattern but cannot be stored
+    except (UnicodeEncodeError, AttributeError):
+        valid = False
+    if not valid:
+        raise InvalidNameError("snapshot", str(name), SNAPSHOT_NAME_RULE)

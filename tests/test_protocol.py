@@ -1,0 +1,517 @@
+"""The worker protocol over a real socket pair: frames, checked messages, large frames, the spec."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+from unittest import mock
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from plughost import protocol
+from plughost.protocol import (
+    MAX_DEPTH,
+    MAX_FRAME,
+    OFF_LOOP_BYTES,
+    ProtocolError,
+    RemoteError,
+    Requests,
+    WireError,
+    WorkerSpec,
+    check_message,
+    encode,
+    encode_async,
+    read,
+    write,
+)
+
+
+@dataclass
+class Pipe:
+    """Both ends of a socket pair as asyncio streams: the host's and the worker's."""
+
+    host_in: asyncio.StreamReader
+    host_out: asyncio.StreamWriter
+    worker_in: asyncio.StreamReader
+    worker_out: asyncio.StreamWriter
+
+
+@pytest.fixture
+async def pipe() -> AsyncIterator[Pipe]:
+    host_end, worker_end = socket.socketpair()
+    host_in, host_out = await asyncio.open_connection(sock=host_end)
+    worker_in, worker_out = await asyncio.open_connection(sock=worker_end)
+    yield Pipe(host_in, host_out, worker_in, worker_out)
+    for writer in (host_out, worker_out):
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+def frame_of(payload: bytes) -> bytes:
+    return len(payload).to_bytes(4, "big") + payload
+
+
+def nested(depth: int, inner: Any = None) -> Any:
+    """``depth`` lists, one in the other, around ``inner`` (none: the innermost is empty)."""
+    value: Any = [] if inner is None else [inner]
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def deep_text(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+async def read_soon(reader: asyncio.StreamReader) -> list[Any]:
+    return await asyncio.wait_for(read(reader), 10)
+
+
+# -- requests and replies ------------------------------------------------------------------
+
+
+async def test_requests_round_trip_out_of_order(pipe: Pipe) -> None:
+    requests = Requests()
+    first, answered_first = requests.open("call", "notifier", {"message": "hi"})
+    second, answered_second = requests.open("rpc", "mapper", "locate", [1, 2], {})
+    await write(pipe.host_out, first)
+    await write(pipe.host_out, second)
+
+    got = [await read_soon(pipe.worker_in), await read_soon(pipe.worker_in)]
+    assert got == [first, second]
+    assert got[0][1] != got[1][1]
+    await write(pipe.worker_out, ["reply", got[1][1], False, ["rpc", "KeyError", "no robot"]])
+    await write(pipe.worker_out, ["reply", got[0][1], True, {"said": "hi"}])
+
+    for _ in range(2):
+        requests.settle(await read_soon(pipe.host_in))
+    assert await answered_first == {"said": "hi"}
+    with pytest.raises(RemoteError) as failed:
+        await answered_second
+    assert (failed.value.kind, failed.value.error_type, failed.value.message) == (
+        "rpc",
+        "KeyError",
+        "no robot",
+    )
+
+
+async def test_a_dropped_request_ignores_its_reply_and_fail_all_fails_the_rest(
+    pipe: Pipe,
+) -> None:
+    requests = Requests()
+    dropped, dropped_future = requests.open("call", "a", {})
+    waiting, waiting_future = requests.open("call", "b", {})
+    requests.drop(dropped)
+
+    await write(pipe.worker_out, ["reply", dropped[1], True, "late"])
+    await write(pipe.worker_out, ["reply", 999, True, "never asked"])
+    requests.settle(await read_soon(pipe.host_in))
+    requests.settle(await read_soon(pipe.host_in))
+    assert not dropped_future.done()
+    assert not waiting_future.done()
+
+    requests.fail_all(ConnectionResetError("gone"))
+    with pytest.raises(ConnectionResetError):
+        await waiting_future
+    requests.settle(["reply", waiting[1], True, "after the end"])  # ignored
+    dropped_future.cancel()
+
+
+async def test_a_closed_peer_is_an_incomplete_read(pipe: Pipe) -> None:
+    pipe.worker_out.write(b"\x00\x00")
+    pipe.worker_out.close()
+    with pytest.raises(asyncio.IncompleteReadError):
+        await read_soon(pipe.host_in)
+
+
+# -- frames that break the protocol ---------------------------------------------------------
+
+
+async def test_a_frame_over_max_frame_is_refused_before_it_is_read(pipe: Pipe) -> None:
+    pipe.worker_out.write((MAX_FRAME + 1).to_bytes(4, "big") + b"abc")
+    with pytest.raises(WireError, match="over the"):
+        await read_soon(pipe.host_in)
+    assert await pipe.host_in.readexactly(3) == b"abc"  # the body was left alone
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"{not json",
+        b"[1, 2",
+        b'["reply", 1, true, "x"] extra',
+        b"\xff\xfe\xfa\x00\x01",
+        b"",
+        b"[" + b"1," * (OFF_LOOP_BYTES // 2) + b"]",  # large, and a trailing comma
+        b'["reply", 1, true, "' + b"\xc3" * (OFF_LOOP_BYTES + 1) + b'"]',  # large, not UTF-8
+    ],
+    ids=["object", "unclosed", "extra", "bytes", "empty", "large", "large-not-utf8"],
+)
+async def test_a_frame_that_is_not_json_is_a_wire_error(pipe: Pipe, payload: bytes) -> None:
+    pipe.worker_out.write(frame_of(payload))
+    with pytest.raises(WireError, match="not JSON") as raised:
+        await read_soon(pipe.host_in)
+    assert not isinstance(raised.value, ProtocolError)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        deep_text(100_000),  # 200 KB: decoded on the loop
+        deep_text(300_000),  # 600 KB: decoded in a thread
+        '["reply", 1, true, ' + deep_text(100_000) + "]",
+        '["reply", 1, true, ["' + "x" * OFF_LOOP_BYTES + '", ' + deep_text(100_000) + "]]",
+        '["reply", 1, true, {"a": ' * 50_000 + "0" + "}]" * 50_000,
+    ],
+    ids=["small", "large", "in-a-reply", "in-a-large-reply", "objects"],
+)
+async def test_deep_nesting_is_a_protocol_error_not_a_recursion_error(
+    pipe: Pipe, text: str
+) -> None:
+    pipe.worker_out.write(frame_of(text.encode()))
+    with pytest.raises(ProtocolError, match=f"deeper than {MAX_DEPTH}"):
+        await read_soon(pipe.host_in)
+
+
+@pytest.mark.parametrize("large", [False, True], ids=["small", "large"])
+async def test_nesting_is_allowed_up_to_max_depth(pipe: Pipe, large: bool) -> None:
+    padding = ["x" * (OFF_LOOP_BYTES + 1)] if large else []
+    # The message is a level, and so is the list that holds the padding.
+    allowed = ["reply", 1, True, [*padding, nested(MAX_DEPTH - 2, 7)]]
+    too_deep = ["reply", 2, True, [*padding, nested(MAX_DEPTH - 1, 7)]]
+    assert protocol._too_deep(allowed) is False
+    assert protocol._too_deep(too_deep) is True
+
+    pipe.worker_out.write(encode(allowed))
+    assert await read_soon(pipe.host_in) == allowed
+    pipe.worker_out.write(frame_of(json.dumps(too_deep).encode()))
+    with pytest.raises(ProtocolError):
+        await read_soon(pipe.host_in)
+
+
+WRONG_SHAPES: list[tuple[Any, str]] = [
+    ({"kind": "call", "id": 1}, "is a list, not dict"),
+    ("call", "is a list, not str"),
+    ([], "begins with a kind and an id"),
+    (["call"], "begins with a kind and an id"),
+    ([1, 1], "kind is a str, not int"),
+    (["call", True], "id is an int, not bool"),
+    (["call", 1.0], "id is an int, not float"),
+    (["call", "1"], "id is an int, not str"),
+    (["reply", 1, True], "reply has 4 items, not 3"),
+    (["reply", 1, True, None, None], "reply has 4 items, not 5"),
+    (["reply", 1, 1, "x"], "ok is a bool, not int"),
+    (["reply", 1, False, "boom"], "3 strings"),
+    (["reply", 1, False, ["a", "b"]], "3 strings"),
+    (["reply", 1, False, ["a", "b", 3]], "3 strings"),
+    (["reply", 1, False, ["a", "b", "c", "d"]], "3 strings"),
+    (["reply", 1, False, None], "3 strings"),
+]
+
+
+@pytest.mark.parametrize(("message", "why"), WRONG_SHAPES, ids=[w for _, w in WRONG_SHAPES])
+def test_check_message_names_what_is_wrong(message: Any, why: str) -> None:
+    with pytest.raises(ProtocolError, match=why):
+        check_message(message)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        ["call", 1, "notifier", {"message": "hi"}],
+        ["stop", 2],
+        ["ready", 0, {}, []],
+        ["reply", 3, True, None],
+        ["reply", 4, True, [1, "two"]],
+        ["reply", 5, False, ["rpc", "KeyError", "no robot"]],
+    ],
+)
+def test_check_message_returns_messages_as_they_are(message: list[Any]) -> None:
+    assert check_message(message) is message
+
+
+@pytest.mark.parametrize(("message", "why"), WRONG_SHAPES[::3])
+async def test_read_returns_only_checked_messages(pipe: Pipe, message: Any, why: str) -> None:
+    pipe.worker_out.write(frame_of(json.dumps(message).encode()))
+    with pytest.raises(ProtocolError, match=why):
+        await read_soon(pipe.host_in)
+
+
+# -- large frames ---------------------------------------------------------------------------
+
+
+async def test_a_30_mb_frame_is_decoded_in_a_thread_while_the_loop_keeps_running(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Records of scalars: the shape of a big result, and one that sets off few collections
+    # (millions of new lists would: a full collection holds the GIL, in whatever thread).
+    records = [
+        {"id": i, "name": f"record {i}", "score": i / 7, "even": i % 2 == 0, "note": None}
+        for i in range(450_000)
+    ]
+    frame = encode(["reply", 7, True, records])
+    del records
+    assert len(frame) > 30_000_000
+
+    decoded_in: list[int] = []
+    decode_large = protocol._decode_large
+
+    def spy(parts: list[bytes]) -> Any:
+        decoded_in.append(threading.get_ident())
+        return decode_large(parts)
+
+    monkeypatch.setattr(protocol, "_decode_large", spy)
+    host_end, worker_end = socket.socketpair()
+    reader, writer = await asyncio.open_connection(sock=host_end)
+    gaps: list[float] = []
+    reading = True
+
+    async def tick() -> None:
+        last = time.perf_counter()
+        while reading:
+            await asyncio.sleep(0.001)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    ticker = asyncio.create_task(tick())
+    await asyncio.sleep(0.01)
+    sending = asyncio.create_task(asyncio.to_thread(worker_end.sendall, frame))
+    try:
+        message = await asyncio.wait_for(read(reader), 60)
+    finally:
+        reading = False
+        await ticker
+        await sending
+        writer.close()
+        worker_end.close()
+
+    assert decoded_in and decoded_in[0] != threading.get_ident()
+    assert max(gaps) < 0.1, f"the loop stalled for {max(gaps) * 1000:.0f} ms"
+    assert encode(message) == frame
+
+
+JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**20), 10**20)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(st.sampled_from('[]{}",:\\ aé😀\n\x00'), max_size=8)
+    | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=6)
+        | st.dictionaries(st.text(st.sampled_from('[]{}",:\\ ak'), max_size=4), inner, max_size=6)
+    ),
+    max_leaves=30,
+)
+
+
+def outcome(read_it: Callable[[], Any]) -> tuple[str, str]:
+    try:
+        return "message", json.dumps(read_it())
+    except ProtocolError:
+        return "not a message", ""
+    except (WireError, ValueError):
+        return "not json", ""
+
+
+@given(
+    value=JSON,
+    indent=st.sampled_from([None, 0, 2, "\t"]),
+    ensure_ascii=st.booleans(),
+    encoding=st.sampled_from(["utf-8", "utf-8", "utf-16", "utf-32"]),
+    damage=st.none() | st.tuples(st.integers(0, 10**6), st.sampled_from(list(',]}["x 1\\:'))),
+    large=st.booleans(),
+    slice_size=st.integers(2, 64),
+    read_step=st.integers(1, 16),
+)
+def test_frames_decode_as_json_loads_decodes_them(
+    value: Any,
+    indent: int | str | None,
+    ensure_ascii: bool,
+    encoding: str,
+    damage: tuple[int, str] | None,
+    large: bool,
+    slice_size: int,
+    read_step: int,
+) -> None:
+    """Both decoders, the one on the loop and the one in slices, against json.loads.
+
+    Tiny slices and read steps make every item straddle a slice and every character
+    of UTF-16 a read; ``large`` sends even small frames down the large path.
+    """
+    text = json.dumps(["reply", 1, True, value], indent=indent, ensure_ascii=ensure_ascii)
+    if damage is not None:
+        at = damage[0] % (len(text) + 1)
+        text = text[:at] + damage[1] + text[at + 1 :]
+    payload = text.encode(encoding, "surrogatepass")
+    expected = outcome(lambda: check_message(json.loads(payload)))
+
+    async def send_and_read() -> list[Any]:
+        host_end, worker_end = socket.socketpair()
+        reader, writer = await asyncio.open_connection(sock=host_end)
+        with worker_end:
+            worker_end.sendall(frame_of(payload))
+            try:
+                return await read_soon(reader)
+            finally:
+                writer.close()
+
+    patches: dict[str, Any] = {"_SLICE": slice_size, "_READ_STEP": read_step}
+    if large:
+        patches["OFF_LOOP_BYTES"] = 0
+    with mock.patch.multiple(protocol, **patches):
+        got = outcome(lambda: asyncio.run(send_and_read()))
+    assert got == expected
+
+
+# -- writing ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("items", [10, 5_000, 50_000], ids=["inline", "one-call", "pure"])
+async def test_write_encodes_large_messages_in_a_thread(
+    pipe: Pipe, monkeypatch: pytest.MonkeyPatch, items: int
+) -> None:
+    encoded_in: list[int] = []
+    encode_off_loop = protocol._encode_off_loop
+
+    def spy(message: Any) -> bytes:
+        encoded_in.append(threading.get_ident())
+        return encode_off_loop(message)
+
+    monkeypatch.setattr(protocol, "_encode_off_loop", spy)
+    message = ["reply", 1, True, [{"n": n, "s": "é" * (n % 5)} for n in range(items)]]
+    assert await encode_async(message) == encode(message)
+    reading = asyncio.create_task(read_soon(pipe.worker_in))  # a large frame fills the socket
+    await write(pipe.host_out, message)
+    assert await reading == message
+    if items == 10:
+        assert encoded_in == []
+    else:
+        assert encoded_in and threading.get_ident() not in encoded_in
+
+
+@pytest.mark.parametrize("off_loop", [False, True], ids=["encode", "encode_async"])
+async def test_encoding_refuses_what_reading_would_refuse(off_loop: bool) -> None:
+    padding = list(range(100_000)) if off_loop else []
+
+    async def encoded(value: Any) -> bytes:
+        message = ["reply", 1, True, [padding, value]]
+        return await encode_async(message) if off_loop else encode(message)
+
+    assert await encoded(nested(MAX_DEPTH - 2))
+    with pytest.raises(ValueError, match=f"deeper than {MAX_DEPTH}"):
+        await encoded(nested(MAX_DEPTH - 1))
+    with pytest.raises(ValueError, match=f"deeper than {MAX_DEPTH}"):
+        await encoded(nested(100_000))  # not RecursionError
+    with pytest.raises(ValueError):
+        await encoded(math.nan)
+    with pytest.raises(TypeError):
+        await encoded(object())
+    cycle: list[Any] = []
+    cycle.append(cycle)
+    with pytest.raises(ValueError):
+        await encoded(cycle)
+
+
+def test_encode_refuses_a_frame_over_max_frame(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(protocol, "MAX_FRAME", 100)
+    assert encode(["reply", 1, True, "x" * 50])
+    with pytest.raises(ValueError, match="over the 100-byte limit"):
+        encode(["reply", 1, True, "x" * 100])
+
+
+# -- the worker's spec ------------------------------------------------------------------------
+
+SPEC = WorkerSpec(
+    "acme",
+    3,
+    "/data/bundles/acme-3",
+    "/data",
+    (
+        ("mods/mapper.py:Mapper", "mapper", {"size": 4, "tags": ["a"]}, ("locate",)),
+        ("mods/cache.py", "cache", {}, ()),
+    ),
+    5.0,
+    30.0,
+)
+
+
+def test_worker_spec_keeps_its_positional_fields_and_defaults() -> None:
+    assert (SPEC.unload_timeout, SPEC.start_timeout) == (5.0, 30.0)
+    assert SPEC.call_timeout == 60.0
+    assert SPEC.snapshot is None
+    spec = WorkerSpec("acme", 3, "/f", "/d", (), 1.0, 2.0, 3.0, snapshot="jan")
+    assert (spec.call_timeout, spec.snapshot) == (3.0, "jan")
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [SPEC, WorkerSpec("acme", 3, "/f", "/d", (), 1.0, 2.0, 0.5, snapshot="jan")],
+)
+async def test_worker_spec_round_trips_through_a_frame(pipe: Pipe, spec: WorkerSpec) -> None:
+    pipe.host_out.write(encode(spec.to_message()))
+    size = int.from_bytes(await pipe.worker_in.readexactly(4), "big")
+    fields = json.loads(await pipe.worker_in.readexactly(size))
+    assert WorkerSpec.from_message(fields) == spec
+
+
+def test_worker_spec_from_message_fills_in_what_an_older_host_left_out() -> None:
+    fields = json.loads(json.dumps(asdict(SPEC)))
+    del fields["call_timeout"], fields["snapshot"], fields["unload_timeout"]
+    spec = WorkerSpec.from_message(fields)
+    assert spec.call_timeout == 60.0
+    assert spec.unload_timeout == 10.0
+    assert spec.instances == SPEC.instances
+
+
+def with_field(name: str, value: Any) -> dict[str, Any]:
+    fields = SPEC.to_message()
+    fields[name] = value
+    return fields
+
+
+def with_instance(item: Any) -> dict[str, Any]:
+    return with_field("instances", [item])
+
+
+BAD_SPECS: list[tuple[Any, str]] = [
+    (["acme"], "is an object, not list"),
+    ({k: v for k, v in SPEC.to_message().items() if k != "tenant"}, "missing .*tenant"),
+    (with_field("sandbox", True), "unknown .*sandbox"),
+    (with_field("tenant", None), "tenant should be str, not NoneType"),
+    (with_field("version", "3"), "version should be int, not str"),
+    (with_field("version", True), "version should be int, not bool"),
+    (with_field("folder", 3), "folder should be str"),
+    (with_field("instances", {"a": 1}), "instances should be list or tuple, not dict"),
+    (with_instance(["mods/a.py", "a", {}]), "instance 0 should be"),
+    (with_instance(["mods/a.py", "a", [], []]), "instance 0 should be"),
+    (with_instance(["mods/a.py", "a", {1: 2}, []]), "instance 0 should be"),
+    (with_instance(["mods/a.py", "a", {}, "locate"]), "instance 0 should be"),
+    (with_instance(["mods/a.py", "a", {}, [1]]), "instance 0 should be"),
+    (with_instance("mods/a.py"), "instance 0 should be"),
+    (with_field("call_timeout", "5"), "call_timeout should be seconds"),
+    (with_field("start_timeout", True), "start_timeout should be seconds"),
+    (with_field("unload_timeout", 0), "unload_timeout should be seconds"),
+    (with_field("unload_timeout", -1), "unload_timeout should be seconds"),
+    (with_field("call_timeout", math.nan), "call_timeout should be seconds"),
+    (with_field("call_timeout", math.inf), "call_timeout should be seconds"),
+    (with_field("snapshot", 3), "snapshot should be str, not int"),
+]
+
+
+@pytest.mark.parametrize(("fields", "why"), BAD_SPECS, ids=[w for _, w in BAD_SPECS])
+def test_worker_spec_from_message_refuses_bad_fields(fields: Any, why: str) -> None:
+    with pytest.raises(ProtocolError, match=why):
+        WorkerSpec.from_message(fields)
