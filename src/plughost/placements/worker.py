@@ -27,7 +27,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from .. import protocol
 from ..agent import AgentInfo
@@ -238,23 +238,59 @@ class _Process:
             self._reading.cancel()
 
 
+class WorkerProcess(Protocol):
+    """What the supervisor needs of one worker process (a test gives it a fake one)."""
+
+    started_at: float
+
+    @property
+    def pid(self) -> int | None: ...
+
+    async def start(self) -> Ready: ...
+
+    async def request(self, kind: str, *args: Any, timeout: float) -> Any: ...
+
+    def kill(self) -> None: ...
+
+    async def stop(self, timeout: float) -> None: ...
+
+
+ProcessFactory = Callable[
+    [WorkerSpec, Callable[[str, tuple[Any, ...]], Awaitable[Any]], Callable[[str], None]],
+    WorkerProcess,
+]
+"""Makes a worker process: ``(spec, on_request, on_exit)``; ``on_exit(reason)`` when it dies."""
+
+
 class Supervisor:
     """Keeps one namespace's worker process running.
 
     Args:
         spec: what the worker runs.
         on_request: answers the worker's requests to the host (``publish``, ``rpc``).
+        process: makes the worker process (a real one by default).
+        first_backoff, max_backoff: the wait before the first restart, doubling up to the
+            second.
     """
 
     def __init__(
-        self, spec: WorkerSpec, on_request: Callable[[str, tuple[Any, ...]], Awaitable[Any]]
+        self,
+        spec: WorkerSpec,
+        on_request: Callable[[str, tuple[Any, ...]], Awaitable[Any]],
+        *,
+        process: ProcessFactory = _Process,
+        first_backoff: float = _FIRST_BACKOFF,
+        max_backoff: float = _MAX_BACKOFF,
     ) -> None:
         self.spec = spec
         self._on_request = on_request
-        self._process: _Process | None = None
-        self._starting: _Process | None = None
+        self._make_process = process
+        self._first_backoff = first_backoff
+        self._max_backoff = max_backoff
+        self._process: WorkerProcess | None = None
+        self._starting: WorkerProcess | None = None
         self._restarting: asyncio.Task[None] | None = None
-        self._backoff = _FIRST_BACKOFF
+        self._backoff = first_backoff
         self._forgotten: set[str] = set()
         self.restarts = 0
         self.lifecycle = Lifecycle("worker", spec.tenant, WorkerState.STARTING, WORKER_TRANSITIONS)
@@ -289,7 +325,7 @@ class Supervisor:
         return self.ready
 
     async def _start_process(self, spec: WorkerSpec) -> Ready:
-        process = _Process(spec, self._on_request, self._crashed)
+        process = self._make_process(spec, self._on_request, self._crashed)
         self._starting = process
         try:
             ready = await process.start()
@@ -336,14 +372,14 @@ class Supervisor:
             self._process is not None
             and time.monotonic() - self._process.started_at > _STABLE_AFTER
         ):
-            self._backoff = _FIRST_BACKOFF
+            self._backoff = self._first_backoff
         spec = replace(
             self.spec,
             instances=tuple(i for i in self.spec.instances if i[1] not in self._forgotten),
         )
         for _ in range(MAX_ATTEMPTS):
             await asyncio.sleep(self._backoff)
-            self._backoff = min(self._backoff * 2, _MAX_BACKOFF)
+            self._backoff = min(self._backoff * 2, self._max_backoff)
             try:
                 self.ready = await self._start_process(spec)
             except Exception as exc:

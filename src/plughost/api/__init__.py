@@ -1,0 +1,86 @@
+"""The HTTP API: a thin adapter over one :class:`~plughost.network.Network`.
+
+Auth is ``Authorization: Bearer <token>``. The admin token may do everything;
+a tenant token only its own tenant: deploy, call, snapshot, and mods and
+events scoped to it. Health is public. Errors are JSON
+``{"error": {"code", "message"}}`` with a fitting 4xx status.
+
+One router per area (:mod:`.health`, :mod:`.events`, :mod:`.mods`,
+:mod:`.instances`, :mod:`.tenants`, :mod:`.agents`, :mod:`.snapshots`);
+:func:`create_app` only composes them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from .. import __version__
+from .._body_limit import BodyLimit
+from ..network import Network
+from ..tokens import hash_token
+from . import agents, events, health, instances, mods, snapshots, state, tenants
+from .admin_token import admin_token_for
+from .errors import EXCEPTION_HANDLERS, body_too_large
+
+__all__ = ["admin_token_for", "create_app"]
+
+# In this order: it is the order of the routes, and of the paths in the OpenAPI document.
+_ROUTERS = (
+    health.router,
+    events.router,
+    mods.router,
+    instances.router,
+    tenants.router,
+    agents.router,
+    snapshots.router,
+)
+
+
+def create_app(
+    network: Network,
+    *,
+    admin_token: str,
+    max_upload_bytes: int | None = None,
+    max_request_bytes: int = 1 << 20,
+) -> FastAPI:
+    """The ASGI app over ``network``; starting the app starts the network.
+
+    ``max_upload_bytes`` bounds a bundle upload (default: the network's
+    ``BundleLimits.max_total_bytes``), ``max_request_bytes`` every other
+    request body; a larger body gets 413.
+    """
+    app = FastAPI(
+        title="plughost",
+        version=__version__,
+        description="A multi-tenant plugin host: tenants, snapshots, agents, mods and events.",
+        lifespan=_running_network,
+        exception_handlers=EXCEPTION_HANDLERS,
+    )
+    state.keep(
+        app,
+        network,
+        admin_hash=hash_token(admin_token),
+        upload_limit=max_upload_bytes or network.limits.max_total_bytes,
+    )
+    app.add_middleware(
+        BodyLimit,
+        limit=max_request_bytes,
+        too_large=body_too_large,
+        streams=tenants.is_bundle_upload,
+    )
+    for router in _ROUTERS:
+        app.include_router(router)
+    return app
+
+
+@asynccontextmanager
+async def _running_network(app: FastAPI) -> AsyncIterator[None]:
+    network = state.network_of_app(app)
+    await network.start()
+    try:
+        yield
+    finally:
+        await network.stop()

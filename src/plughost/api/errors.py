@@ -1,0 +1,155 @@
+"""Errors as the API answers them: JSON ``{"error": {"code", "message"}}`` and a status.
+
+A route raises :class:`ApiError`; a :class:`~plughost.errors.PlughostError`
+gets its status and code from ``_STATUSES``. ``ERRORS`` documents the error
+responses of a route.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from ..errors import (
+    AgentError,
+    AmbiguousNameError,
+    BundleLoadError,
+    BundleRejectedError,
+    BundleTooLargeError,
+    CallTimeoutError,
+    DuplicateAgentError,
+    DuplicateSnapshotError,
+    InvalidNameError,
+    ModAlreadyLoadedError,
+    ModLoadError,
+    ModNotLoadedError,
+    ModPathRefusedError,
+    NotStartedError,
+    OutsideTenantError,
+    PlughostError,
+    RpcError,
+    UnknownAgentError,
+    UnknownRpcError,
+    UnknownSnapshotError,
+    UnknownTenantError,
+    WorkerCrashed,
+    WorkerStartFailed,
+)
+
+# Most specific first: the first matching class decides the status.
+_STATUSES: list[tuple[type[Exception], int, str]] = [
+    (BundleTooLargeError, 413, "too_large"),
+    (BundleRejectedError, 400, "bundle_rejected"),
+    (BundleLoadError, 422, "bundle_load_failed"),
+    (DuplicateAgentError, 422, "duplicate_agent"),
+    (InvalidNameError, 400, "invalid_name"),
+    (UnknownTenantError, 404, "unknown_tenant"),
+    (UnknownSnapshotError, 404, "unknown_snapshot"),
+    (UnknownAgentError, 404, "unknown_agent"),
+    (ModNotLoadedError, 404, "mod_not_loaded"),
+    (UnknownRpcError, 404, "unknown_rpc"),
+    (AmbiguousNameError, 409, "ambiguous_name"),
+    (DuplicateSnapshotError, 409, "duplicate_snapshot"),
+    (ModAlreadyLoadedError, 409, "mod_already_loaded"),
+    (ModPathRefusedError, 403, "mod_path_refused"),
+    (OutsideTenantError, 403, "forbidden"),
+    (ModLoadError, 422, "mod_load_failed"),
+    (AgentError, 422, "agent_error"),
+    (RpcError, 422, "rpc_error"),
+    (WorkerStartFailed, 422, "bundle_load_failed"),
+    (WorkerCrashed, 503, "worker_crashed"),
+    (CallTimeoutError, 504, "call_timeout"),
+    (NotStartedError, 503, "not_started"),
+]
+
+
+class ApiError(Exception):
+    """An error answered as ``{"error": {"code", "message"}}`` with ``status``."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        self.status = status
+        self.code = code
+        self.message = message
+        super().__init__(message)
+
+
+def error_response(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+def body_too_large(limit: int) -> JSONResponse:
+    """The answer to a request body over ``limit`` bytes."""
+    return error_response(413, "too_large", f"the request body is over {limit} bytes")
+
+
+# -- what the error responses look like, for the OpenAPI document --------------------
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+_ERROR_STATUSES = (400, 401, 403, 404, 409, 413, 415, 422, 503, 504)
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse} for status in _ERROR_STATUSES
+}
+# A "model" would be documented in the route's own media type; errors are JSON on every route.
+ERRORS_OF_TEXT_ROUTES: dict[int | str, dict[str, Any]] = {
+    status: {
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+    }
+    for status in _ERROR_STATUSES
+}
+
+
+# -- the exception handlers ----------------------------------------------------------
+
+
+async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+    return error_response(exc.status, exc.code, exc.message)
+
+
+async def _plughost_error(request: Request, exc: PlughostError) -> JSONResponse:
+    for cls, status, code in _STATUSES:
+        if isinstance(exc, cls):
+            return error_response(status, code, str(exc))
+    return error_response(400, "error", str(exc))
+
+
+async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    if any(error.get("type") == "json_invalid" for error in errors):
+        return error_response(400, "invalid_json", "the request body is not valid JSON")
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in error.get('loc', ()))}: {error.get('msg')}" for error in errors
+    )
+    return error_response(422, "invalid_request", problems)
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    # FastAPI answers 400 itself only when it cannot parse a body (too deeply nested JSON).
+    codes = {400: "invalid_json", 404: "not_found", 405: "method_not_allowed"}
+    code = codes.get(exc.status_code, "http_error")
+    return error_response(exc.status_code, code, str(exc.detail))
+
+
+EXCEPTION_HANDLERS: dict[
+    int | type[Exception], Callable[[Request, Any], Coroutine[Any, Any, Response]]
+] = {
+    ApiError: _api_error,
+    PlughostError: _plughost_error,
+    RequestValidationError: _invalid,
+    StarletteHTTPException: _http_error,
+}

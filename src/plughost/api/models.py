@@ -1,0 +1,110 @@
+"""The request and response bodies of the routes (errors are in :mod:`.errors`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from ..mod import ModUnloadReport
+from ..naming import TENANT_NAME_PATTERN
+from ..tenants import SNAPSHOT_NAME_PATTERN
+
+
+class DeploymentModel(BaseModel):
+    tenant: str
+    version: int
+    digest: str
+    files: list[str]
+    agents: list[str]
+    created_at: float
+    metadata: dict[str, Any]
+    placement: str
+    token: str | None = Field(
+        default=None, description="the tenant token, returned once: on the tenant's first deploy"
+    )
+
+
+class TenantModel(BaseModel):
+    name: str
+    version: int
+    digest: str
+    agents: list[str]
+    files: list[str]
+    snapshots: list[str]
+    created_at: float
+
+
+class TenantToken(BaseModel):
+    tenant: str
+    token: str
+
+
+class SnapshotCreate(BaseModel):
+    name: str = Field(pattern=SNAPSHOT_NAME_PATTERN)
+
+
+class AgentModel(BaseModel):
+    name: str
+    description: str
+    tool: dict[str, Any]
+
+
+class CallRequest(BaseModel):
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+class CallResponse(BaseModel):
+    output: Any
+
+
+class ModLoadRequest(BaseModel):
+    mod_path: str = Field(min_length=1, max_length=1024)
+    config: dict[str, Any] = Field(default_factory=dict)
+    mod_id: str | None = Field(default=None, pattern=TENANT_NAME_PATTERN)
+    tenant: str | None = Field(default=None, pattern=TENANT_NAME_PATTERN)
+
+
+class ModLoadResponse(BaseModel):
+    mod_id: str
+    key: str
+    mod_path: str
+
+
+class ModUnloadResponse(BaseModel):
+    mod_id: str
+    mod_path: str
+    message: str
+    shutdown_error: str | None
+    leaked: list[str]
+
+    @classmethod
+    def of(cls, report: ModUnloadReport) -> ModUnloadResponse:
+        return cls(
+            mod_id=report.mod_id,
+            mod_path=report.mod_path,
+            message=report.message,
+            shutdown_error=report.shutdown_error,
+            leaked=report.leaked,
+        )
+
+
+class ModsModel(BaseModel):
+    loaded: list[str]
+    count: int
+    failed: list[str]
+    details: dict[str, dict[str, Any]]
+
+
+class InstanceModel(BaseModel):
+    rpc_name: str
+    tenant: str | None
+    name: str
+    mod_path: str
+    class_: str = Field(alias="class")
+    origin: str
+    placement: str
+
+
+class Removed(BaseModel):
+    removed: str

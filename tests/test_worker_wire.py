@@ -1,0 +1,146 @@
+"""What a worker sends the host is checked: a broken frame restarts that worker alone, and
+a huge answer stalls no other tenant."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from plughost import Network, RpcError, WorkerCrashed
+
+from .conftest import agent_bundle
+
+RAW = """
+import json
+import socket
+import sys
+from plughost import Agent, Mod, rpc
+
+
+def send(payload: bytes) -> str:
+    # Written straight to the host's socket, around the worker's own writer.
+    sock = socket.socket(fileno=int(sys.argv[1]))
+    try:
+        sock.sendall(len(payload).to_bytes(4, "big") + payload)
+    finally:
+        sock.detach()
+    return "sent"
+
+
+class RawMod(Mod):
+    @rpc
+    def ping(self):
+        return "pong"
+
+    @rpc
+    def deep(self):
+        return send(b"[" * 100_000 + b"]" * 100_000)
+
+    @rpc
+    def not_a_message(self):
+        return send(json.dumps({"kind": "reply"}).encode())
+
+    @rpc
+    def bad_reply(self):
+        return send(json.dumps(["reply", 1, False, "no list"]).encode())
+
+    @rpc
+    def id_not_an_int(self):
+        return send(json.dumps(["publish", "one", "topic", {}, None, "x"]).encode())
+
+
+class HugeAgent(Agent):
+    name = "Huge"
+
+    def perform(self, **kwargs):
+        return [{"i": i, "s": "x" * 16} for i in range(1_000_000)]
+"""
+
+
+def raw_bundle() -> dict[str, object]:
+    manifest = '[[mods]]\npath = "raw_module"\nname = "raw"\n'
+    return {
+        "files": [
+            {"filename": "raw_module.py", "source": RAW},
+            {"filename": "plughost.toml", "source": manifest},
+        ]
+    }
+
+
+async def _wait_until_ready(network: Network, tenant: str, restarts: int) -> dict[str, object]:
+    for _ in range(3000):  # bounded: the supervisor restarts with a short backoff
+        worker = network.health()["workers"][tenant]
+        if worker["state"] == "ready" and worker["restarts"] >= restarts:
+            return worker  # type: ignore[no-any-return]
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"the worker of {tenant} did not come back: {worker}")
+
+
+@pytest.mark.parametrize("method", ["deep", "not_a_message", "bad_reply", "id_not_an_int"])
+async def test_a_malformed_frame_restarts_that_worker_and_fails_only_its_calls(
+    tmp_path: Path, method: str
+) -> None:
+    async with Network(tmp_path / "data", unload_timeout=1) as network:
+        await network.deploy("bad", raw_bundle(), placement="process")
+        await network.deploy("good", agent_bundle("fine"), placement="process")
+        first_pid = network.health()["workers"]["bad"]["pid"]
+        with pytest.raises(WorkerCrashed, match="protocol error"):
+            await network.rpc("bad/raw", method)
+        # The reader is gone, so health never calls the worker ready until a new one is.
+        assert network.health()["workers"]["bad"]["state"] != "ready"
+        assert network.health()["status"] == "degraded"
+        assert await network.call_agent("good", "Notifier", {"message": "m"}) == "fine:m"
+        worker = await _wait_until_ready(network, "bad", 1)
+        assert worker["pid"] != first_pid
+        assert await network.rpc("bad/raw", "ping") == "pong"
+        assert network.health()["workers"]["good"]["restarts"] == 0
+
+
+async def test_a_call_to_a_worker_has_a_deadline(tmp_path: Path) -> None:
+    slow = """
+import time
+from plughost import Mod, rpc
+
+class SlowMod(Mod):
+    @rpc
+    def nap(self):
+        time.sleep(30)
+"""
+    bundle = {
+        "files": [
+            {"filename": "slow_module.py", "source": slow},
+            {
+                "filename": "plughost.toml",
+                "source": '[[mods]]\npath = "slow_module"\nname = "slow"\n',
+            },
+        ]
+    }
+    async with Network(tmp_path / "data", unload_timeout=1, call_timeout=0.5) as network:
+        await network.deploy("sleepy", bundle, placement="process")
+        with pytest.raises(RpcError, match="TimeoutError"):
+            await network.rpc("sleepy/slow", "nap")
+
+
+async def test_a_30_mb_answer_from_a_worker_stalls_no_other_tenant(tmp_path: Path) -> None:
+    async with Network(tmp_path / "data") as network:
+        await network.deploy("big", raw_bundle(), placement="process")
+        await network.deploy("other", agent_bundle("quick"))
+        await network.call_agent("other", "Notifier", {"message": "warm"})
+        huge = asyncio.create_task(network.call_agent("big", "Huge"))
+        # From one call's start to the next: a stalled loop delays the next call, not this one.
+        slowest = 0.0
+        calls = 0
+        started = time.perf_counter()
+        while not huge.done():
+            assert await network.call_agent("other", "Notifier", {"message": "m"}) == "quick:m"
+            calls += 1
+            await asyncio.sleep(0.001)
+            now = time.perf_counter()
+            slowest, started = max(slowest, now - started), now
+        answer = await huge
+        assert len(answer) == 1_000_000 and answer[-1] == {"i": 999_999, "s": "x" * 16}
+        assert calls > 10
+        assert slowest < 0.1, f"another tenant's call waited {slowest * 1000:.0f} ms"
