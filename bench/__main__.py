@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from . import http, loader, mods, network, workers
+from . import http, loader, mods, network, placements, workers
 from .report import Outcome
 
 GROUPS: dict[str, tuple[Callable[[], Outcome], ...]] = {
@@ -18,6 +18,7 @@ GROUPS: dict[str, tuple[Callable[[], Outcome], ...]] = {
     "mods": mods.BENCHMARKS,
     "http": http.BENCHMARKS,
     "workers": workers.BENCHMARKS,
+    "placements": placements.BENCHMARKS,
 }
 
 

@@ -270,6 +270,9 @@ async def test_redeploys_under_load_fail_no_call(
                 mine.append(await network.call_agent("hot", agent))
             except Exception as exc:
                 failures.append(exc)
+            # A client waits on its network between calls. Without any wait, 32 clients keep
+            # the GIL from the thread that writes the new version's files for seconds.
+            await asyncio.sleep(0.001)
 
     def calls() -> int:
         return sum(map(len, answers)) + len(failures)

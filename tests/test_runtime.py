@@ -11,6 +11,7 @@ import pytest
 from plughost import Namespace, NotStartedError
 from plughost.agent import load_namespace
 from plughost.agent_threads import AgentThreads
+from plughost.deadlines import Deadlines
 from plughost.placements.inprocess import InProcessUnit
 from plughost.runtime import Runtime, Starter, Unit
 
@@ -45,7 +46,7 @@ class Loads:
             self.entered.set()
             assert self.gate.wait(timeout=60)
             loaded = load_namespace(namespace, self.folder)
-            return InProcessUnit(loaded, "digest", AgentThreads(1), call_timeout=60)
+            return InProcessUnit(loaded, "digest", AgentThreads(1), Deadlines(), call_timeout=60)
 
         async def start() -> Unit:
             return await asyncio.to_thread(load)
@@ -197,7 +198,7 @@ async def test_add_registers_a_namespace_loaded_elsewhere(loads: Loads) -> None:
     runtime = Runtime()
     namespace = Namespace("deployed", version=1)
     loaded = await asyncio.to_thread(load_namespace, namespace, loads.folder)
-    entry = InProcessUnit(loaded, "digest", AgentThreads(1), call_timeout=60)
+    entry = InProcessUnit(loaded, "digest", AgentThreads(1), Deadlines(), call_timeout=60)
     runtime.add(entry)
     assert runtime.loaded() == [namespace]
     assert await runtime.acquire(namespace, loads.of(namespace)) is entry

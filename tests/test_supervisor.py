@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from plughost import WorkerCrashed, WorkerStartFailed
+from plughost.deadlines import Deadlines
 from plughost.lifecycle import TransitionError, WorkerState
 from plughost.placements.worker import MAX_ATTEMPTS, Ready, Supervisor
 from plughost.protocol import WorkerSpec
@@ -65,7 +66,7 @@ class FakeProcess:
         instances = [{"name": name} for _, name, _, _ in self.spec.instances]
         return {"Agent": ["does things", {}]}, instances
 
-    async def request(self, kind: str, *args: Any, timeout: float) -> Any:
+    async def request(self, kind: str, *args: Any) -> Any:
         return [kind, *args]
 
     def kill(self) -> None:
@@ -83,7 +84,9 @@ async def _no_request(kind: str, args: tuple[Any, ...]) -> Any:
 
 
 def supervisor(processes: Processes) -> Supervisor:
-    return Supervisor(SPEC, _no_request, process=processes, first_backoff=0.001, max_backoff=0.004)
+    return Supervisor(
+        SPEC, _no_request, Deadlines(), process=processes, first_backoff=0.001, max_backoff=0.004
+    )
 
 
 async def _until(check: Callable[[], bool]) -> None:
@@ -158,7 +161,7 @@ async def test_an_instance_unloaded_by_hand_is_not_brought_back() -> None:
 
 async def test_stop_ends_a_restart_in_progress_and_stops_the_process() -> None:
     processes = Processes(["ok", "fail"])
-    worker = Supervisor(SPEC, _no_request, process=processes, first_backoff=0.05)
+    worker = Supervisor(SPEC, _no_request, Deadlines(), process=processes, first_backoff=0.05)
     await worker.start()
     processes.made[0].die()
     await worker.stop(timeout=1)
@@ -170,7 +173,7 @@ async def test_stop_ends_a_restart_in_progress_and_stops_the_process() -> None:
 
 
 def test_the_lifecycle_refuses_what_its_table_does_not_allow() -> None:
-    worker = Supervisor(SPEC, _no_request, process=Processes(["ok"]))
+    worker = Supervisor(SPEC, _no_request, Deadlines(), process=Processes(["ok"]))
     with pytest.raises(TransitionError, match="starting -> failed"):
         worker.lifecycle.set(WorkerState.FAILED)
     worker.lifecycle.set(WorkerState.STOPPED)

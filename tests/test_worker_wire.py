@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from plughost import Network, RpcError, WorkerCrashed
+from plughost import CallTimeoutError, Network, WorkerCrashed
 
 from .conftest import agent_bundle
 
@@ -120,7 +120,7 @@ class SlowMod(Mod):
     }
     async with Network(tmp_path / "data", unload_timeout=1, call_timeout=0.5) as network:
         await network.deploy("sleepy", bundle, placement="process")
-        with pytest.raises(RpcError, match="TimeoutError"):
+        with pytest.raises(CallTimeoutError, match=r"'slow\.nap' of tenant 'sleepy'"):
             await network.rpc("sleepy/slow", "nap")
 
 

@@ -28,18 +28,13 @@ class AgentThreads:
             self._executor.shutdown(wait=False)
             self._executor = None
 
-    async def run(
-        self,
-        call: Callable[[], Any],
-        finished: Callable[[], None],
-        timeout: float | None = None,
-    ) -> Any:
+    async def run(self, call: Callable[[], Any], finished: Callable[[], None]) -> Any:
         """Run ``call`` in a thread; ``finished`` runs when the thread returns.
 
-        A caller cancelled meanwhile, or past ``timeout`` (``TimeoutError``), does
-        not stop the thread, so ``finished`` (which releases what the call uses)
-        waits for the thread, not the caller. An awaitable result is awaited
-        here, on the loop.
+        A caller cancelled meanwhile (or past its deadline) does not stop the
+        thread, so ``finished`` (which releases what the call uses) waits for
+        the thread, not the caller. An awaitable result is awaited here, on
+        the loop.
         """
         future = asyncio.get_running_loop().run_in_executor(self._executor, call)
 
@@ -49,5 +44,5 @@ class AgentThreads:
             finished()
 
         future.add_done_callback(done)
-        result = await asyncio.wait_for(asyncio.shield(future), timeout)
+        result = await asyncio.shield(future)
         return await result if inspect.isawaitable(result) else result

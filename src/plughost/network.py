@@ -25,6 +25,7 @@ from .agent import AgentInfo
 from .agent_threads import AgentThreads
 from .bundle import BundleLimits, BundleSource
 from .catalog import Catalog
+from .deadlines import Deadlines
 from .dispatch import Dispatcher
 from .errors import NotStartedError, OutsideTenantError
 from .events import Event, EventResponse
@@ -116,6 +117,7 @@ class Network:
         self._tokens = Tokens(self._store)
         self._runtime = Runtime(max_loaded_namespaces)
         self._threads = AgentThreads(agent_threads)
+        self._deadlines = Deadlines()
         self._mods = ModRegistry()
         self._dispatch = Dispatcher(
             self._mods,
@@ -137,11 +139,16 @@ class Network:
         )
         placements: list[PlacementImpl] = [
             InProcess(
-                control, self._threads, unload_timeout=unload_timeout, call_timeout=call_timeout
+                control,
+                self._threads,
+                self._deadlines,
+                unload_timeout=unload_timeout,
+                call_timeout=call_timeout,
             ),
             Worker(
                 self._dispatch,
                 self._dispatch.answer_worker,
+                self._deadlines,
                 data_dir=self.data_dir,
                 unload_timeout=unload_timeout,
                 start_timeout=worker_start_timeout,
@@ -201,6 +208,7 @@ class Network:
         await self._runtime.close()
         for placement in self._placements.values():
             await placement.close()
+        await self._deadlines.stop()
         self._threads.stop()
         self._store.close()
         self._started_at = None

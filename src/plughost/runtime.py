@@ -161,6 +161,15 @@ class Runtime:
                 self._entries.move_to_end(namespace)
                 return unit
 
+    def lease_loaded(self, namespace: Namespace) -> Unit | None:
+        """Lease ``namespace`` if it is loaded and takes calls (the warm path); else ``None``."""
+        unit = self._entries.get(namespace)
+        if unit is None or unit.retired:
+            return None
+        unit.in_flight += 1
+        self._entries.move_to_end(namespace)
+        return unit
+
     def lease(self, unit: Unit) -> None:
         """Take one more lease on a unit already held (kept loaded until released)."""
         unit.in_flight += 1

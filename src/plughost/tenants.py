@@ -236,6 +236,9 @@ class Tenants:
         attempts = 0
         while True:
             namespace, digest, version = self._catalog.target(tenant, snapshot)
+            warm = self._runtime.lease_loaded(namespace)
+            if warm is not None:
+                return warm
             start = self._starter(tenant, snapshot, namespace, digest, version)
             # Pinned while it may load: a GC pass must not take its folder meanwhile.
             self._pinned[digest] += 1

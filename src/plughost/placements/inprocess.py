@@ -16,6 +16,7 @@ from typing import Any
 
 from ..agent import AgentInfo, LoadedNamespace, load_namespace
 from ..agent_threads import AgentThreads
+from ..deadlines import DeadlineExceeded, Deadlines
 from ..errors import AgentError, CallTimeoutError, PlughostError, UnknownAgentError
 from ..manifest import InstanceSpec
 from ..mod import FailedMod, LoadedMod, LocalControl, ResolvedModPath, stop_mod
@@ -34,11 +35,13 @@ class InProcessUnit(Unit):
         loaded: LoadedNamespace,
         digest: str,
         threads: AgentThreads,
+        deadlines: Deadlines,
         call_timeout: float,
     ) -> None:
         super().__init__(loaded.namespace, digest)
         self.loaded = loaded
         self._threads = threads
+        self._deadlines = deadlines
         self._call_timeout = call_timeout
 
     def agents(self) -> list[AgentInfo]:
@@ -54,16 +57,18 @@ class InProcessUnit(Unit):
         try:
             if slot.is_async:
                 try:
-                    work = asyncio.ensure_future(slot.instance.perform(**args))
-                    result = await _within(work, self._call_timeout, tenant, agent)
+                    result = await self._deadlines.run(
+                        slot.instance.perform(**args), self._call_timeout
+                    )
                 finally:
                     release()
             else:
                 call = functools.partial(slot.instance.perform, **args)
-                try:
-                    result = await self._threads.run(call, release, self._call_timeout)
-                except TimeoutError:
-                    raise CallTimeoutError(tenant, agent, self._call_timeout) from None
+                result = await self._deadlines.run(
+                    self._threads.run(call, release), self._call_timeout
+                )
+        except DeadlineExceeded:
+            raise CallTimeoutError(tenant, agent, self._call_timeout) from None
         except PlughostError:
             raise
         except Exception as exc:
@@ -88,25 +93,13 @@ class InProcessUnit(Unit):
         self.loaded.unload()
 
 
-async def _within(work: asyncio.Future[Any], timeout: float, tenant: str, agent: str) -> Any:
-    """Await ``work`` up to ``timeout``; past it, cancel it and say so.
-
-    Only the deadline becomes :class:`CallTimeoutError`: a ``TimeoutError``
-    the agent raises itself stays the agent's error.
-    """
-    done, _ = await asyncio.wait({work}, timeout=timeout)
-    if not done:
-        work.cancel()
-        raise CallTimeoutError(tenant, agent, timeout)
-    return work.result()
-
-
 class InProcess(Placement):
     """Runs namespaces in this process.
 
     Args:
         control: starts and stops mods in this process.
         threads: where sync agents run.
+        deadlines: ends calls past ``call_timeout``.
         unload_timeout: how long an unload waits for an instance's running handlers.
         call_timeout: the deadline of one agent call.
     """
@@ -117,18 +110,22 @@ class InProcess(Placement):
         self,
         control: LocalControl,
         threads: AgentThreads,
+        deadlines: Deadlines,
         *,
         unload_timeout: float,
         call_timeout: float,
     ) -> None:
         self._control = control
         self._threads = threads
+        self._deadlines = deadlines
         self._unload_timeout = unload_timeout
         self._call_timeout = call_timeout
 
     async def start(self, launch: Launch) -> Started:
         loaded = await asyncio.to_thread(load_namespace, launch.namespace, launch.folder)
-        unit = InProcessUnit(loaded, launch.digest, self._threads, self._call_timeout)
+        unit = InProcessUnit(
+            loaded, launch.digest, self._threads, self._deadlines, self._call_timeout
+        )
         started: list[LoadedMod] = []
         try:
             for spec in launch.instances:

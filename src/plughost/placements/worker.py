@@ -31,6 +31,7 @@ from typing import Any, Protocol
 
 from .. import protocol
 from ..agent import AgentInfo
+from ..deadlines import Deadlines
 from ..errors import (
     AgentError,
     CallTimeoutError,
@@ -112,11 +113,17 @@ class _Process:
             await self.stop(timeout=5)
             raise
 
-    async def _send(self, message: Any) -> None:
+    async def _send(self, message: Any, *, may_be_large: bool = False) -> None:
+        """Send one message. What the host asks is bounded by its request limits and encoded
+        at once; an answer to the worker may be of any size, and is sized up first."""
         if self._writer is None:
             raise WorkerCrashed(self.spec.tenant, self.pid)
         try:
-            await protocol.write(self._writer, message)
+            if may_be_large:
+                await protocol.write(self._writer, message)
+            else:
+                self._writer.write(protocol.encode(message))
+                await self._writer.drain()
         except ConnectionError:
             self._lost("the connection closed")
             raise WorkerCrashed(self.spec.tenant, self.pid) from None
@@ -159,7 +166,7 @@ class _Process:
             error_type = getattr(exc, "error_type", type(exc).__name__)
             reply = ["reply", request_id, False, ["error", error_type, str(exc)]]
         try:
-            await self._send(reply)
+            await self._send(reply, may_be_large=True)
         except (TypeError, ValueError) as exc:
             failure = ["encode", type(exc).__name__, f"the answer is not JSON: {exc}"]
             with contextlib.suppress(PlughostError):
@@ -192,8 +199,9 @@ class _Process:
         if not self._stopping:
             self._on_exit(reason)
 
-    async def request(self, kind: str, *args: Any, timeout: float) -> Any:
-        """Send a request and wait for its answer, up to ``timeout``.
+    async def request(self, kind: str, *args: Any, timeout: float | None = None) -> Any:
+        """Send a request and wait for its answer (up to ``timeout``, if given: the
+        supervisor's requests have their deadline kept by ``Deadlines`` instead).
 
         Raises:
             WorkerCrashed: the worker is gone or died before answering.
@@ -211,9 +219,9 @@ class _Process:
             self._requests.drop(message)
             raise
         try:
-            return await asyncio.wait_for(future, timeout)
-        except TimeoutError:
-            self._requests.drop(message)
+            return await (future if timeout is None else asyncio.wait_for(future, timeout))
+        except BaseException:
+            self._requests.drop(message)  # cancelled or timed out: a late answer is ignored
             raise
 
     def kill(self) -> None:
@@ -248,7 +256,7 @@ class WorkerProcess(Protocol):
 
     async def start(self) -> Ready: ...
 
-    async def request(self, kind: str, *args: Any, timeout: float) -> Any: ...
+    async def request(self, kind: str, *args: Any) -> Any: ...
 
     def kill(self) -> None: ...
 
@@ -268,6 +276,7 @@ class Supervisor:
     Args:
         spec: what the worker runs.
         on_request: answers the worker's requests to the host (``publish``, ``rpc``).
+        deadlines: ends requests past their deadline.
         process: makes the worker process (a real one by default).
         first_backoff, max_backoff: the wait before the first restart, doubling up to the
             second.
@@ -277,6 +286,7 @@ class Supervisor:
         self,
         spec: WorkerSpec,
         on_request: Callable[[str, tuple[Any, ...]], Awaitable[Any]],
+        deadlines: Deadlines,
         *,
         process: ProcessFactory = _Process,
         first_backoff: float = _FIRST_BACKOFF,
@@ -284,6 +294,7 @@ class Supervisor:
     ) -> None:
         self.spec = spec
         self._on_request = on_request
+        self._deadlines = deadlines
         self._make_process = process
         self._first_backoff = first_backoff
         self._max_backoff = max_backoff
@@ -349,7 +360,7 @@ class Supervisor:
         if self._process is None or self.state is not WorkerState.READY:
             raise WorkerCrashed(self.spec.tenant, self.pid, self.lifecycle.error)
         deadline = self.spec.call_timeout if timeout is None else timeout
-        return await self._process.request(kind, *args, timeout=deadline)
+        return await self._deadlines.run(self._process.request(kind, *args), deadline)
 
     def recycle(self) -> None:
         """Kill the worker; the supervisor restarts it (used when it stops answering)."""
@@ -510,7 +521,11 @@ class RemoteControl:
 
         def rpc_method(method: str) -> Callable[..., Awaitable[Any]]:
             async def call(*args: Any, **kwargs: Any) -> Any:
-                return await supervisor.request("rpc", name, method, args, kwargs)
+                try:
+                    return await supervisor.request("rpc", name, method, args, kwargs)
+                except TimeoutError:
+                    seconds = supervisor.spec.call_timeout
+                    raise CallTimeoutError(tenant, f"{name}.{method}", seconds) from None
 
             return call
 
@@ -536,6 +551,7 @@ class Worker(Placement):
     Args:
         host: what instances in the worker see of the network (via their stubs).
         on_request: answers workers' requests (publishing, RPC) as their tenant.
+        deadlines: ends requests past their deadline.
         data_dir: the data folder, as workers' mods see it.
         unload_timeout, start_timeout, call_timeout: the deadlines of unloading
             an instance, of starting a worker, and of one request.
@@ -547,6 +563,7 @@ class Worker(Placement):
         self,
         host: Host,
         on_request: HostRequest,
+        deadlines: Deadlines,
         *,
         data_dir: Path,
         unload_timeout: float,
@@ -555,6 +572,7 @@ class Worker(Placement):
     ) -> None:
         self._host = host
         self._on_request = on_request
+        self._deadlines = deadlines
         self._data_dir = data_dir
         self._unload_timeout = unload_timeout
         self._start_timeout = start_timeout
@@ -576,7 +594,7 @@ class Worker(Placement):
         async def answer(kind: str, args: tuple[Any, ...]) -> Any:
             return await self._on_request(launch.tenant, kind, args)
 
-        return Supervisor(spec, answer)
+        return Supervisor(spec, answer, self._deadlines)
 
     async def start(self, launch: Launch) -> Started:
         supervisor = self._supervisor(launch)

@@ -88,8 +88,11 @@ class _Worker:
     # -- messages ----------------------------------------------------------------------
 
     async def _send(self, message: list[Any]) -> None:
+        # Encoded at once, however large: only this tenant's own requests wait meanwhile,
+        # and the host decodes a large frame off its loop.
         assert self.writer is not None
-        await protocol.write(self.writer, message)
+        self.writer.write(protocol.encode(message))
+        await self.writer.drain()
 
     async def ask(self, kind: str, *args: Any) -> Any:
         message, future = self.requests.open(kind, *args)
