@@ -15,6 +15,9 @@ from plughost.loader import LoadedBundle, load_bundle, loaded_namespaces
 from plughost.naming import ROOT_PACKAGE
 
 WriteBundle = Callable[..., Path]
+
+PLACEMENTS = ["inprocess", "process"]
+"""Every placement: each guarantee's test runs in each. A new placement joins by its name."""
 Load = Callable[..., LoadedBundle]
 
 

@@ -11,7 +11,7 @@ import pytest
 from plughost import CallTimeoutError, Network
 from plughost.deadlines import DeadlineExceeded, Deadlines
 
-from .conftest import agent_bundle
+from .conftest import PLACEMENTS, agent_bundle
 
 
 async def test_a_late_call_is_cancelled_and_said_late() -> None:
@@ -82,7 +82,7 @@ class SlowSync(BasicAgent):
 """
 
 
-@pytest.mark.parametrize("placement", ["inprocess", "process"])
+@pytest.mark.parametrize("placement", PLACEMENTS)
 @pytest.mark.parametrize("agent", ["SlowAsync", "SlowSync"])
 async def test_an_agent_call_past_call_timeout_gets_a_clear_error(
     tmp_path: Path, placement: str, agent: str

@@ -27,7 +27,7 @@ from plughost import (
 )
 from plughost.placements.worker import WorkerUnit
 
-from .conftest import agent_bundle, namespace_keys
+from .conftest import PLACEMENTS, agent_bundle, namespace_keys
 
 CAMERA = """
 from plughost import Mod, rpc
@@ -115,7 +115,7 @@ class WatcherMod(Mod):
 """
 
 
-@pytest.fixture(params=["inprocess", "process"])
+@pytest.fixture(params=PLACEMENTS)
 async def robots(network: Network, request: pytest.FixtureRequest) -> Network:
     """Two robots deployed from the same modules, in process or in worker processes."""
     (network.data_dir / "mods" / "watcher.py").write_text(STATUS_WATCHER)

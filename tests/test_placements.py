@@ -1,6 +1,7 @@
 """One matrix of the guarantees, run the same in every placement (guarantee 9).
 
-A new placement joins the matrix by adding its name to ``PLACEMENTS``. Every
+A new placement joins the matrix by adding its name to ``PLACEMENTS`` (in conftest,
+shared with the instance tests of ``test_instances``). Every
 test uses the public ``Network`` API only, so nothing here knows how a
 placement runs a tenant's code.
 """
@@ -19,7 +20,6 @@ from plughost import (
     AgentError,
     BundleLoadError,
     Event,
-    ModNotLoadedError,
     Namespace,
     Network,
     PlughostError,
@@ -28,10 +28,8 @@ from plughost import (
     WorkerStartFailed,
 )
 
-from .conftest import agent_bundle, namespace_keys
+from .conftest import PLACEMENTS, agent_bundle, namespace_keys
 from .test_instances import STATUS_WATCHER, robot_bundle
-
-PLACEMENTS = ["inprocess", "process"]
 
 # What a deploy whose code fails to load raises, by placement: both answer HTTP 422
 # (``bundle_load_failed``) and both are PlughostErrors.
@@ -378,28 +376,6 @@ async def _two_robots(network: Network, placement: str) -> None:
     await network.deploy("robot2", robot_bundle(fps=10), placement=placement)
 
 
-async def test_declared_instances_serve_rpc_and_keep_topics_in_their_tenant(
-    network: Network, placement: str
-) -> None:
-    await _two_robots(network, placement)
-    assert sorted(i["rpc_name"] for i in network.instances()) == [
-        "robot1/camera",
-        "robot1/mapper",
-        "robot2/camera",
-        "robot2/mapper",
-        "watcher",
-    ]
-    assert await network.rpc("robot1/camera", "shoot") == "robot1-v1-1"
-    assert await network.rpc("robot1/camera", "shoot") == "robot1-v1-2"
-    assert await network.rpc("robot2/camera", "shoot") == "robot2-v1-1"
-    assert await network.rpc("robot1/mapper", "seen") == ["robot1-v1-1", "robot1-v1-2"]
-    assert await network.rpc("robot2/mapper", "seen") == ["robot2-v1-1"]
-    assert (await network.rpc("robot1/mapper", "ask_camera"))["config"] == {"fps": 30}
-    assert (await network.rpc("robot2/mapper", "ask_camera"))["config"] == {"fps": 10}
-    # Only the exposed stream leaves a robot's namespace.
-    assert await network.rpc("watcher", "robots_seen") == ["robot1", "robot1", "robot2"]
-
-
 async def test_restarting_one_instance_leaves_the_other_robot_serving(
     network: Network, placement: str
 ) -> None:
@@ -442,33 +418,6 @@ async def test_restarting_one_instance_leaves_the_other_robot_serving(
     # The mapper hears the new camera on the same topic.
     assert await network.rpc("robot1/mapper", "seen") == ["robot1-v1-1", "robot1-v1-1"]
     assert [i["rpc_name"] for i in network.instances()].count("robot1/camera") == 1
-
-
-async def test_unloading_one_instance_leaves_every_other_running(
-    network: Network, placement: str
-) -> None:
-    await _two_robots(network, placement)
-    report = await network.unload("robot1/mapper")
-    assert report.mod_id == "mapper"
-    with pytest.raises(ModNotLoadedError):
-        await network.rpc("robot1/mapper", "seen")
-    assert await network.rpc("robot1/camera", "shoot") == "robot1-v1-1"
-    assert await network.rpc("robot2/camera", "shoot") == "robot2-v1-1"
-    assert await network.rpc("robot2/mapper", "seen") == ["robot2-v1-1"]
-    response = await network.send_event(
-        Event(
-            event_name="system.instance.unload",
-            destination_id="system:system",
-            payload={"rpc_name": "robot2/camera"},
-        )
-    )
-    assert response.success, response.message
-    assert sorted(i["rpc_name"] for i in network.instances()) == [
-        "robot1/camera",
-        "robot2/mapper",
-        "watcher",
-    ]
-    assert await network.rpc("robot2/mapper", "seen") == ["robot2-v1-1"]
 
 
 # -- 7. clear errors ---------------------------------------------------------------------
