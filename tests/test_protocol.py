@@ -515,3 +515,40 @@ BAD_SPECS: list[tuple[Any, str]] = [
 def test_worker_spec_from_message_refuses_bad_fields(fields: Any, why: str) -> None:
     with pytest.raises(ProtocolError, match=why):
         WorkerSpec.from_message(fields)
+
+
+INSTANCE = {
+    "name": "camera",
+    "mod_path": "camera_module",
+    "class": "CameraMod",
+    "config": {"fps": 30},
+    "expose": ["status"],
+    "handlers": ["camera.*"],
+    "topics": ["/robot1/camera"],
+    "rpcs": ["shoot"],
+}
+
+
+def test_what_a_worker_says_of_itself_is_checked() -> None:
+    agents = {"Notifier": ["Posts a message", {"type": "function"}]}
+    assert protocol.check_ready(["ready", 0, agents, [INSTANCE]]) == (agents, [INSTANCE])
+    assert protocol.check_failed(["failed", 0, "load", "ImportError", "no"]) == (
+        "load",
+        "ImportError",
+        "no",
+    )
+    bad_ready = [
+        ["ready", 0, agents],
+        ["ready", 0, [], []],
+        ["ready", 0, {"Notifier": "no list"}, []],
+        ["ready", 0, agents, [{**INSTANCE, "class": "not a class"}]],
+        ["ready", 0, agents, [{**INSTANCE, "rpcs": [1]}]],
+        ["ready", 0, agents, [{**INSTANCE, "extra": 1}]],
+        ["ready", 0, agents, ["camera"]],
+    ]
+    for message in bad_ready:
+        with pytest.raises(ProtocolError):
+            protocol.check_ready(message)
+    for message in (["failed", 0, "load"], ["failed", 0, "load", 1, "text"]):
+        with pytest.raises(ProtocolError):
+            protocol.check_failed(message)
