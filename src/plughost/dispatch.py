@@ -121,7 +121,21 @@ class Dispatcher:
         )
 
     def mod_for(self, target: str, tenant: str | None) -> LoadedMod:
-        """The mod ``target`` names, looked up inside ``tenant`` first, then globally."""
+        """The mod ``target`` names, looked up inside ``tenant`` first, then globally.
+
+        Acting for a tenant, a name resolves inside that tenant or among global mods,
+        never in another tenant, even written as another tenant's key; without a
+        tenant (the admin), a bare name resolves in any tenant if only one mod has it.
+
+        Raises:
+            OutsideTenantError: acting for a tenant, it names another tenant's key.
+            ModNotLoadedError: nothing it may reach has that name; the text lists only
+                what ``tenant`` may see.
+            AmbiguousNameError: several have it.
+        """
+        if tenant is not None and "/" in target and target.partition("/")[0] != tenant:
+            # Refused whether it exists or not: the answer must not tell.
+            raise OutsideTenantError(tenant, target)
         candidates = [target] if "/" in target else [mod_key(target, tenant), target]
         for key in candidates:
             mod = self._mods.get(key)
@@ -131,13 +145,15 @@ class Dispatcher:
             found = [
                 mod
                 for mod in self._mods.loaded()
-                if mod.accepting and target in (mod.mod_id, mod.class_name)
+                if mod.accepting
+                and target in (mod.mod_id, mod.class_name)
+                and (tenant is None or mod.tenant in (None, tenant))
             ]
             if len(found) == 1:
                 return found[0]
             if found:
                 raise AmbiguousNameError(target, sorted(mod.key for mod in found))
-        raise ModNotLoadedError(target, self._mods.list_loaded())
+        raise ModNotLoadedError(target, self._mods.status(tenant)["loaded"])
 
     async def broadcast(self, event: Event) -> EventResponse:
         """Deliver to every handler matching ``event_name``: of global mods and, for an event

@@ -195,21 +195,29 @@ class ModRoots:
                 mod_path, f"not under an allowed mod root ({self.describe()})"
             )
         for base in candidates:
-            if base.with_suffix(".py").is_file():
-                return base.with_suffix(".py")
-            if (base / "__init__.py").is_file():
-                return base
+            for found in (base.with_suffix(".py"), base):
+                if found.is_file() or (found / "__init__.py").is_file():
+                    return self._inside(mod_path, found)
         raise ModPathRefusedError(
             mod_path, f"no such module under the mod roots ({self.describe()})"
         )
 
-    def _resolve_file(self, mod_path: str, path: Path) -> Path:
+    def _inside(self, mod_path: str, path: Path) -> Path:
+        """``path`` with every link resolved, if that is still inside a mod root.
+
+        Raises:
+            ModPathRefusedError: it resolves outside every root (a link pointing out).
+        """
         resolved = path.resolve()
         allowed = self.folders + [folder for _, folder in self.dotted]
         if not any(resolved.is_relative_to(folder) for folder in allowed):
             raise ModPathRefusedError(
                 mod_path, f"not inside an allowed mod root ({self.describe()})"
             )
+        return resolved
+
+    def _resolve_file(self, mod_path: str, path: Path) -> Path:
+        resolved = self._inside(mod_path, path)
         if resolved.is_file() and resolved.suffix == ".py":
             return resolved
         if resolved.is_dir() and (resolved / "__init__.py").is_file():
