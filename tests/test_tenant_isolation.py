@@ -3,6 +3,8 @@ outside the roots by a link. Against a real server where the way in is HTTP."""
 
 from __future__ import annotations
 
+import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -107,3 +109,55 @@ async def test_a_dotted_mod_path_may_not_follow_a_link_out_of_the_roots(
             await network.load_mod(mod_path)
     assert not marker.exists()
     assert network.get_loaded_mods() == []
+
+
+def test_a_removed_tenant_is_not_brought_back_by_its_own_slow_upload(
+    tmp_path: Path,
+) -> None:
+    marker = tmp_path / "bob-code-ran"
+    source = f"open({str(marker)!r}, 'w').close()\n"
+    body = json.dumps({"agents": [{"filename": "late.py", "source": source}]}).encode()
+    process = ServerProcess(tmp_path, admin_token=ADMIN).start()
+    try:
+        with process.client() as admin:
+            token = admin.deploy("bob", ROOT / "examples" / "bob")["token"]
+        half_sent, removed = threading.Event(), threading.Event()
+
+        def slow_body() -> Iterator[bytes]:
+            yield body[:10]
+            half_sent.set()
+            assert removed.wait(60)
+            yield body[10:]
+
+        answers: list[httpx.Response] = []
+
+        def upload() -> None:
+            answers.append(
+                httpx.put(
+                    process.url + "/api/tenants/bob/bundle",
+                    content=slow_body(),
+                    headers={
+                        "Authorization": f"Bearer {token}",
+                        "Content-Type": "application/json",
+                    },
+                    timeout=60,
+                )
+            )
+
+        uploading = threading.Thread(target=upload)
+        uploading.start()
+        assert half_sent.wait(60)
+        deleted = httpx.delete(
+            process.url + "/api/tenants/bob", headers={"Authorization": f"Bearer {ADMIN}"}
+        )
+        assert deleted.status_code == 200, deleted.text
+        removed.set()
+        uploading.join(60)
+        assert answers and answers[0].status_code in (401, 403, 404), answers[0].text
+        tenants = httpx.get(
+            process.url + "/api/tenants", headers={"Authorization": f"Bearer {ADMIN}"}
+        )
+        assert tenants.json() == []
+        assert not marker.exists()
+    finally:
+        assert process.stop()

@@ -270,13 +270,16 @@ class Network:
 
         Raises:
             OutsideTenantError: a tenant deploys to another, or to a new one.
+            UnknownTenantError: a tenant deploys to itself, but was removed meanwhile.
             And whatever :meth:`deploy` raises.
         """
         self._check_started()
         new_tenant = tenant not in self._catalog
         if confine_to is not None and (confine_to != tenant or new_tenant):
             raise OutsideTenantError(confine_to, tenant)
-        deployment = await self._tenants.deploy(tenant, source, placement)
+        # A tenant removed while its own upload was on the way is not brought back by it.
+        existing = confine_to is not None
+        deployment = await self._tenants.deploy(tenant, source, placement, existing=existing)
         token = await self.issue_tenant_token(tenant) if new_tenant else None
         return deployment, token
 

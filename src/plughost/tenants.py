@@ -21,7 +21,7 @@ from typing import Any
 from .agent import AgentInfo
 from .bundle import BundleFiles, BundleLimits, BundleSource, read_bundle
 from .catalog import Catalog, GoneError, Location
-from .errors import DuplicateSnapshotError, InvalidNameError
+from .errors import DuplicateSnapshotError, InvalidNameError, UnknownTenantError
 from .instances import Instances
 from .manifest import Placement as PlacementName
 from .metrics import Metrics
@@ -99,14 +99,23 @@ class Tenants:
     # -- deploying --------------------------------------------------------------------
 
     async def deploy(
-        self, tenant: str, source: BundleSource, placement: PlacementName | None
+        self,
+        tenant: str,
+        source: BundleSource,
+        placement: PlacementName | None,
+        *,
+        existing: bool = False,
     ) -> Deployment:
-        """Deploy ``source`` as the tenant's live code (see ``Network.deploy``)."""
+        """Deploy ``source`` as the tenant's live code (see ``Network.deploy``).
+
+        With ``existing``, only a tenant that still exists when the deploy takes its
+        lock is deployed to: a tenant removed meanwhile is not brought back.
+        """
         try:
             _check_tenant(tenant)
             bundle = await asyncio.to_thread(read_bundle, source, self.limits)
             # Shielded: once started, a deploy runs to its end even if its caller goes away.
-            deployment = await asyncio.shield(self._deploy(tenant, bundle, placement))
+            deployment = await asyncio.shield(self._deploy(tenant, bundle, placement, existing))
         except Exception:
             self._metrics.deploys.labels("error").inc()
             raise
@@ -114,13 +123,15 @@ class Tenants:
         return deployment
 
     async def _deploy(
-        self, tenant: str, bundle: BundleFiles, placement: PlacementName | None
+        self, tenant: str, bundle: BundleFiles, placement: PlacementName | None, existing: bool
     ) -> Deployment:
         files, digest = bundle.manifest, bundle.digest
         # One deploy per tenant at a time. The global write lock is taken only to
         # commit, so other tenants' writes go on while this bundle's code imports.
         async with self._tenant_lock(tenant):
             current = self._catalog.find(tenant)
+            if existing and current is None:
+                raise UnknownTenantError(tenant, [])
             if (
                 current is not None
                 and current.digest == digest
