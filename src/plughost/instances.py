@@ -87,10 +87,10 @@ class Instances:
     ) -> LoadedMod:
         """Load one mod (see ``Network.load_mod``); record it when ``persist``."""
         if tenant is not None:
-            _check_name("tenant", tenant, TENANT_NAME_RULE)
+            check_name("tenant", tenant, TENANT_NAME_RULE)
         resolved = self.roots.resolve(mod_path)
         chosen_id = mod_id or resolved.default_id
-        _check_name("mod id", chosen_id, MOD_ID_RULE)
+        check_name("mod id", chosen_id, MOD_ID_RULE)
         try:
             json.dumps(config)
         except (TypeError, ValueError) as exc:
@@ -260,7 +260,12 @@ class Instances:
         return new.instance
 
 
-def _check_name(kind: str, name: str, rule: str) -> None:
+def check_name(kind: str, name: str, rule: str) -> None:
+    """Refuse a tenant name or mod id that breaks the name rule.
+
+    Raises:
+        InvalidNameError: naming what, the name and the rule.
+    """
     try:
         check_tenant_name(name)
     except ValueError:

@@ -22,11 +22,11 @@ from .agent import AgentInfo
 from .bundle import BundleFiles, BundleLimits, BundleSource, read_bundle
 from .catalog import Catalog, GoneError, Location
 from .errors import DuplicateSnapshotError, InvalidNameError, UnknownTenantError
-from .instances import Instances
+from .instances import Instances, check_name
 from .manifest import Placement as PlacementName
 from .metrics import Metrics
 from .mod import stop_mod
-from .naming import TENANT_NAME_RULE, Namespace, check_tenant_name
+from .naming import TENANT_NAME_RULE, Namespace
 from .placements.base import Launch, Placement, Started
 from .runtime import Runtime, Starter, Unit
 from .store import Deployment, GarbageReport, Snapshot, Store
@@ -112,7 +112,7 @@ class Tenants:
         lock is deployed to: a tenant removed meanwhile is not brought back.
         """
         try:
-            _check_tenant(tenant)
+            check_name("tenant", tenant, TENANT_NAME_RULE)
             bundle = await asyncio.to_thread(read_bundle, source, self.limits)
             # Shielded: once started, a deploy runs to its end even if its caller goes away.
             deployment = await asyncio.shield(self._deploy(tenant, bundle, placement, existing))
@@ -351,13 +351,6 @@ async def _discard(started: Started, timeout: float) -> None:
         stopping = started.unit.unload()
         if stopping is not None:
             await stopping
-
-
-def _check_tenant(tenant: str) -> None:
-    try:
-        check_tenant_name(tenant)
-    except ValueError:
-        raise InvalidNameError("tenant", tenant, TENANT_NAME_RULE) from None
 
 
 def _check_snapshot_name(name: str) -> None:

@@ -1,10 +1,9 @@
-"""Tokens: the admin token's check and tenants' tokens, kept as sha256 hashes only."""
+"""Tenants' tokens, kept as sha256 hashes only."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import hmac
 import secrets
 
 from .store import Store
@@ -21,21 +20,10 @@ class Tokens:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._tenants: dict[str, str] = {}  # sha256 of a tenant token -> tenant
-        self._admin_hash: str | None = None
 
     def load(self) -> None:
         """Read the stored hashes (at start)."""
         self._tenants = self._store.token_hashes()
-
-    def set_admin(self, token: str) -> None:
-        """Accept ``token`` as the admin token from now on."""
-        self._admin_hash = hash_token(token)
-
-    def is_admin(self, token: str) -> bool:
-        """Whether ``token`` is the admin token (compared in constant time)."""
-        return self._admin_hash is not None and hmac.compare_digest(
-            hash_token(token), self._admin_hash
-        )
 
     def tenant_for(self, token: str) -> str | None:
         """The tenant a token belongs to, or ``None``."""
