@@ -18,6 +18,9 @@ WriteBundle = Callable[..., Path]
 
 PLACEMENTS = ["inprocess", "process"]
 """Every placement: each guarantee's test runs in each. A new placement joins by its name."""
+STALL_ATTEMPTS = 3
+"""Runs a fairness check may take to see no stall over 100 ms. A stall the code causes shows in
+every run; one the machine causes (another process on the core at that moment) seldom twice."""
 Load = Callable[..., LoadedBundle]
 
 
