@@ -173,7 +173,7 @@ async def test_shared_artifact_round_trip_per_tenant(tmp_path: Path) -> None:
         assert not (await call("put", name="x", content_base64="***")).success
         too_big = base64.b64encode(b"x" * 5001).decode()
         assert "over the limit" in (await call("put", name="big", content_base64=too_big)).message
-    assert (data / "artifacts" / "tenants" / "t1" / "blob.bin").read_bytes() == content
+    assert (data / "tenants" / "t1" / "artifacts" / "blob.bin").read_bytes() == content
 
     async with Network(data) as network:
         got = await network.send_event(_event("shared_artifact.get", tenant="t1", name="blob.bin"))
@@ -203,8 +203,8 @@ async def test_removing_a_tenant_removes_its_cached_keys_and_artifacts(network: 
         _event("shared_artifact.put", tenant="leaving", name="f.bin", content_base64=encoded)
     )
     assert put.success
-    folder = network.data_dir / "artifacts" / "tenants" / "leaving"
-    assert (folder / "f.bin").is_file()
+    folder = network.data_dir / "tenants" / "leaving"
+    assert (folder / "artifacts" / "f.bin").is_file()
     await network.remove_tenant("leaving")
     assert not folder.exists()
     assert "leaving" not in (await network.rpc("shared_cache", "stats"))["items"]

@@ -167,7 +167,7 @@ def test_tenant_events_are_confined_to_the_tenant(api: Api) -> None:
         }
     )
     assert loaded.status_code == 200 and loaded.json()["success"], loaded.text
-    assert "t1/scoped" in api.request("GET", "/api/health", None).json()["mods"]["loaded"]
+    assert "t1/scoped" in api.request("GET", "/api/health", t1).json()["mods"]["loaded"]
     unloaded = send(
         {
             "event_name": "system.mod.unload",

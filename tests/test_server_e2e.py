@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from plughost.client import Client
+
 from .server import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,17 +35,18 @@ def test_the_readme_quickstart_works_step_by_step(tmp_path: Path) -> None:
             if line.startswith("source .venv/bin/activate"):
                 continue  # the test runs with this interpreter's scripts on PATH
             command = line.replace("127.0.0.1:8700", f"127.0.0.1:{server.port}")
+            env = _env(tmp_path, server)
             result = subprocess.run(
                 ["bash", "-c", command],
                 cwd=tmp_path,
                 capture_output=True,
                 text=True,
                 timeout=120,
-                env=_env(tmp_path, server),
+                env=env,
             )
             assert result.returncode == 0, (line, result.stdout, result.stderr)
             outputs[line] = result.stdout
-            _check_step(line, result.stdout, server)
+            _check_step(line, result.stdout, server.client(env["PLUGHOST_TOKEN"]))
         assert len(outputs) >= 15
     finally:
         assert server.stop()
@@ -58,7 +61,7 @@ def _env(tmp_path: Path, server: ServerProcess) -> dict[str, str]:
     return env
 
 
-def _check_step(line: str, stdout: str, server: ServerProcess) -> None:
+def _check_step(line: str, stdout: str, admin: Client) -> None:
     """What each quickstart step must show."""
     if line.startswith("plughost tenant deploy alice examples/alice-v2"):
         assert "deployed alice version 2" in stdout
@@ -72,13 +75,13 @@ def _check_step(line: str, stdout: str, server: ServerProcess) -> None:
         assert stdout.strip() in ("[alice] hi", "[alice v2] hi!")
     elif line.startswith("plughost mod load"):
         assert "loaded shared_cache" in stdout
-        assert server.client().health()["mods"]["loaded"] == ["shared_cache"]
+        assert admin.health()["mods"]["loaded"] == ["shared_cache"]
     elif line.startswith("curl"):
         health = json.loads(stdout)
         assert health["mods"]["loaded"] == ["shared_cache"]
         assert health["mods"]["details"]["shared_cache"]["mod_path"] == "plughost.mods.shared_cache"
     elif line.startswith("plughost mod unload"):
-        assert server.client().health()["mods"]["loaded"] == []
+        assert admin.health()["mods"]["loaded"] == []
     elif line.startswith("plughost network send-event"):
         assert stdout.startswith("ok:")
     elif line == "plughost tenant list":

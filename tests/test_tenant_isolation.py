@@ -3,6 +3,7 @@ outside the roots by a link. Against a real server where the way in is HTTP."""
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 from collections.abc import Iterator
@@ -12,8 +13,9 @@ from typing import Any
 import httpx
 import pytest
 
-from plughost import ModNotLoadedError, ModPathRefusedError, Network, OutsideTenantError
+from plughost import Event, ModNotLoadedError, ModPathRefusedError, Network, OutsideTenantError
 
+from .conftest import PLACEMENTS
 from .server import ServerProcess
 from .test_instances import robot_bundle
 
@@ -39,7 +41,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     with process.client() as client:
         for tenant in ("alice", "bob"):
             tokens[tenant] = client.deploy(tenant, ROOT / "examples" / tenant)["token"]
+        tokens["carol"] = client.deploy("carol", ROOT / "examples" / "bob", placement="process")[
+            "token"
+        ]
         client.load_mod("plughost.mods.shared_cache", tenant="alice")
+        client.load_mod("plughost.mods.shared_artifact")
     try:
         yield Server(process, tokens)
     finally:
@@ -65,6 +71,68 @@ def test_a_bare_mod_name_never_resolves_in_another_tenant(server: Server, name: 
         assert "is not loaded" in body["message"]
     kept = server.event("alice", _cache("shared_cache.get", f"mod:{name}", key="k"))
     assert kept.json()["data"]["value"] == "a", kept.text
+
+
+def test_health_shows_each_caller_only_what_it_may_see(server: Server) -> None:
+    def health(token: str | None) -> dict[str, Any]:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        answer = httpx.get(server.process.url + "/api/health", headers=headers, timeout=60)
+        assert answer.status_code == 200, answer.text
+        body: dict[str, Any] = answer.json()
+        return body
+
+    established = {"status", "network_id", "uptime", "mods", "tenants", "namespaces", "workers"}
+    anonymous = health(None)
+    assert established <= anonymous.keys()
+    assert anonymous["mods"] == {"count": 2, "failed": 0}
+    assert anonymous["workers"] == {"count": 1}
+    assert anonymous["tenants"] == {"count": 3}
+    text = json.dumps(anonymous)
+    assert not any(name in text for name in ("alice", "bob", "carol", "shared_")), text
+
+    bob = health(server.tokens["bob"])
+    assert bob["mods"]["loaded"] == ["shared_artifact"]
+    assert bob["workers"] == {}
+    assert "alice" not in json.dumps(bob) and "carol" not in json.dumps(bob)
+    carol = health(server.tokens["carol"])
+    assert list(carol["workers"]) == ["carol"] and carol["workers"]["carol"]["state"] == "ready"
+    assert "alice" not in json.dumps(carol)
+
+    admin = health(ADMIN)
+    assert sorted(admin["mods"]["loaded"]) == ["alice/shared_cache", "shared_artifact"]
+    assert list(admin["workers"]) == ["carol"]
+    bad = httpx.get(
+        server.process.url + "/api/health", headers={"Authorization": "Bearer nope"}, timeout=60
+    )
+    assert bad.status_code == 401
+
+
+def test_error_texts_name_nothing_of_another_tenant(server: Server) -> None:
+    system = "system:system"
+    for event in (
+        {"event_name": "system.mod.unload", "payload": {"mod_id": "shared_cache"}},
+        {"event_name": "system.instance.restart", "payload": {"rpc_name": "shared_cache"}},
+        {"event_name": "shared_cache.get", "destination_id": "mod:nope", "payload": {}},
+    ):
+        event = {"destination_id": system, "tenant": "bob", **event}
+        answer = server.event("bob", event)
+        assert "alice" not in answer.text and "carol" not in answer.text, answer.text
+        assert answer.status_code in (200, 403, 404), answer.text
+    texts = []
+    for rpc_name in ("alice/shared_cache", "alice/nothing"):
+        for verb in ("restart", "unload"):
+            event = {
+                "event_name": f"system.instance.{verb}",
+                "destination_id": system,
+                "tenant": "bob",
+                "payload": {"rpc_name": rpc_name},
+            }
+            texts.append(server.event("bob", event).text.replace(rpc_name, "<name>"))
+    assert texts[:2] == texts[2:]  # the answers do not tell which one exists
+    listed = server.event(
+        "bob", {"event_name": "system.mod.list", "destination_id": system, "tenant": "bob"}
+    )
+    assert list(listed.json()["data"]["mods"]) == ["shared_artifact"], listed.text
 
 
 def test_another_tenants_mod_key_is_refused_whether_it_exists_or_not(server: Server) -> None:
@@ -109,6 +177,81 @@ async def test_a_dotted_mod_path_may_not_follow_a_link_out_of_the_roots(
             await network.load_mod(mod_path)
     assert not marker.exists()
     assert network.get_loaded_mods() == []
+
+
+LISTENER = """
+from plughost import Mod, on, rpc
+
+
+class ListenerMod(Mod):
+    def initialize(self):
+        self.heard = []
+
+    @on("system.mod.*")
+    def mod_changed(self, event):
+        self.heard.append(event.payload["mod_id"])
+
+    @rpc
+    def heard_of(self):
+        return list(self.heard)
+"""
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+async def test_a_tenant_hears_of_its_own_and_global_mods_only(
+    network: Network, placement: str
+) -> None:
+    listener = {
+        "files": [
+            {"filename": "listener.py", "source": LISTENER},
+            {
+                "filename": "plughost.toml",
+                "source": '[[mods]]\npath = "listener"\nname = "listener"\n',
+            },
+        ]
+    }
+    await network.deploy("bob", listener, placement=placement)  # type: ignore[arg-type]
+    await network.deploy("alice", {"agents": [{"filename": "a.py", "source": "X = 1\n"}]})
+    await network.load_mod("plughost.mods.shared_cache", tenant="alice", mod_id="alices_cache")
+    await network.unload_mod("alice/alices_cache")
+    await network.load_mod("plughost.mods.shared_cache", tenant="bob", mod_id="bobs_cache")
+    await network.load_mod("plughost.mods.shared_artifact")
+    heard = await network.rpc("bob/listener", "heard_of")
+    assert heard == ["bobs_cache", "shared_artifact"]
+
+
+async def test_removing_a_tenant_removes_the_data_its_own_mods_kept(tmp_path: Path) -> None:
+    encoded = base64.b64encode(b"alice's secret").decode()
+    put = Event(
+        event_name="shared_artifact.put",
+        destination_id="mod:alice/shared_artifact",
+        payload={"name": "secret.txt", "content_base64": encoded},
+    )
+    async with Network(tmp_path / "data") as network:
+        await network.deploy("alice", {"agents": [{"filename": "a.py", "source": "X = 1\n"}]})
+        await network.load_mod("plughost.mods.shared_artifact", tenant="alice")
+        assert (await network.send_event(put, confine_to="alice")).success
+        await network.remove_tenant("alice")
+        await network.deploy("alice", {"agents": [{"filename": "b.py", "source": "X = 2\n"}]})
+        await network.load_mod("plughost.mods.shared_artifact", tenant="alice")
+        listed = await network.send_event(
+            Event(event_name="shared_artifact.list", destination_id="mod:alice/shared_artifact"),
+            confine_to="alice",
+        )
+        assert listed.data == {"artifacts": []}
+        assert await network.collect_garbage() is not None
+        # A removal cut short after its commit (here: data written back meanwhile) is
+        # finished at the next start; a name that never was a tenant keeps its data.
+        await network.remove_tenant("alice")
+    left = tmp_path / "data" / "tenants" / "alice" / "artifacts" / "secret.txt"
+    left.parent.mkdir(parents=True)
+    left.write_text("left behind")
+    never = tmp_path / "data" / "tenants" / "nobody" / "artifacts" / "kept.txt"
+    never.parent.mkdir(parents=True)
+    never.write_text("kept")
+    async with Network(tmp_path / "data"):
+        assert not left.exists()
+        assert never.read_text() == "kept"
 
 
 def test_a_removed_tenant_is_not_brought_back_by_its_own_slow_upload(

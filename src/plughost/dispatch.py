@@ -198,10 +198,12 @@ class Dispatcher:
         )
 
     async def notify(self, event_name: str, mod_id: str, mod_path: str, tenant: str | None) -> None:
-        """Tell every subscriber of ``event_name`` that a mod changed."""
+        """Tell the subscribers of ``event_name`` that a mod changed: global mods, and the
+        mod's own tenant's if it has one (no other tenant learns of it)."""
         event = Event(
             event_name=event_name,
             payload={"mod_id": mod_id, "mod_path": mod_path, "tenant": tenant},
+            tenant=tenant,
         )
         await self.broadcast(event)
 

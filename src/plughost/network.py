@@ -303,9 +303,10 @@ class Network:
         """
         self._check_started()
         await self._tenants.remove(tenant)
-        # Mods that keep data per tenant (caches, artifacts) drop the tenant's now.
+        # Mods that keep data per tenant (caches, artifacts) drop the tenant's now. Only
+        # global mods hear of it: the tenant's own are gone, and other tenants' may not know.
         await self._dispatch.broadcast(
-            Event(event_name="system.tenant.removed", payload={"tenant": tenant})
+            Event(event_name="system.tenant.removed", payload={"tenant": tenant}, tenant=tenant)
         )
 
     # -- snapshots -----------------------------------------------------------------
@@ -650,8 +651,13 @@ class Network:
         """The namespaces loaded now, least recently used first."""
         return self._runtime.loaded()
 
-    def health(self) -> dict[str, Any]:
-        """The document ``GET /api/health`` returns."""
+    def health(self, confine_to: str | None = None, *, counts_only: bool = False) -> dict[str, Any]:
+        """The document ``GET /api/health`` returns, as the caller may see it.
+
+        The admin (the default) sees everything; with ``confine_to``, a tenant sees
+        the global mods and its own, and its own workers; with ``counts_only``, an
+        anonymous caller gets the same fields with counts in place of names.
+        """
         uptime = int(time.time() - self._started_at) if self._started_at is not None else 0
         live = {
             unit
@@ -670,18 +676,28 @@ class Network:
             status = "degraded"
         else:
             status = "healthy"
+        mods = self.mod_status(confine_to)
+        if counts_only:
+            mods = {"count": mods["count"], "failed": len(mods["failed"])}
+            shown_workers: dict[str, Any] = {"count": len(workers)}
+        else:
+            shown_workers = {
+                tenant: described
+                for tenant, described in sorted(workers.items())
+                if confine_to in (None, tenant)
+            }
         return {
             "status": status,
             "network_id": self.network_id,
             "uptime": uptime,
-            "mods": self.mod_status(),
+            "mods": mods,
             "tenants": {"count": len(self._catalog)},
             "namespaces": {
                 "loaded": len(self._runtime),
                 "limit": self._runtime.max_loaded,
                 "states": self._runtime.states(),
             },
-            "workers": dict(sorted(workers.items())),
+            "workers": shown_workers,
             "placements": sorted(self._placements),
         }
 

@@ -5,6 +5,7 @@ Layout of a data folder::
     plughost.db            tenants, deployments (with file manifests), snapshots
     blobs/ab/abcdef...     each file content once, named by its sha256
     bundles/<digest>/      a bundle's files laid out for import, one per bundle digest
+    tenants/<tenant>/      what mods keep for one tenant; removed with the tenant
     lock                   held (flock) by the one process that has the folder open
 
 A deploy writes its blobs first (each fsynced, then renamed into place) and
@@ -174,6 +175,7 @@ class Store:
         db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
         self._db = db
         self._remove_temporaries()
+        self._remove_orphan_tenant_data()
 
     def close(self) -> None:
         """Close the database and release the folder."""
@@ -327,6 +329,10 @@ class Store:
         with self._transaction() as db:
             db.execute("DELETE FROM tenants WHERE name = ?", (tenant,))
 
+    def remove_tenant_data(self, tenant: str) -> None:
+        """Delete what mods kept for ``tenant``; call it once its mods are shut down."""
+        shutil.rmtree(tenant_data_dir(self.data_dir, tenant), ignore_errors=True)
+
     # -- snapshots -----------------------------------------------------------------
 
     def create_snapshot(self, deployment: Deployment, name: str) -> Snapshot:
@@ -478,11 +484,32 @@ class Store:
                         )
         return problems
 
+    def _remove_orphan_tenant_data(self) -> None:
+        # A removal cut short after its commit left the data behind: a new tenant of the
+        # same name must not find it. Names that never were tenants keep theirs.
+        folder = self.data_dir / "tenants"
+        if not folder.is_dir():
+            return
+        removed = {
+            name
+            for (name,) in self._query(
+                "SELECT tenant FROM versions WHERE tenant NOT IN (SELECT name FROM tenants)"
+            )
+        }
+        for path in folder.iterdir():
+            if path.name in removed:
+                shutil.rmtree(path, ignore_errors=True)
+
     def _remove_temporaries(self) -> None:
         for path in self._bundles.glob(".tmp-*"):
             shutil.rmtree(path, ignore_errors=True)
         for path in self._blobs.glob("*/.tmp-*"):
             path.unlink(missing_ok=True)
+
+
+def tenant_data_dir(data_dir: Path, tenant: str) -> Path:
+    """The folder under ``data_dir`` where mods keep data for ``tenant`` (a checked name)."""
+    return data_dir / "tenants" / tenant
 
 
 def write_durably(path: Path, data: bytes) -> None:

@@ -208,7 +208,8 @@ class Tenants:
         return self._tenant_locks.setdefault(tenant, asyncio.Lock())
 
     async def remove(self, tenant: str) -> None:
-        """Remove a tenant: its deployments, snapshots, instances and namespaces."""
+        """Remove a tenant: its deployments, snapshots, instances and namespaces, then the
+        data its mods kept (they are shut down first)."""
         async with self._tenant_lock(tenant), self.write_lock:
             self._catalog.deployment(tenant)
             await asyncio.to_thread(self._store.remove_tenant, tenant)
@@ -216,6 +217,7 @@ class Tenants:
             await self._instances.drop_tenant(tenant)
             for namespace in self._catalog.drop_tenant(tenant):
                 self._runtime.retire(namespace)
+            await asyncio.to_thread(self._store.remove_tenant_data, tenant)
             await self._collect_locked()
 
     # -- snapshots ----------------------------------------------------------------------

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Response
 from fastapi.responses import PlainTextResponse
 
-from .auth import Auth
+from .auth import Auth, MaybeAuth
 from .errors import ERRORS_OF_TEXT_ROUTES
 from .state import ServedNetwork
 
@@ -15,9 +15,12 @@ router = APIRouter()
 
 
 @router.get("/api/health", tags=["health"])
-async def health(network: ServedNetwork) -> dict[str, Any]:
-    """What is loaded right now. No token needed."""
-    return network.health()
+async def health(principal: MaybeAuth, network: ServedNetwork) -> dict[str, Any]:
+    """What is loaded right now. No token needed: without one, counts in place of names;
+    a tenant token sees the global mods and its own tenant's; the admin sees everything."""
+    if principal is None:
+        return network.health(counts_only=True)
+    return network.health(principal.tenant)
 
 
 @router.get(

@@ -8,10 +8,10 @@ Events (payload -> response data):
 * ``shared_artifact.list``: nothing -> ``{"artifacts": [{"name", "content_type", "size"}]}``
 * ``shared_artifact.delete``: ``name`` -> ``{"deleted": bool}``
 
-Files live in ``<data folder>/artifacts/tenants/<tenant>/`` (or ``.../global/``
-for events without a tenant), each written whole before it becomes visible.
+Files live in the tenant's data folder, ``<data folder>/tenants/<tenant>/artifacts/``
+(or ``<data folder>/artifacts/global/`` for events without a tenant), each written
+whole before it becomes visible; a removed tenant's go with its data folder.
 Names: 1-128 characters of ``[A-Za-z0-9._-]``, not starting with ``.``.
-A removed tenant's artifacts are deleted (``system.tenant.removed``).
 Config: ``max_bytes`` per artifact (default 10 MiB).
 """
 
@@ -22,12 +22,11 @@ import binascii
 import hashlib
 import json
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
 from plughost import Event, EventResponse, Mod, on
-from plughost.store import write_durably
+from plughost.store import tenant_data_dir, write_durably
 
 _NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$")
 
@@ -35,13 +34,22 @@ _NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$")
 class SharedArtifactMod(Mod):
     def initialize(self) -> bool | None:
         self.max_bytes = int(self.config.get("max_bytes", 10 * 1024 * 1024))
-        self.root = Path(self.network.data_dir) / "artifacts"
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.data_dir = Path(self.network.data_dir)
+        # Earlier versions kept tenants' artifacts in artifacts/tenants/<tenant>/.
+        earlier = self.data_dir / "artifacts" / "tenants"
+        if earlier.is_dir():
+            for folder in earlier.iterdir():
+                moved = tenant_data_dir(self.data_dir, folder.name) / "artifacts"
+                if not moved.exists():
+                    moved.parent.mkdir(parents=True, exist_ok=True)
+                    folder.rename(moved)
         return True
 
     def _folder(self, event: Event) -> Path:
         tenant = self.tenant or event.tenant
-        return self.root / "tenants" / tenant if tenant else self.root / "global"
+        if tenant:
+            return tenant_data_dir(self.data_dir, tenant) / "artifacts"
+        return self.data_dir / "artifacts" / "global"
 
     @staticmethod
     def _name(event: Event) -> str | EventResponse:
@@ -118,12 +126,6 @@ class SharedArtifactMod(Mod):
         path.unlink(missing_ok=True)
         (path.parent / f".{name}.json").unlink(missing_ok=True)
         return EventResponse(success=True, data={"deleted": deleted})
-
-    @on("system.tenant.removed")
-    def forget_tenant(self, event: Event) -> None:
-        tenant = event.payload.get("tenant")
-        if isinstance(tenant, str) and _NAME.match(tenant):
-            shutil.rmtree(self.root / "tenants" / tenant, ignore_errors=True)
 
     @staticmethod
     def _meta(path: Path) -> dict[str, Any]:
