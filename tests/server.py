@@ -32,6 +32,7 @@ class ServerProcess:
         admin_token: str | None = None,
         config: Path | None = None,
         data_dir: Path | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.cwd = cwd
         self.port = free_port()
@@ -39,6 +40,7 @@ class ServerProcess:
         self.admin_token = admin_token
         self.config = config
         self.data_dir = data_dir
+        self.env = env or {}
         self.process: subprocess.Popen[bytes] | None = None
         self.log = cwd / f"server-{self.port}.log"
 
@@ -51,6 +53,7 @@ class ServerProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PLUGHOST_")}
         if self.admin_token is not None:
             env["PLUGHOST_ADMIN_TOKEN"] = self.admin_token
+        env.update(self.env)
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 command, cwd=self.cwd, env=env, stdout=log, stderr=subprocess.STDOUT

@@ -56,7 +56,7 @@ def _env(tmp_path: Path, server: ServerProcess) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PLUGHOST_")}
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
     env["PLUGHOST_URL"] = server.url
-    token = (tmp_path / ".plughost" / "admin_token").read_text().strip()
+    token = (tmp_path / ".plughost-admin-token").read_text().strip()
     env["PLUGHOST_TOKEN"] = token
     return env
 

@@ -34,11 +34,13 @@ mod_app = typer.Typer(help="Load and unload mods.", no_args_is_help=True)
 tenant_app = typer.Typer(help="Deploy, list and remove tenants.", no_args_is_help=True)
 snapshot_app = typer.Typer(help="Create, list and delete snapshots.", no_args_is_help=True)
 instance_app = typer.Typer(help="List, restart and unload mod instances.", no_args_is_help=True)
+token_app = typer.Typer(help="Replace the admin token or a tenant's.", no_args_is_help=True)
 app.add_typer(network_app, name="network")
 app.add_typer(mod_app, name="mod")
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(snapshot_app, name="snapshot")
 app.add_typer(instance_app, name="instance")
+app.add_typer(token_app, name="token")
 
 console = Console()
 
@@ -121,8 +123,11 @@ def serve(
     import uvicorn
 
     from .api import admin_token_for, create_app
+    from .api.admin_token import take_secrets_from_environment
     from .errors import PlughostError
 
+    # First of all, so that no code the server loads, and no worker it starts, finds them.
+    from_environment = take_secrets_from_environment()
     try:
         settings = load_config(config) if config is not None else NetworkConfig()
     except PlughostError as exc:
@@ -130,12 +135,18 @@ def serve(
         raise typer.Exit(1) from None
     if data_dir is not None:
         settings.data_dir = data_dir
-    token, source = admin_token_for(settings.data_dir, settings.admin_token)
-    typer.echo(
-        f"plughost {__version__}: data folder {settings.data_dir}; admin token from {source}"
+    admin = admin_token_for(
+        settings.data_dir, from_environment=from_environment, configured=settings.admin_token
     )
+    typer.echo(
+        f"plughost {__version__}: data folder {settings.data_dir}; admin token from {admin.source}"
+    )
+    for note in admin.notes:
+        typer.echo(note)
     api = create_app(
-        settings.network(), admin_token=token, max_request_bytes=settings.max_request_bytes
+        settings.network(),
+        admin_token_hash=admin.token_hash,
+        max_request_bytes=settings.max_request_bytes,
     )
     uvicorn.run(
         api,
@@ -175,6 +186,51 @@ def fsck(
     typer.echo(f"{len(problems)} problems" if problems else f"{data_dir}: consistent")
     if problems:
         raise typer.Exit(1)
+
+
+# -- tokens --------------------------------------------------------------------------
+
+
+@token_app.command("rotate")
+def token_rotate(
+    data_dir: Annotated[
+        Path, typer.Option(help="The data folder whose admin token to replace.")
+    ] = Path(".plughost"),
+    tenant: Annotated[
+        str | None,
+        typer.Option(help="Replace this tenant's token instead, on the running server."),
+    ] = None,
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+    as_json: AsJson = False,
+) -> None:
+    """Replace the admin token of a data folder, or (with --tenant) a tenant's token.
+
+    The new admin token is printed once and written beside the data folder; a
+    server running on the folder keeps the old one until it restarts. A tenant's
+    new token works at once, and its old one stops working.
+    """
+    if tenant is not None:
+        with _client(url, token) as client:
+            issued = client.replace_tenant_token(tenant)
+        shown = json.dumps(issued) if as_json else f"tenant token of {tenant}: {issued['token']}"
+        typer.echo(shown)
+        return
+    from .api.admin_token import HASH_FILE, rotate, shown_once
+    from .store import folder_in_use
+
+    if not (data_dir / "plughost.db").is_file():
+        typer.echo(f"error: {data_dir} is not a plughost data folder", err=True)
+        raise typer.Exit(1)
+    new_token = rotate(data_dir)
+    running = folder_in_use(data_dir)
+    if as_json:
+        typer.echo(json.dumps({"token": new_token, "restart_needed": running}))
+        return
+    typer.echo(shown_once(data_dir, new_token))
+    typer.echo(f"its hash is in {data_dir / HASH_FILE}")
+    if running:
+        typer.echo("a server has this folder open: it accepts the old token until it restarts")
 
 
 # -- network -------------------------------------------------------------------------

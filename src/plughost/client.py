@@ -164,6 +164,11 @@ class Client:
         result: dict[str, Any] = self.request("DELETE", f"/api/tenants/{_segment(tenant)}")
         return result
 
+    def replace_tenant_token(self, tenant: str) -> dict[str, Any]:
+        """A new token for ``tenant`` (admin); its old one stops working."""
+        result: dict[str, Any] = self.request("POST", f"/api/tenants/{_segment(tenant)}/token")
+        return result
+
     def list_agents(self, tenant: str, snapshot: str | None = None) -> list[dict[str, Any]]:
         params = {"snapshot": snapshot} if snapshot else {}
         result: list[dict[str, Any]] = self.request(

@@ -17,6 +17,14 @@ Example::
 
 Mods named here load at every start; loading or unloading mods at runtime
 never rewrites the file. Relative paths are relative to the file's folder.
+
+``admin_token`` (at least 16 characters) sets the admin token; the
+environment's ``PLUGHOST_ADMIN_TOKEN`` wins over it. Left unset (best), the
+data folder keeps only the token's sha256, and a token created at the first
+start is shown once and written beside the folder (see
+:mod:`plughost.api.admin_token`). A file that holds the token must stay
+outside the data folder, where tenant code runs, and out of its reach: tenant
+code runs as the server's user and can read what that user can.
 """
 
 from __future__ import annotations
@@ -60,6 +68,7 @@ class NetworkConfig(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8700, ge=0, le=65535)
     admin_token: str | None = Field(default=None, min_length=16)
+    """Never passed to the network or its workers: only its hash reaches the HTTP layer."""
     max_loaded_namespaces: int = Field(default=1000, ge=1)
     keep_versions: int = Field(default=5, ge=1)
     agent_threads: int = Field(default=32, ge=1)

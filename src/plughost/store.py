@@ -7,6 +7,7 @@ Layout of a data folder::
     bundles/<digest>/      a bundle's files laid out for import, one per bundle digest
     tenants/<tenant>/      what mods keep for one tenant; removed with the tenant
     lock                   held (flock) by the one process that has the folder open
+    admin_token.sha256     the admin token's hash (plughost.api.admin_token); never the token
 
 A deploy writes its blobs first (each fsynced, then renamed into place) and
 commits one SQLite transaction last, so a crash at any moment leaves either
@@ -512,11 +513,30 @@ def tenant_data_dir(data_dir: Path, tenant: str) -> Path:
     return data_dir / "tenants" / tenant
 
 
-def write_durably(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that it is complete and on disk before it is visible."""
+def folder_in_use(data_dir: Path) -> bool:
+    """Whether a process has the data folder open now (holds its lock)."""
+    try:
+        descriptor = os.open(data_dir / "lock", os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(descriptor)
+    return False
+
+
+def write_durably(path: Path, data: bytes, *, mode: int = 0o666) -> None:
+    """Write ``data`` to ``path`` so that it is complete and on disk before it is visible.
+
+    ``mode`` (less the umask) applies from the file's creation on, so a file
+    made for its owner only is never readable by others, not even for a moment.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.parent / f".tmp-{uuid.uuid4().hex}"
-    with temporary.open("wb") as out:
+    with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as out:
         out.write(data)
         out.flush()
         os.fsync(out.fileno())

@@ -20,7 +20,6 @@ from fastapi import FastAPI
 from .. import __version__
 from .._body_limit import BodyLimit
 from ..network import Network
-from ..tokens import hash_token
 from . import agents, events, health, instances, mods, snapshots, state, tenants
 from .admin_token import admin_token_for
 from .errors import EXCEPTION_HANDLERS, body_too_large
@@ -42,11 +41,14 @@ _ROUTERS = (
 def create_app(
     network: Network,
     *,
-    admin_token: str,
+    admin_token_hash: str,
     max_upload_bytes: int | None = None,
     max_request_bytes: int = 1 << 20,
 ) -> FastAPI:
     """The ASGI app over ``network``; starting the app starts the network.
+
+    ``admin_token_hash`` is the sha256 (hex) of the admin token: the app never
+    holds the token itself.
 
     ``max_upload_bytes`` bounds a bundle upload (default: the network's
     ``BundleLimits.max_total_bytes``), ``max_request_bytes`` every other
@@ -62,7 +64,7 @@ def create_app(
     state.keep(
         app,
         network,
-        admin_hash=hash_token(admin_token),
+        admin_hash=admin_token_hash,
         upload_limit=max_upload_bytes or network.limits.max_total_bytes,
     )
     app.add_middleware(

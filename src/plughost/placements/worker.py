@@ -59,6 +59,15 @@ _MAX_BACKOFF = 5.0
 _STABLE_AFTER = 10.0
 MAX_ATTEMPTS = 10
 _EXITED = "the worker exited"
+# Tokens a host may have been given in its environment; tenant code in a worker must not
+# find them in its own (a host that ``plughost serve`` started has dropped them already,
+# a host embedded in another program may not have).
+_SECRET_VARIABLES = frozenset({"PLUGHOST_ADMIN_TOKEN", "PLUGHOST_TOKEN"})
+
+
+def _worker_environment() -> dict[str, str]:
+    """The host's environment without its secrets (``PYTHONPATH`` and the rest stay)."""
+    return {name: value for name, value in os.environ.items() if name not in _SECRET_VARIABLES}
 
 
 class _Process:
@@ -97,6 +106,7 @@ class _Process:
                 [sys.executable, "-c", _ENTRY, str(worker_end.fileno())],
                 pass_fds=[worker_end.fileno()],
                 start_new_session=True,
+                env=_worker_environment(),
             )
         reader, self._writer = await asyncio.open_connection(sock=host_end)
         self._ready = loop.create_future()
