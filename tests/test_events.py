@@ -90,7 +90,12 @@ async def test_a_raising_handler_gives_a_failed_response_and_the_network_serves_
     assert not wrong.success and "has no handler for 'other.thing'" in wrong.message
 
 
-async def test_topics_stay_inside_their_tenant(network: Network) -> None:
+async def test_topics_stay_inside_their_tenant(tmp_path: Path) -> None:
+    async with Network(tmp_path / "data", shared_topics=["/clock"]) as network:
+        await _topics_stay_inside_their_tenant(network)
+
+
+async def _topics_stay_inside_their_tenant(network: Network) -> None:
     (network.data_dir / "mods" / "sub.py").write_text(
         "from plughost import Mod, on, rpc\nclass SubMod(Mod):\n"
         "    def initialize(self):\n        self.got = []\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -320,15 +321,16 @@ async def test_agents_run_in_the_worker_and_errors_keep_their_types(network: Net
         extra=(
             "import os\n"
             "class Pid(BasicAgent):\n    name = 'Pid'\n"
-            "    def perform(self, **kwargs):\n        return os.getpid()\n"
+            "    def perform(self, **kwargs):\n        return os.getpgid(0)\n"
             "class Fails(BasicAgent):\n    name = 'Fails'\n"
             "    async def perform(self, **kwargs):\n        raise KeyError('lost')\n"
         ),
     )
     await network.deploy("remote", bundle, placement="process")
     assert await network.call_agent("remote", "Notifier", {"message": "m"}) == "remote:m"
+    # Health shows the worker's process group: its keeper's pid.
     assert await network.call_agent("remote", "Pid") == network.health()["workers"]["remote"]["pid"]
-    assert await network.call_agent("remote", "Pid") != os.getpid()
+    assert await network.call_agent("remote", "Pid") != os.getpgid(0)
     with pytest.raises(AgentError) as caught:
         await network.call_agent("remote", "Fails")
     assert caught.value.error_type == "KeyError"
@@ -398,6 +400,71 @@ async def test_no_worker_outlives_its_network_or_its_killed_host(tmp_path: Path)
         host.wait()
         if host.stdout is not None:
             host.stdout.close()
+
+
+SPAWNER = """
+import subprocess
+from agents.basic_agent import BasicAgent
+
+
+class SpawnerAgent(BasicAgent):
+    name = "Spawner"
+    metadata = {"name": "Spawner", "parameters": {"type": "object", "properties": {}}}
+
+    def perform(self, **kwargs):
+        return subprocess.Popen(["sleep", "600"]).pid
+"""
+
+
+async def test_what_a_worker_started_dies_with_the_worker_and_with_its_killed_host(
+    tmp_path: Path,
+) -> None:
+    bundle = {"agents": [{"filename": "spawner_agent.py", "source": SPAWNER}]}
+    async with Network(tmp_path / "data") as network:
+        await network.deploy("w", bundle, placement="process")
+        child = await network.call_agent("w", "Spawner")
+        os.kill(network.health()["workers"]["w"]["pid"], signal.SIGKILL)
+        assert await _gone(child)
+        await _wait_for_restart(network, "w", 1)
+        child = await network.call_agent("w", "Spawner")
+    assert await _gone(child)
+
+    script = (
+        "import asyncio, json, sys\n"
+        "from plughost import Network\n"
+        "async def main():\n"
+        "    async with Network(sys.argv[1]) as n:\n"
+        "        await n.deploy('w', json.loads(sys.argv[2]), placement='process')\n"
+        "        print(await n.call_agent('w', 'Spawner'), flush=True)\n"
+        "        await asyncio.sleep(600)\n"
+        "asyncio.run(main())\n"
+    )
+    host = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path / "data2"), json.dumps(bundle)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert host.stdout is not None
+        child = int(host.stdout.readline())
+        assert _alive(child)
+        host.kill()
+        host.wait()
+        assert await _gone(child)
+    finally:
+        host.kill()
+        host.wait()
+        if host.stdout is not None:
+            host.stdout.close()
+
+
+async def _gone(pid: int) -> bool:
+    for _ in range(1000):
+        if not _alive(pid):
+            return True
+        await asyncio.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)  # not left behind by the test, whatever it found
+    return False
 
 
 def _alive(pid: int) -> bool:

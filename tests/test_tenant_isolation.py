@@ -13,7 +13,15 @@ from typing import Any
 import httpx
 import pytest
 
-from plughost import Event, ModNotLoadedError, ModPathRefusedError, Network, OutsideTenantError
+from plughost import (
+    Event,
+    ModLoadError,
+    ModNotLoadedError,
+    ModPathRefusedError,
+    Network,
+    OutsideTenantError,
+    RpcError,
+)
 
 from .conftest import PLACEMENTS
 from .server import ServerProcess
@@ -218,6 +226,68 @@ async def test_a_tenant_hears_of_its_own_and_global_mods_only(
     await network.load_mod("plughost.mods.shared_artifact")
     heard = await network.rpc("bob/listener", "heard_of")
     assert heard == ["bobs_cache", "shared_artifact"]
+
+
+SNOOP = """
+from plughost import Mod, on, rpc
+
+
+class SnoopMod(Mod):
+    def initialize(self):
+        self.heard = []
+
+    @on("topic:{subscribe}")
+    def hear(self, event):
+        self.heard.append(event.payload)
+
+    @rpc
+    async def send(self, topic):
+        return await self.publish(topic, {{"from": self.tenant}})
+
+    @rpc
+    def heard_of(self):
+        return list(self.heard)
+"""
+
+
+def _snoop_bundle(subscribe: str, expose: list[str] | None = None) -> dict[str, Any]:
+    manifest = f'[[mods]]\npath = "snoop"\nname = "snoop"\nexpose = {json.dumps(expose or [])}\n'
+    return {
+        "files": [
+            {"filename": "snoop.py", "source": SNOOP.format(subscribe=subscribe)},
+            {"filename": "plughost.toml", "source": manifest},
+        ]
+    }
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+async def test_a_tenant_subscribes_and_publishes_only_where_it_may(
+    tmp_path: Path, placement: str
+) -> None:
+    async with Network(tmp_path / "data", shared_topics=["/clock"]) as network:
+        await network.deploy("alice", _snoop_bundle("secret"), placement=placement)  # type: ignore[arg-type]
+        for topic in ("/alice/secret", "/status"):
+            with pytest.raises(ModLoadError, match=r"at subscribe: .*outside what a mod of tenant"):
+                await network.deploy("bob", _snoop_bundle(topic), placement=placement)  # type: ignore[arg-type]
+            assert "bob" not in network.list_tenants()
+        (network.data_dir / "mods" / "peek.py").write_text(
+            SNOOP.format(subscribe="/bob/status").replace("SnoopMod", "PeekMod")
+        )
+        with pytest.raises(ModLoadError, match="at subscribe: /bob/status"):
+            await network.load_mod("peek", tenant="alice")
+        assert network.get_loaded_mods() == ["alice/snoop"]
+        await network.deploy("bob", _snoop_bundle("/clock", expose=["status"]), placement=placement)  # type: ignore[arg-type]
+        # Bob may not forge into Alice's stream, nor into a global topic he does not expose.
+        for topic in ("/alice/secret", "/news"):
+            # In a worker the refusal comes back through the RPC, as what the method raised.
+            with pytest.raises((OutsideTenantError, RpcError), match=r"outside tenant 'bob'"):
+                await network.rpc("bob/snoop", "send", topic)
+        assert await network.rpc("alice/snoop", "heard_of") == []
+        assert await network.rpc("alice/snoop", "send", "secret") == 1
+        assert await network.rpc("bob/snoop", "send", "/clock") == 1
+        assert await network.rpc("bob/snoop", "send", "status") == 0  # published to /status
+        assert await network.rpc("alice/snoop", "heard_of") == [{"from": "alice"}]
+        assert await network.rpc("bob/snoop", "heard_of") == [{"from": "bob"}]
 
 
 async def test_removing_a_tenant_removes_the_data_its_own_mods_kept(tmp_path: Path) -> None:

@@ -74,6 +74,9 @@ class NetworkConfig(BaseModel):
     agent_threads: int = Field(default=32, ge=1)
     unload_timeout: float = Field(default=10.0, gt=0)
     worker_start_timeout: float = Field(default=60.0, gt=0)
+    call_timeout: float = Field(default=60.0, gt=0)
+    shared_topics: list[str] = Field(default_factory=list)
+    """Absolute topics (``/clock``) every tenant may use besides its own."""
     max_request_bytes: int = Field(default=1 << 20, ge=1)
     bundle_limits: LimitsEntry = Field(default_factory=LimitsEntry)
     mod_roots: list[str] | None = None
@@ -92,6 +95,8 @@ class NetworkConfig(BaseModel):
             mods=[ModSpec(m.mod_path, m.config, m.mod_id, m.tenant) for m in self.mods],
             unload_timeout=self.unload_timeout,
             worker_start_timeout=self.worker_start_timeout,
+            call_timeout=self.call_timeout,
+            shared_topics=list(self.shared_topics),
         )
 
 

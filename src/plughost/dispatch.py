@@ -26,7 +26,7 @@ from .errors import (
     RpcError,
     UnknownRpcError,
 )
-from .events import Event, EventResponse, as_response, matches, resolve_topic
+from .events import Event, EventResponse, as_response, matches, resolve_topic, topic_allowed
 from .metrics import Metrics
 from .mod import LoadedMod, ModRegistry, mod_key
 from .runtime import Runtime
@@ -46,6 +46,7 @@ class Dispatcher:
         metrics: counts events.
         system: answers ``system.*`` events (with the tenant they are confined to).
         call_agent: runs an agent for an ``agent:<tenant>/<agent>`` event.
+        shared_topics: absolute topics every tenant's mods may use, besides their own.
     """
 
     def __init__(
@@ -57,6 +58,7 @@ class Dispatcher:
         metrics: Metrics,
         system: SystemHandler,
         call_agent: AgentCaller,
+        shared_topics: frozenset[str] = frozenset(),
     ) -> None:
         self._mods = mods
         self._runtime = runtime
@@ -65,6 +67,7 @@ class Dispatcher:
         self._metrics = metrics
         self._system = system
         self._call_agent = call_agent
+        self.shared_topics = shared_topics
 
     # -- events ----------------------------------------------------------------------
 
@@ -103,9 +106,10 @@ class Dispatcher:
             output = await self._call_agent(tenant, agent, event.payload)
             return EventResponse(success=True, data={"output": output})
         if kind == "topic" and target:
+            # A tenant's event was confined before it got here; the admin's reaches any topic.
             topic = resolve_topic(target, event.tenant)
-            delivered = await self.publish(
-                target, event.payload, tenant=event.tenant, source_id=event.source_id
+            delivered = await self.deliver(
+                topic, event.payload, tenant=event.tenant, source_id=event.source_id
             )
             return EventResponse(
                 success=True,
@@ -239,19 +243,36 @@ class Dispatcher:
         tenant: str | None = None,
         source_id: str = "system",
     ) -> int:
-        """Publish ``data`` to ``topic`` resolved against ``tenant``; return how many received it.
+        """Publish for the mod ``source_id`` of ``tenant`` (None: a global mod); return how
+        many subscribers received it.
 
-        Subscribers are mods with ``@on("topic:<name>")`` whose name resolves to
-        the same topic; each gets an event ``topic.message`` with ``data`` as payload.
+        ``topic`` is resolved against the tenant, or is ``/<topic>`` if the mod's
+        manifest entry exposes it.
 
         Raises:
             ValueError: the topic is empty.
+            OutsideTenantError: a tenant's mod may not publish there (see
+                :func:`~plughost.events.topic_allowed`).
         """
-        resolved = resolve_topic(topic, tenant)
+        publisher = self._mods.get(mod_key(source_id, tenant)) if tenant is not None else None
+        exposed = publisher.instance.expose if publisher is not None else ()
+        resolved = resolve_topic(f"/{topic}" if topic in exposed else topic, tenant)
+        if not topic_allowed(resolved, tenant, exposed, self.shared_topics):
+            raise OutsideTenantError(str(tenant), f"topic {resolved}")
+        return await self.deliver(resolved, data, tenant=tenant, source_id=source_id)
+
+    async def deliver(
+        self, topic: str, data: Mapping[str, Any], *, tenant: str | None, source_id: str
+    ) -> int:
+        """Hand ``data`` to every subscriber of the absolute ``topic``; return how many got it.
+
+        Subscribers are mods with ``@on("topic:<name>")`` whose name resolves to
+        ``topic``; each gets an event ``topic.message`` with ``data`` as payload.
+        """
         event = Event(
             event_name="topic.message",
             source_id=source_id,
-            destination_id=f"topic:{resolved}",
+            destination_id=f"topic:{topic}",
             payload=dict(data),
             tenant=tenant,
         )
@@ -259,7 +280,7 @@ class Dispatcher:
             self.invoke(mod, handler, event)
             for mod in self._mods.loaded()
             if mod.accepting
-            for handler in mod.topics.get(resolved, ())
+            for handler in mod.topics.get(topic, ())
         ]
         await asyncio.gather(*calls, return_exceptions=True)
         return len(calls)
@@ -293,18 +314,14 @@ class Dispatcher:
 
         The worker runs tenant code, so what it says about scope is not taken
         on trust: it acts as its own tenant, and may reach only that tenant's
-        topics and instances, global mods, and one-segment global topic names
-        (the streams a manifest exposes).
+        topics and instances, global mods, the topics its instances' manifest
+        entries expose, and the shared topics.
         """
         if kind == "publish":
-            topic, data, scope, source_id = args
+            topic, data, _, source_id = args
             if not isinstance(data, dict):
                 raise TypeError("published data must be an object")
-            resolved = resolve_topic(str(topic), tenant if scope is not None else None)
-            if resolved.count("/") > 1 and not resolved.startswith(f"/{tenant}/"):
-                raise OutsideTenantError(tenant, resolved)
-            source = f"{tenant}/{source_id}"
-            return await self.publish(resolved, data, tenant=tenant, source_id=source)
+            return await self.publish(str(topic), data, tenant=tenant, source_id=str(source_id))
         if kind == "rpc":
             name, method, call_args, call_kwargs, _ = args
             if not isinstance(call_args, list) or not isinstance(call_kwargs, dict):

@@ -12,7 +12,9 @@ subscribes to a topic instead.
 
 Topics are resolved against a namespace path: ``camera`` published by a mod
 of tenant ``robot1`` is ``/robot1/camera``; a name starting with ``/`` is
-absolute; a global mod's ``camera`` is ``/camera``.
+absolute; a global mod's ``camera`` is ``/camera``. A tenant's mods reach
+their own tenant's topics, the ones their manifest entry exposes, and the
+shared topics the admin allows; nothing else (:func:`topic_allowed`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import fnmatch
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -115,6 +117,20 @@ def resolve_topic(topic: str, namespace_path: str | None) -> str:
     if topic.startswith("/"):
         return topic
     return f"/{namespace_path}/{topic}" if namespace_path else f"/{topic}"
+
+
+def topic_allowed(
+    topic: str, tenant: str | None, exposed: Iterable[str], shared: Collection[str]
+) -> bool:
+    """Whether a mod of ``tenant`` may subscribe or publish to the absolute ``topic``.
+
+    A global mod (``tenant`` None) may use any; a tenant's mod those under
+    ``/<tenant>/``, ``/<name>`` for each name its manifest entry ``exposed``,
+    and the ``shared`` topics.
+    """
+    if tenant is None or topic.startswith(f"/{tenant}/") or topic in shared:
+        return True
+    return any(topic == f"/{name}" for name in exposed)
 
 
 def as_response(result: object) -> EventResponse:

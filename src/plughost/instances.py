@@ -23,6 +23,7 @@ from .errors import (
     OutsideTenantError,
     PlughostError,
 )
+from .events import topic_allowed
 from .mod import (
     FailedMod,
     LoadedMod,
@@ -54,6 +55,7 @@ class Instances:
         control: runs mods in this process.
         lookup: resolves a name as the dispatcher does.
         unload_timeout: how long an unload waits for a mod's running handlers.
+        shared_topics: absolute topics every tenant's instances may subscribe to.
     """
 
     def __init__(
@@ -64,6 +66,7 @@ class Instances:
         control: LocalControl,
         lookup: Lookup,
         unload_timeout: float,
+        shared_topics: frozenset[str] = frozenset(),
     ) -> None:
         self._mods = mods
         self._store = store
@@ -71,6 +74,7 @@ class Instances:
         self._control = control
         self._lookup = lookup
         self.unload_timeout = unload_timeout
+        self._shared_topics = shared_topics
         self.roots = ModRoots([])
         self.lock = asyncio.Lock()
 
@@ -101,6 +105,11 @@ class Instances:
             if holder is not None:
                 raise ModAlreadyLoadedError(key, holder.mod_path)
             loaded = await self._control.start(resolved, chosen_id, config, tenant)
+            try:
+                self.check_topics(loaded)
+            except ModLoadError:
+                await stop_mod(loaded, self.unload_timeout)
+                raise
             if persist:
                 stored = StoredMod(key, chosen_id, mod_path, tenant, config, loaded.loaded_at)
                 try:
@@ -197,12 +206,39 @@ class Instances:
         for mod in replaced:
             await stop_mod(mod, self.unload_timeout)
 
-    def record(self, instances: list[LoadedMod], failures: list[FailedMod]) -> None:
+    async def record(self, instances: list[LoadedMod], failures: list[FailedMod]) -> None:
         """At start: register the instances a placement brought back, and its failures."""
         for mod in instances:
-            self._mods.register(mod)
+            try:
+                self.check_topics(mod)
+            except ModLoadError as exc:
+                await stop_mod(mod, self.unload_timeout)
+                self._mods.record_failure(FailedMod(mod.mod_id, mod.mod_path, mod.tenant, str(exc)))
+            else:
+                self._mods.register(mod)
         for failed in failures:
             self._mods.record_failure(failed)
+
+    def check_topics(self, mod: LoadedMod) -> None:
+        """Refuse an instance that subscribes to a topic its tenant may not reach.
+
+        Raises:
+            ModLoadError: at the step ``subscribe``, naming the topics.
+        """
+        refused = sorted(
+            topic
+            for topic in mod.topics
+            if not topic_allowed(topic, mod.tenant, mod.instance.expose, self._shared_topics)
+        )
+        if refused:
+            exposed = [f"/{name}" for name in mod.instance.expose]
+            allowed = ", ".join([f"/{mod.tenant}/...", *exposed, *sorted(self._shared_topics)])
+            raise ModLoadError(
+                mod.mod_path,
+                "subscribe",
+                f"{', '.join(refused)}: outside what a mod of tenant {mod.tenant!r} may "
+                f"subscribe to ({allowed})",
+            )
 
     async def drop_tenant(self, tenant: str) -> None:
         """Unload every mod and instance of a removed tenant, and forget them."""
@@ -255,6 +291,11 @@ class Instances:
             elif reload and not old.from_bundle:
                 source = self.roots.resolve(old.mod_path)
             new = await old.control.restart(old, source)
+            try:
+                self.check_topics(new)
+            except ModLoadError:
+                await stop_mod(new, self.unload_timeout)
+                raise
             self._mods.register(new)
         await stop_mod(old, self.unload_timeout)
         return new.instance

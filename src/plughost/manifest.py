@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -27,6 +27,7 @@ from .naming import TENANT_NAME_PATTERN
 
 MANIFEST = "plughost.toml"
 Placement = Literal["inprocess", "process"]
+_TOPIC_SEGMENT = r"^[A-Za-z0-9_.-]+$"  # an exposed topic is one segment: /<it>
 
 
 class InstanceSpec(BaseModel):
@@ -37,7 +38,7 @@ class InstanceSpec(BaseModel):
     path: str = Field(min_length=1)
     name: str = Field(pattern=TENANT_NAME_PATTERN)
     config: dict[str, Any] = Field(default_factory=dict)
-    expose: list[str] = Field(default_factory=list)
+    expose: list[Annotated[str, Field(pattern=_TOPIC_SEGMENT)]] = Field(default_factory=list)
 
     @field_validator("path")
     @classmethod

@@ -106,10 +106,14 @@ class Mod:
         """Publish ``data`` to ``topic`` resolved against this mod's tenant.
 
         A topic its manifest entry exposes is published under the absolute
-        ``/<topic>`` instead. Returns how many subscribers received it.
+        ``/<topic>`` instead. A tenant's mod may publish only to its tenant's
+        topics, those it exposes and the shared ones. Returns how many
+        subscribers received it.
+
+        Raises:
+            OutsideTenantError: the topic is outside what the mod may reach.
         """
-        scope = None if topic in self.expose else self.tenant
-        return await self.network.publish(topic, data, tenant=scope, source_id=self.mod_id)
+        return await self.network.publish(topic, data, tenant=self.tenant, source_id=self.mod_id)
 
     async def rpc(self, name: str, method: str, *args: Any, **kwargs: Any) -> Any:
         """Call ``method`` on the mod ``name``, looked up inside this mod's tenant first."""

@@ -28,7 +28,7 @@ from .catalog import Catalog
 from .deadlines import Deadlines
 from .dispatch import Dispatcher
 from .errors import NotStartedError, OutsideTenantError
-from .events import Event, EventResponse
+from .events import Event, EventResponse, resolve_topic, topic_allowed
 from .instances import Instances
 from .manifest import Placement
 from .metrics import Metrics
@@ -79,6 +79,8 @@ class Network:
         unload_timeout: seconds an unload waits for a mod's running handlers.
         worker_start_timeout: seconds a worker process may take to load its deployment.
         call_timeout: seconds one agent call (or one request to a worker) may take.
+        shared_topics: absolute topics (``/clock``) every tenant's mods and events may
+            use besides their own tenant's; a tenant reaches no other topic.
 
     Use as ``async with Network(...) as network:`` or ``start()`` / ``stop()``.
     """
@@ -98,6 +100,7 @@ class Network:
         unload_timeout: float = 10.0,
         worker_start_timeout: float = 60.0,
         call_timeout: float = 60.0,
+        shared_topics: list[str] | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.network_id = network_id
@@ -127,6 +130,7 @@ class Network:
             self.metrics,
             system=self._system_event,
             call_agent=self.call_agent,
+            shared_topics=frozenset(_check_shared_topics(shared_topics or [])),
         )
         control = LocalControl(self._dispatch)
         self._instances = Instances(
@@ -136,6 +140,7 @@ class Network:
             control,
             self._dispatch.mod_for,
             unload_timeout,
+            self._dispatch.shared_topics,
         )
         placements: list[PlacementImpl] = [
             InProcess(
@@ -517,7 +522,7 @@ class Network:
         """
         self._check_started()
         if confine_to is not None:
-            event = _confine(event, confine_to)
+            event = _confine(event, confine_to, self._dispatch.shared_topics)
         return await self._dispatch.send(event, confine_to)
 
     async def publish(
@@ -530,10 +535,14 @@ class Network:
     ) -> int:
         """Publish ``data`` to ``topic`` resolved against ``tenant``; return how many received it.
 
+        This is the network's own publishing, which reaches any topic; a mod's
+        ``self.publish`` reaches only what its tenant may.
+
         Raises:
             ValueError: the topic is empty.
         """
-        return await self._dispatch.publish(topic, data, tenant=tenant, source_id=source_id)
+        resolved = resolve_topic(topic, tenant)
+        return await self._dispatch.deliver(resolved, data, tenant=tenant, source_id=source_id)
 
     async def rpc(
         self, name: str, method: str, *args: Any, tenant: str | None = None, **kwargs: Any
@@ -702,7 +711,16 @@ class Network:
         }
 
 
-def _confine(event: Event, tenant: str) -> Event:
+def _check_shared_topics(topics: list[str]) -> list[str]:
+    for topic in topics:
+        if not (isinstance(topic, str) and topic.startswith("/") and topic.strip("/")):
+            raise ValueError(
+                f"a shared topic is an absolute topic name like '/clock', not {topic!r}"
+            )
+    return topics
+
+
+def _confine(event: Event, tenant: str, shared_topics: frozenset[str]) -> Event:
     """The event as ``tenant`` may send it: acting in that tenant, reaching nothing outside.
 
     Raises:
@@ -716,7 +734,11 @@ def _confine(event: Event, tenant: str) -> Event:
         raise OutsideTenantError(tenant, destination)
     if kind == "mod" and "/" in target and target.partition("/")[0] != tenant:
         raise OutsideTenantError(tenant, destination)
-    if kind == "topic" and target.startswith("/") and not target.startswith(f"/{tenant}/"):
+    if (
+        kind == "topic"
+        and target
+        and not topic_allowed(resolve_topic(target, tenant), tenant, (), shared_topics)
+    ):
         raise OutsideTenantError(tenant, destination)
     payload = dict(event.payload)
     if kind == "system" or event.event_name.startswith("system."):

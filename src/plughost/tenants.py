@@ -94,7 +94,7 @@ class Tenants:
             started = await self.placement_of(tenant).resume(_launch(location, live=True))
             if started.unit is not None:
                 self._runtime.add(started.unit)
-            self._instances.record(started.instances, started.failures)
+            await self._instances.record(started.instances, started.failures)
 
     # -- deploying --------------------------------------------------------------------
 
@@ -164,6 +164,8 @@ class Tenants:
                     or (current.placement if current is not None else "inprocess")
                 )
                 started = await self._placements[chosen].start(_launch(location, live=True))
+                for mod in started.instances:
+                    self._instances.check_topics(mod)
                 unit = _unit_of(started)
                 agents = sorted(info.name for info in unit.agents())
                 async with self.write_lock:

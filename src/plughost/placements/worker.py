@@ -189,6 +189,7 @@ class _Process:
         if self._lost_already:
             return
         self._lost_already = True
+        self.kill()  # what the worker's code started goes with it, even if its keeper died
         if self._writer is not None:
             self._writer.close()
             self._writer = None
@@ -516,7 +517,9 @@ class RemoteControl:
         supervisor, tenant, name = self._supervisor, self._supervisor.spec.tenant, info["name"]
         instance: Mod = type(info["class"], (Mod,), {})()
         instance.mod_id, instance.config, instance.network = name, info["config"], self._host
-        instance.tenant, instance.expose = tenant, tuple(info["expose"])
+        # What the manifest declares, not what the worker says: exposing widens its reach.
+        declared = {entry[1]: entry[3] for entry in supervisor.spec.instances}
+        instance.tenant, instance.expose = tenant, tuple(declared.get(name, ()))
         instance.namespace = Namespace(tenant, mod=name, placement="process")
 
         async def on_event(event: Event) -> EventResponse:

@@ -7,7 +7,14 @@ host sends requests ``[kind, id, ...]``; the worker answers
 ``[error kind, type name, message]``. The worker also asks the host
 (``publish`` and ``rpc`` from its mods), so both sides handle messages
 concurrently. When the socket closes (the host stopped or died) the worker
-shuts its mods down and exits; the kernel also kills it if its parent dies.
+shuts its mods down and exits.
+
+The process the host starts forks at once and stays behind as the keeper of
+the process group (the worker's session): it runs no tenant code, so it can
+always act. When the worker ends, however it ends, or the host dies (the
+kernel tells the keeper with SIGTERM), the keeper kills the whole group,
+itself included, so nothing the tenant's code started outlives its worker.
+The worker dies with its keeper.
 """
 
 from __future__ import annotations
@@ -156,7 +163,9 @@ class _Worker:
             try:
                 return await _invoke(mod, function, *call_args, **call_kwargs)
             except Exception as exc:
-                raise RemoteError("rpc", type(exc).__name__, str(exc)) from exc
+                # A refusal by the host, met inside the method, keeps its own name.
+                error_type = exc.error_type if isinstance(exc, RemoteError) else type(exc).__name__
+                raise RemoteError("rpc", error_type, str(exc)) from exc
         if kind == "event":
             name, event_data = args
             mod = self._mod(name)
@@ -288,7 +297,7 @@ def main(descriptor: int) -> None:
     host asks it to stop or the socket closes, then exits at once, even if
     an agent's thread is still busy.
     """
-    _die_with_parent()
+    _keep_the_group(descriptor)
     sock = socket.socket(fileno=descriptor)
     with sock.makefile("rb") as stream:
         size = int.from_bytes(stream.read(4), "big")
@@ -304,7 +313,36 @@ async def _serve(worker: _Worker) -> None:
         os._exit(0)
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to kill this process when its parent dies (prctl PR_SET_PDEATHSIG)."""
+class _HostDied(Exception):
+    pass
+
+
+def _host_died(signum: int, frame: object) -> None:
+    raise _HostDied
+
+
+def _keep_the_group(descriptor: int) -> None:
+    """Fork; return in the worker, and in the parent keep the group until the worker ends."""
+    host, keeper = os.getppid(), os.getpid()
+    worker = os.fork()
+    if worker == 0:
+        _die_with_parent(signal.SIGKILL)
+        if os.getppid() != keeper:  # the keeper died before the kernel was asked
+            os._exit(1)
+        return
+    os.close(descriptor)  # the host must see the socket close when the worker ends
+    signal.signal(signal.SIGTERM, _host_died)
+    _die_with_parent(signal.SIGTERM)
+    try:
+        if os.getppid() == host:  # else the host died before the kernel was asked
+            os.waitpid(worker, 0)
+    except _HostDied:
+        pass
+    finally:
+        os.killpg(0, signal.SIGKILL)
+
+
+def _die_with_parent(signum: int) -> None:
+    """Ask Linux to send ``signum`` to this process when its parent dies (PR_SET_PDEATHSIG)."""
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+        ctypes.CDLL(None, use_errno=True).prctl(1, signum)
