@@ -78,3 +78,27 @@ def test_fsck_finds_a_missing_file(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "deployment acme/1" in result.stdout and "missing or corrupt" in result.stdout
     assert _run("fsck", "--data-dir", str(tmp_path / "nothing")).returncode == 1
+
+
+def test_fsck_finds_a_changed_bundle_folder(tmp_path: Path) -> None:
+    import asyncio
+
+    from plughost import Network
+
+    from .conftest import agent_bundle
+
+    async def deploy() -> None:
+        async with Network(tmp_path / "data") as network:
+            await network.deploy("acme", agent_bundle("x"))
+
+    asyncio.run(deploy())
+    (folder,) = (tmp_path / "data" / "bundles").iterdir()
+    helpers = folder / "helpers.py"
+    helpers.chmod(0o644)
+    helpers.write_text("def decorate(m):\n    return 'changed'\n")
+    result = _run("fsck", "--data-dir", str(tmp_path / "data"))
+    assert result.returncode == 1
+    assert (
+        f"deployment acme/1: bundle folder {folder.name[:12]}: helpers.py differs" in result.stdout
+    )
+    assert "1 problems" in result.stdout

@@ -1,15 +1,25 @@
-"""Acknowledged deploys survive kill -9; a deploy killed midway leaves the previous one."""
+"""Acknowledged deploys survive kill -9; a deploy killed midway leaves the previous one; what
+an upload killed midway leaves is removed at the next start."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import random
 import signal
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
+
 from plughost import Network
+
+from .server import ServerProcess
 
 CHILD = Path(__file__).with_name("crash_child.py")
 
@@ -71,3 +81,49 @@ async def test_kill_9_during_deploys_never_loses_an_acknowledged_deploy(tmp_path
                     )
             await network.collect_garbage()
             assert await network.check() == []
+
+
+def test_an_upload_cut_by_kill_9_leaves_files_that_the_next_start_removes(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    server = ServerProcess(tmp_path, admin_token="admin-token-for-durability", data_dir=data)
+    server.start()
+    assert server.process is not None
+    stop_sending = threading.Event()
+
+    def half_an_archive() -> Iterator[bytes]:
+        yield b"PK\x03\x04" + b"\0" * 4096
+        stop_sending.wait(60)
+
+    def upload() -> None:
+        with contextlib.suppress(httpx.HTTPError):
+            httpx.put(
+                server.url + "/api/tenants/acme/bundle",
+                content=half_an_archive(),
+                headers={
+                    "Authorization": "Bearer admin-token-for-durability",
+                    "Content-Type": "application/zip",
+                },
+                timeout=60,
+            )
+
+    uploading = threading.Thread(target=upload)
+    uploading.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not list(data.glob("tmp/plughost-upload-*/bundle")):
+            assert time.monotonic() < deadline, "the upload never reached the data folder"
+            time.sleep(0.01)
+    finally:
+        server.process.kill()
+        server.process.wait()
+        server.process = None
+        stop_sending.set()
+        uploading.join(60)
+    assert list(data.glob("tmp/plughost-upload-*/bundle"))  # the kill left it
+
+    async def start() -> None:
+        async with Network(data):
+            pass
+
+    asyncio.run(start())
+    assert list((data / "tmp").iterdir()) == []

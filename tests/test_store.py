@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
+import stat
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -236,3 +241,123 @@ def test_check_reports_a_corrupted_and_a_missing_blob(store: Store) -> None:
     (blobs / helpers_blob[:2] / helpers_blob).unlink()
     problems = store.check()
     assert len(problems) == 2 and any("pkg/helpers.py" in p for p in problems)
+
+
+def _writable(path: Path) -> None:
+    """Undo the read-only modes, as a tenant that owns the files could (root needs not)."""
+    for folder, _, names in os.walk(path):
+        os.chmod(folder, 0o755)
+        for name in names:
+            os.chmod(os.path.join(folder, name), 0o644)
+
+
+def test_bundle_folders_are_read_only_by_mode(store: Store) -> None:
+    deployment = _deploy(store, "acme", "one")
+    folder = store.bundle_dir(deployment.digest, _files("one")[1])
+    modes = {
+        path.relative_to(folder).as_posix(): stat.S_IMODE(path.stat().st_mode)
+        for path in [folder, *folder.rglob("*")]
+    }
+    assert modes == {".": 0o555, "pkg": 0o555, "notifier_agent.py": 0o444, "pkg/helpers.py": 0o444}
+    # Read-only folders are still collected, and rebuilt from the blobs when needed again.
+    store.remove_tenant("acme")
+    assert store.collect_garbage() == GarbageReport(2, 1)
+    assert not folder.exists()
+
+
+def test_a_changed_bundle_folder_is_reported_then_rebuilt_at_its_next_use(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    deployment = _deploy(store, "acme", "one")
+    store.create_snapshot(deployment, "jan")
+    manifest = _files("one")[1]
+    folder = store.bundle_dir(deployment.digest, manifest)
+    _writable(folder)
+    (folder / "notifier_agent.py").write_bytes(b"WORD = 'rewritten'\n")
+    (folder / "pkg" / "helpers.py").unlink()
+    (folder / "pkg" / "added.py").write_bytes(b"ADDED = True\n")
+    (folder / "pkg" / "__init__.py").symlink_to(folder / "notifier_agent.py")
+
+    problems = store.check()
+
+    prefix = f"bundle folder {deployment.digest[:12]}: "
+    expected = [
+        "notifier_agent.py differs from the stored content",
+        "pkg/__init__.py is not part of the bundle",
+        "pkg/added.py is not part of the bundle",
+        "pkg/helpers.py is missing",
+    ]
+    assert problems == [f"deployment acme/1: {prefix}{line}" for line in expected] + [
+        f"snapshot acme/jan: {prefix}{line}" for line in expected
+    ]
+    with caplog.at_level(logging.WARNING, logger="plughost.store"):
+        assert store.bundle_dir(deployment.digest, manifest) == folder
+    assert "pkg/helpers.py is missing" in caplog.text
+    files = {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*.py")}
+    assert files == _files("one")[0]
+    assert store.check() == []
+    assert [p.name for p in folder.parent.iterdir()] == [deployment.digest]  # nothing left aside
+
+
+def test_loads_that_meet_a_changed_folder_at_once_all_get_the_stored_files(store: Store) -> None:
+    deployment = _deploy(store, "acme", "one")
+    files, manifest = _files("one")
+    folder = store.bundle_dir(deployment.digest, manifest)
+    for round_number in range(20):
+        _writable(folder)
+        (folder / "notifier_agent.py").write_bytes(f"WORD = {round_number}\n".encode())
+        start = threading.Barrier(8)
+
+        def load(start: threading.Barrier) -> dict[str, bytes]:
+            start.wait()
+            found = store.bundle_dir(deployment.digest, manifest)
+            return {p.relative_to(found).as_posix(): p.read_bytes() for p in found.rglob("*.py")}
+
+        with ThreadPoolExecutor(8) as pool:
+            assert list(pool.map(load, [start] * 8)) == [files] * 8
+    assert store.check() == []
+    assert [p.name for p in folder.parent.iterdir()] == [deployment.digest]
+
+
+def test_a_file_replaced_by_a_link_to_the_same_content_is_reported(
+    store: Store, tmp_path: Path
+) -> None:
+    deployment = _deploy(store, "acme", "one")
+    folder = store.bundle_dir(deployment.digest, _files("one")[1])
+    _writable(folder)
+    copy = tmp_path / "elsewhere.py"
+    copy.write_bytes((folder / "notifier_agent.py").read_bytes())
+    (folder / "notifier_agent.py").unlink()
+    (folder / "notifier_agent.py").symlink_to(copy)
+    assert store.check() == [
+        f"deployment acme/1: bundle folder {deployment.digest[:12]}: "
+        "notifier_agent.py differs from the stored content"
+    ]
+
+
+def test_open_removes_the_temporaries_a_killed_process_left(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    first = Store(data)
+    first.open()
+    with first.temporary_folder("upload") as live:
+        assert Path(live).parent == data / "tmp" and Path(live).name.startswith("plughost-upload-")
+    # What a kill -9 leaves: no cleanup ran, the folder lock just went with the process.
+    upload = data / "tmp" / "plughost-upload-killed"
+    upload.mkdir()
+    (upload / "bundle").write_bytes(b"PK half an upload")
+    extract = data / "tmp" / "plughost-extract-killed" / "pkg"
+    extract.mkdir(parents=True)
+    (extract / "mod.py").write_bytes(b"X = 1\n")
+    staging = data / "bundles" / ".tmp-interrupted"
+    (staging / "pkg").mkdir(parents=True)
+    (staging / "pkg" / "mod.py").write_bytes(b"X = 1\n")
+    os.chmod(staging / "pkg" / "mod.py", 0o444)
+    os.chmod(staging / "pkg", 0o555)
+    os.chmod(staging, 0o555)
+    first.close()
+
+    again = Store(data)
+    again.open()
+    assert list((data / "tmp").iterdir()) == []
+    assert list((data / "bundles").iterdir()) == []
+    again.close()

@@ -23,7 +23,7 @@ from plughost import (
     RpcError,
 )
 
-from .conftest import PLACEMENTS
+from .conftest import PLACEMENTS, agent_bundle
 from .server import ServerProcess
 from .test_instances import robot_bundle
 
@@ -374,3 +374,55 @@ def test_a_removed_tenant_is_not_brought_back_by_its_own_slow_upload(
         assert not marker.exists()
     finally:
         assert process.stop()
+
+
+_REWRITER = '''\
+import os
+from pathlib import Path
+
+from plughost import Agent
+
+REPLACEMENT = """\\
+from plughost import Agent
+class Rewriter(Agent):
+    name = 'Rewriter'
+    def perform(self, **kwargs):
+        return 'rewritten'
+"""
+
+
+class Rewriter(Agent):
+    name = "Rewriter"
+
+    def perform(self, **kwargs):
+        if kwargs.get("rewrite"):
+            # Read-only by mode; the files' owner may undo that, and root need not.
+            os.chmod(Path(__file__).parent, 0o755)
+            os.chmod(__file__, 0o644)
+            Path(__file__).write_text(REPLACEMENT)
+        return "original"
+'''
+
+
+async def test_a_snapshot_that_rewrites_its_own_file_runs_its_original_code_when_loaded_again(
+    tmp_path: Path,
+) -> None:
+    rewriter = {"agents": [{"filename": "rewriter.py", "source": _REWRITER}]}
+    async with Network(tmp_path / "data", max_loaded_namespaces=1) as network:
+        await network.deploy("acme", rewriter)
+        await network.create_snapshot("acme", "jan")
+        await network.deploy("other", agent_bundle("other"))
+        assert await network.call_agent("acme", "Rewriter", {"rewrite": True}, snapshot="jan") == (
+            "original"
+        )
+        problems = await network.check()
+        assert any(
+            p.startswith("snapshot acme/jan: ") and "rewriter.py differs" in p for p in problems
+        )
+        # The bound is 1: a call to another tenant unloads the snapshot.
+        assert await network.call_agent("other", "Notifier") == "other:"
+        assert [ns.tenant for ns in network.loaded_namespaces()] == ["other"]
+
+        assert await network.call_agent("acme", "Rewriter", snapshot="jan") == "original"
+        assert await network.call_agent("acme", "Rewriter") == "original"
+        assert await network.check() == []

@@ -2,8 +2,9 @@
 
 A bundle is a folder (or a ``.zip`` / ``.tar.gz`` of one) holding ``.py`` files,
 subpackages (folders with ``__init__.py``) and data files. This module knows
-which files are modules and how to unpack an archive without letting any entry
-escape its target; it imports nothing.
+which files are modules, how to unpack an archive without letting any entry
+escape its target, and how a folder differs from the manifest it was built
+from; it imports nothing.
 """
 
 from __future__ import annotations
@@ -154,6 +155,55 @@ def manifest_digest(manifest: Mapping[str, str]) -> str:
     return digest.hexdigest()
 
 
+def folder_differences(root: Path, manifest: Mapping[str, str]) -> list[str]:
+    """How the folder ``root`` differs from ``manifest`` (relative path -> sha256 hex).
+
+    One line per file, sorted by path: a file whose content differs (or that
+    is no longer a regular file: a link, say), a file that is missing, and an
+    entry the manifest does not hold. Empty folders are not counted.
+    """
+    present = set(_entries(root, ""))
+    differences: list[str] = []
+    for relative in sorted(present | manifest.keys()):
+        if relative not in manifest:
+            differences.append(f"{relative} is not part of the bundle")
+        elif relative not in present:
+            differences.append(f"{relative} is missing")
+        elif _regular_file_sha256(root / relative) != manifest[relative]:
+            differences.append(f"{relative} differs from the stored content")
+    return differences
+
+
+def _entries(folder: Path, prefix: str) -> Iterator[str]:
+    """The relative paths of everything under ``folder`` that is not a folder."""
+    try:
+        listing = os.scandir(folder)
+    except FileNotFoundError:
+        # Moved away while it was read (a rebuild): what it held counts as missing.
+        return
+    with listing as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                yield from _entries(Path(entry.path), f"{prefix}{entry.name}/")
+            else:
+                yield prefix + entry.name
+
+
+def _regular_file_sha256(path: Path) -> str | None:
+    """The sha256 hex of a regular file, or ``None`` for anything else.
+
+    Neither a link nor a FIFO is followed or waited on.
+    """
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(descriptor, "rb") as stream:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            return None
+        return hashlib.file_digest(stream, "sha256").hexdigest()
+
+
 def folder_digest(root: Path) -> str:
     """Return the :func:`manifest_digest` of the files of a bundle folder."""
     return manifest_digest(
@@ -185,12 +235,16 @@ BundleSource = str | os.PathLike[str] | bytes | Mapping[str, Any]
 """A folder or archive path, the raw bytes of a ``.zip`` or ``.tar.gz``, or a JSON bundle."""
 
 
-def read_bundle(source: BundleSource, limits: BundleLimits | None = None) -> BundleFiles:
+def read_bundle(
+    source: BundleSource, limits: BundleLimits | None = None, scratch: Path | None = None
+) -> BundleFiles:
     """Read and check a bundle from any :data:`BundleSource`.
 
     A JSON bundle is ``{"agents": [{"filename": ..., "source": ...}], ...}``
     (``"files"`` in the same shape is accepted too); its other keys are kept
-    as metadata. Folders may not hold links that lead outside them.
+    as metadata. Folders may not hold links that lead outside them. Raw bytes
+    and archives are unpacked into a temporary folder (``plughost-upload-*``,
+    ``plughost-extract-*``) in ``scratch``, or in the system's temporary folder.
 
     Raises:
         BundleRejectedError: the source is none of these, an entry is unsafe,
@@ -200,16 +254,16 @@ def read_bundle(source: BundleSource, limits: BundleLimits | None = None) -> Bun
     if isinstance(source, Mapping):
         bundle = _read_json_bundle(source, limits)
     elif isinstance(source, bytes):
-        with tempfile.TemporaryDirectory(prefix="plughost-upload-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="plughost-upload-", dir=scratch) as tmp:
             archive = Path(tmp, "upload")
             archive.write_bytes(source)
-            bundle = _read_archive(archive, limits)
+            bundle = _read_archive(archive, limits, scratch)
     else:
         path = Path(source)
         if path.is_dir():
             bundle = BundleFiles(_read_folder(path, limits), {})
         elif path.is_file():
-            bundle = _read_archive(path, limits)
+            bundle = _read_archive(path, limits, scratch)
         else:
             raise BundleRejectedError("no such folder or file", str(path))
     if not bundle.files:
@@ -217,8 +271,8 @@ def read_bundle(source: BundleSource, limits: BundleLimits | None = None) -> Bun
     return bundle
 
 
-def _read_archive(archive: Path, limits: BundleLimits) -> BundleFiles:
-    with tempfile.TemporaryDirectory(prefix="plughost-extract-") as tmp:
+def _read_archive(archive: Path, limits: BundleLimits, scratch: Path | None) -> BundleFiles:
+    with tempfile.TemporaryDirectory(prefix="plughost-extract-", dir=scratch) as tmp:
         extract_archive(archive, Path(tmp), limits)
         return BundleFiles(_read_folder(Path(tmp), limits), {})
 

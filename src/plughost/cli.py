@@ -163,7 +163,10 @@ def fsck(
 ) -> None:
     """Check a data folder: every deployment's and snapshot's files present and intact.
 
-    Reads the folder only (no code runs); the server must not be running on it.
+    Their stored files, and the bundle folders their code loads from: a file
+    changed, missing or added there is reported (the server rebuilds such a
+    folder from the stored files the next time it loads it). Reads the folder
+    only (no code runs); the server must not be running on it.
     """
     from .errors import PlughostError
     from .store import Store

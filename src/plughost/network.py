@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -287,6 +288,15 @@ class Network:
         deployment = await self._tenants.deploy(tenant, source, placement, existing=existing)
         token = await self.issue_tenant_token(tenant) if new_tenant else None
         return deployment, token
+
+    def upload_folder(self) -> tempfile.TemporaryDirectory[str]:
+        """A new, empty folder for an upload on its way to :meth:`deploy`.
+
+        It is in the data folder, so one that a crash leaves behind is removed
+        at the next start; clean it up (or use it as a context manager) when done.
+        """
+        self._check_started()
+        return self._store.temporary_folder("upload")
 
     def list_tenants(self) -> list[str]:
         """The tenants that have a deployment, sorted."""
@@ -638,9 +648,11 @@ class Network:
         return await self._tenants.collect_garbage()
 
     async def check(self) -> list[str]:
-        """Check the data folder: every deployment's and snapshot's files are present and intact.
+        """Check the data folder: every deployment's and snapshot's files are present and intact,
+        and so are the bundle folders their code loads from.
 
-        Returns the problems found; an empty list means all is well.
+        Returns the problems found; an empty list means all is well. A bundle
+        folder that differs is rebuilt from the stored files at its next load.
         """
         self._check_started()
         return await asyncio.to_thread(self._store.check)

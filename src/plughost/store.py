@@ -6,6 +6,7 @@ Layout of a data folder::
     blobs/ab/abcdef...     each file content once, named by its sha256
     bundles/<digest>/      a bundle's files laid out for import, one per bundle digest
     tenants/<tenant>/      what mods keep for one tenant; removed with the tenant
+    tmp/                   uploads and archives being read (``plughost-upload-*``, ...)
     lock                   held (flock) by the one process that has the folder open
     admin_token.sha256     the admin token's hash (plughost.api.admin_token); never the token
 
@@ -14,6 +15,20 @@ commits one SQLite transaction last, so a crash at any moment leaves either
 the old deployment or the new one, never a partial one. Bundle folders are
 built in a temporary folder and renamed, so one is complete or absent; they
 can always be rebuilt from the blobs.
+
+The blobs are the truth; a bundle folder is a copy that code loads from, and
+a copy can be changed by whoever can write to it (a tenant's own code, run as
+the host's user). So a bundle folder is made read-only (files 0o444, folders
+0o555: a defence where the server does not run as root, which mode bits do
+not stop), and it is verified against the manifest each time it is handed
+out to load from, and rebuilt from the blobs when it differs. :meth:`Store.check`
+reports such a folder without touching it.
+
+Temporary files live in the data folder, so a crash cannot leave them
+anywhere else: blob and bundle-folder temporaries (``.tmp-*``) beside their
+targets, because they are renamed into place; uploads and archives being
+read under ``tmp/``. :meth:`Store.open` removes what a killed process left of
+both, once it holds the lock, so no live server's temporaries are touched.
 """
 
 from __future__ import annotations
@@ -22,9 +37,12 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import sqlite3
+import stat
+import tempfile
 import threading
 import time
 import uuid
@@ -33,8 +51,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .bundle import manifest_digest
+from .bundle import folder_differences, manifest_digest
 from .errors import DataFolderInUseError, DuplicateSnapshotError
+
+log = logging.getLogger(__name__)
+
+_READ_ONLY_FILE = 0o444
+_READ_ONLY_FOLDER = 0o555
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tenants (
@@ -150,17 +173,24 @@ class Store:
         self.keep_versions = max(1, keep_versions)
         self._blobs = data_dir / "blobs"
         self._bundles = data_dir / "bundles"
+        self.scratch = data_dir / "tmp"
+        """Where uploads and archives are read; emptied by :meth:`open`."""
         self._lock = threading.RLock()
+        # Two loads of one changed folder must not both rebuild it: the second
+        # would move aside the folder the first just put in place.
+        self._rebuilding = threading.Lock()
         self._db: sqlite3.Connection | None = None
         self._lock_file: int | None = None
 
     # -- lifecycle -----------------------------------------------------------------
 
     def open(self) -> None:
-        """Create the folder if needed, take its lock, and open the database."""
+        """Create the folder if needed, take its lock, open the database, and remove
+        the temporary files a killed process left."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._blobs.mkdir(exist_ok=True)
         self._bundles.mkdir(exist_ok=True)
+        self.scratch.mkdir(exist_ok=True)
         descriptor = os.open(self.data_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -214,29 +244,75 @@ class Store:
             if not path.exists():
                 write_durably(path, files[relative])
 
+    def temporary_folder(self, purpose: str) -> tempfile.TemporaryDirectory[str]:
+        """A new folder ``tmp/plughost-<purpose>-*``, removed on cleanup or at the next open."""
+        return tempfile.TemporaryDirectory(prefix=f"plughost-{purpose}-", dir=self.scratch)
+
     def bundle_dir(self, digest: str, manifest: Mapping[str, str]) -> Path:
-        """Return the folder holding bundle ``digest``, building it from blobs if missing.
+        """Return the folder holding bundle ``digest``, as ``manifest`` says it is.
+
+        A missing folder is built from the blobs. One whose files differ from
+        the manifest (a file changed, added or removed since it was built) is
+        rebuilt, with a warning naming the files. Verifying reads each file
+        once, as the load that follows does anyway.
 
         Raises:
             FileNotFoundError: a blob of the manifest is missing.
         """
         target = self._bundles / digest
-        if target.is_dir():
-            return target
+        if not target.is_dir():
+            self._place(self._stage(manifest), target)
+        elif folder_differences(target, manifest):
+            with self._rebuilding:
+                differences = folder_differences(target, manifest)
+                if differences:
+                    log.warning(
+                        "bundle folder %s differs from its stored files, rebuilding it: %s",
+                        digest[:12],
+                        "; ".join(differences),
+                    )
+                    self._rebuild(target, manifest)
+        return target
+
+    def _stage(self, manifest: Mapping[str, str]) -> Path:
+        """Build a read-only bundle folder from the blobs, under a temporary name."""
         staging = self._bundles / f".tmp-{uuid.uuid4().hex}"
         try:
             for relative, sha256 in manifest.items():
                 destination = staging / relative
                 destination.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(self._blob_path(sha256), destination)
-            try:
-                staging.rename(target)
-            except OSError:
-                if not target.is_dir():
-                    raise
+            _make_read_only(staging)
+        except BaseException:
+            remove_folder(staging)
+            raise
+        return staging
+
+    def _place(self, staging: Path, target: Path) -> None:
+        try:
+            staging.rename(target)
+        except OSError:
+            # Another load built the same folder first; it holds the same files.
+            if not target.is_dir():
+                raise
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        return target
+            remove_folder(staging)
+
+    def _rebuild(self, target: Path, manifest: Mapping[str, str]) -> None:
+        # A folder cannot be renamed over a full one: the changed one is moved
+        # aside first, so the name is absent between the two renames, never partial.
+        staging = self._stage(manifest)
+        stale = self._bundles / f".tmp-{uuid.uuid4().hex}"
+        try:
+            with contextlib.suppress(FileNotFoundError):  # gone meanwhile: nothing to set aside
+                target.rename(stale)
+        except BaseException:
+            remove_folder(staging)
+            raise
+        try:
+            self._place(staging, target)
+        finally:
+            remove_folder(stale)
 
     # -- deployments ---------------------------------------------------------------
 
@@ -456,22 +532,29 @@ class Store:
         bundles = 0
         for path in self._bundles.iterdir():
             if path.name not in referenced_bundles and not path.name.startswith(".tmp-"):
-                shutil.rmtree(path, ignore_errors=True)
+                remove_folder(path)
                 bundles += 1
         return GarbageReport(blobs, bundles)
 
     def check(self) -> list[str]:
-        """Return every inconsistency found: a manifest whose blob is missing or corrupt.
+        """Return every inconsistency found, each naming its deployment or snapshot and file.
 
-        An empty list means every deployment and snapshot can be loaded.
+        A blob of a manifest may be missing or corrupt; a bundle folder may
+        differ from its manifest (a file changed, missing or added). An empty
+        list means every deployment and snapshot loads the code it was given.
+        Nothing is changed: a bundle folder that differs is rebuilt when it is
+        next loaded.
         """
         problems: list[str] = []
         verified: dict[str, bool] = {}
+        folders: dict[str, list[str]] = {}
         for table, key in (("deployments", "version"), ("snapshots", "name")):
-            for tenant, which, manifest in self._query(
-                f"SELECT tenant, {key}, manifest FROM {table}"
+            for tenant, which, digest, manifest_text in self._query(
+                f"SELECT tenant, {key}, digest, manifest FROM {table}"
             ):
-                for relative, sha256 in json.loads(manifest).items():
+                owner = f"{table[:-1]} {tenant}/{which}"
+                manifest: dict[str, str] = json.loads(manifest_text)
+                for relative, sha256 in manifest.items():
                     if sha256 not in verified:
                         path = self._blob_path(sha256)
                         verified[sha256] = (
@@ -480,9 +563,17 @@ class Store:
                         )
                     if not verified[sha256]:
                         problems.append(
-                            f"{table[:-1]} {tenant}/{which}: file {relative} (blob {sha256[:12]}) "
-                            "is missing or corrupt"
+                            f"{owner}: file {relative} (blob {sha256[:12]}) is missing or corrupt"
                         )
+                if digest not in folders:
+                    folder = self._bundles / digest
+                    folders[digest] = (
+                        folder_differences(folder, manifest) if folder.is_dir() else []
+                    )
+                problems += [
+                    f"{owner}: bundle folder {digest[:12]}: {difference}"
+                    for difference in folders[digest]
+                ]
         return problems
 
     def _remove_orphan_tenant_data(self) -> None:
@@ -503,9 +594,37 @@ class Store:
 
     def _remove_temporaries(self) -> None:
         for path in self._bundles.glob(".tmp-*"):
-            shutil.rmtree(path, ignore_errors=True)
+            remove_folder(path)
         for path in self._blobs.glob("*/.tmp-*"):
             path.unlink(missing_ok=True)
+        for path in self.scratch.iterdir():
+            if path.is_dir():
+                remove_folder(path)
+            else:
+                path.unlink(missing_ok=True)
+
+
+def _make_read_only(root: Path) -> None:
+    """Make the files under ``root`` read-only for everyone, and its folders unwritable."""
+    for folder, _, files in os.walk(root):
+        for name in files:
+            os.chmod(os.path.join(folder, name), _READ_ONLY_FILE)
+        os.chmod(folder, _READ_ONLY_FOLDER)
+
+
+def remove_folder(root: Path) -> None:
+    """Remove ``root`` and everything in it, read-only folders included; absent is fine.
+
+    A link is removed itself: what it leads to is never walked, made writable or removed.
+    """
+    if root.is_symlink():
+        root.unlink()
+        return
+    for folder, _, _ in os.walk(root):
+        # An entry can only be removed from a folder its owner may write to.
+        with contextlib.suppress(OSError):
+            os.chmod(folder, stat.S_IRWXU)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def tenant_data_dir(data_dir: Path, tenant: str) -> Path:

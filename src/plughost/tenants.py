@@ -113,7 +113,7 @@ class Tenants:
         """
         try:
             check_name("tenant", tenant, TENANT_NAME_RULE)
-            bundle = await asyncio.to_thread(read_bundle, source, self.limits)
+            bundle = await asyncio.to_thread(read_bundle, source, self.limits, self._store.scratch)
             # Shielded: once started, a deploy runs to its end even if its caller goes away.
             deployment = await asyncio.shield(self._deploy(tenant, bundle, placement, existing))
         except Exception:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -91,7 +90,7 @@ async def deploy(
         principal.require_tenant(tenant)
     upload_limit = upload_limit_of(request)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    with tempfile.TemporaryDirectory(prefix="plughost-upload-") as tmp:
+    with network.upload_folder() as tmp:
         if content_type == "application/json":
             document = _parse_json(await _read_limited(request, upload_limit))
             if not isinstance(document, dict):
