@@ -268,13 +268,13 @@ async def test_a_30_mb_frame_is_decoded_in_a_thread_while_the_loop_keeps_running
     assert len(frame) > 30_000_000
 
     decoded_in: list[int] = []
-    decode_large = protocol._decode_large
+    decode_large = protocol.decode_large
 
     def spy(parts: list[bytes]) -> Any:
         decoded_in.append(threading.get_ident())
         return decode_large(parts)
 
-    monkeypatch.setattr(protocol, "_decode_large", spy)
+    monkeypatch.setattr(protocol, "decode_large", spy)
 
     async def longest_stall() -> tuple[float, list[Any]]:
         host_end, worker_end = socket.socketpair()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from plughost import (
     RpcError,
 )
 
-from .conftest import PLACEMENTS, agent_bundle
+from .conftest import PLACEMENTS, STALL_ATTEMPTS, agent_bundle
 from .server import ServerProcess
 from .test_instances import robot_bundle
 
@@ -426,3 +427,86 @@ async def test_a_snapshot_that_rewrites_its_own_file_runs_its_original_code_when
         assert await network.call_agent("acme", "Rewriter", snapshot="jan") == "original"
         assert await network.call_agent("acme", "Rewriter") == "original"
         assert await network.check() == []
+
+
+def test_a_60_mib_json_upload_stalls_no_other_tenants_call(tmp_path: Path) -> None:
+    agent = (ROOT / "examples" / "bob" / "notifier_agent.py").read_text()
+    helpers = (ROOT / "examples" / "bob" / "helpers.py").read_text()
+    files = [
+        {"filename": "notifier_agent.py", "source": agent},
+        {"filename": "helpers.py", "source": helpers},
+        *({"filename": f"data/part{i}.txt", "source": "x" * (1 << 20)} for i in range(40)),
+    ]
+    # 40 MiB of files, then 20 MiB of small items: what a parser on the loop chews longest.
+    large = json.dumps({"files": files}).encode()
+    many_items = json.dumps({"files": files[:2], "tags": list(range(3_000_000))}).encode()
+    assert len(large) + len(many_items) > 60 * (1 << 20)
+    process = ServerProcess(tmp_path, admin_token=ADMIN).start()
+    try:
+        with process.client() as admin:
+            admin.deploy("quick", ROOT / "examples" / "bob")
+            admin.deploy("big", ROOT / "examples" / "alice")
+        stalls: list[float] = []
+        answers: list[httpx.Response] = []
+        for _ in range(STALL_ATTEMPTS):
+            answers = []
+
+            def uploads(into: list[httpx.Response] = answers) -> None:
+                for body in (large, many_items):
+                    _upload(process, "big", body, into)
+
+            stall = _longest_wait_beside(process, uploads)
+            stalls.append(stall)
+            if stall < 0.1:
+                break
+        assert min(stalls) < 0.1, (
+            f"another tenant's call waited {[round(s * 1000) for s in stalls]} ms"
+        )
+        assert answers[0].status_code == 200, answers[0].text[:500]
+        assert answers[1].status_code == 400, answers[1].text[:500]
+        assert "metadata" in answers[1].json()["error"]["message"]
+    finally:
+        assert process.stop()
+
+
+def _upload(
+    process: ServerProcess, tenant: str, body: bytes, answers: list[httpx.Response]
+) -> None:
+    answers.append(
+        httpx.put(
+            f"{process.url}/api/tenants/{tenant}/bundle",
+            content=body,
+            headers={"Authorization": f"Bearer {ADMIN}", "Content-Type": "application/json"},
+            timeout=300,
+        )
+    )
+
+
+def _longest_wait_beside(process: ServerProcess, work: Any) -> float:
+    """Call tenant 'quick' over and over while ``work`` runs; the longest wait between calls."""
+    done = threading.Event()
+    waits: list[float] = []
+
+    def call() -> None:
+        headers = {"Authorization": f"Bearer {ADMIN}"}
+        url = f"{process.url}/api/tenants/quick/agents/Notifier/call"
+        with httpx.Client(headers=headers, timeout=60) as client:
+            last = time.perf_counter()
+            while not done.is_set():
+                answer = client.post(url, json={"args": {"message": "m"}})
+                assert answer.status_code == 200, answer.text
+                now = time.perf_counter()
+                waits.append(now - last)
+                last = now
+                time.sleep(0.001)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    try:
+        time.sleep(0.2)
+        work()
+    finally:
+        done.set()
+        caller.join()
+    assert len(waits) > 10
+    return max(waits)

@@ -47,6 +47,7 @@ class BundleLimits:
     max_files: int = 5_000
     max_file_bytes: int = 16 * 1024 * 1024
     max_ratio: int = 100
+    max_metadata_bytes: int = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -311,11 +312,21 @@ def _read_json_bundle(document: Mapping[str, Any], limits: BundleLimits) -> Bund
         data = source.encode("utf-8", "surrogatepass")
         files[str(plan.add_file(filename, len(data)))] = data
     metadata = {k: v for k, v in document.items() if k not in ("agents", "files")}
+    _check_metadata(metadata, limits.max_metadata_bytes)
+    return BundleFiles(files, metadata)
+
+
+def _check_metadata(metadata: dict[str, Any], limit: int) -> None:
+    # Encoded piece by piece, to stop at the limit: metadata is stored and sent back with
+    # every answer about the deployment, so it stays small.
+    size = 0
     try:
-        json.dumps(metadata)
+        for piece in json.JSONEncoder().iterencode(metadata):
+            size += len(piece)
+            if size > limit:
+                raise BundleRejectedError(f"bundle metadata is over the limit of {limit} bytes")
     except (TypeError, ValueError) as exc:
         raise BundleRejectedError(f"bundle metadata is not JSON: {exc}") from None
-    return BundleFiles(files, metadata)
 
 
 def is_archive(path: Path) -> bool:

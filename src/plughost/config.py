@@ -56,6 +56,7 @@ class LimitsEntry(BaseModel):
     max_files: int = Field(default=BundleLimits.max_files, ge=1)
     max_file_bytes: int = Field(default=BundleLimits.max_file_bytes, ge=1)
     max_ratio: int = Field(default=BundleLimits.max_ratio, ge=1)
+    max_metadata_bytes: int = Field(default=BundleLimits.max_metadata_bytes, ge=2)
 
 
 class NetworkConfig(BaseModel):

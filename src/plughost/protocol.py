@@ -278,7 +278,7 @@ async def read(reader: asyncio.StreamReader) -> list[Any]:
     parts = []
     for start in range(0, size, _READ_STEP):
         parts.append(await reader.readexactly(min(_READ_STEP, size - start)))
-    return check_message(await asyncio.to_thread(_decode_large, parts))
+    return check_message(await asyncio.to_thread(decode_large, parts))
 
 
 def _decode(data: bytes) -> Any:
@@ -355,8 +355,14 @@ def _within(valid: str, limit: int) -> bool | None:
     return None
 
 
-def _decode_large(parts: list[bytes]) -> Any:
-    """Decode a frame read in ``parts`` (emptied as they are decoded, to free them early)."""
+def decode_large(parts: list[bytes]) -> Any:
+    """Decode JSON text read in ``parts`` (emptied as they are decoded, to free them early),
+    giving up the GIL as it goes: call it in a thread, and the event loop keeps running.
+
+    Raises:
+        WireError: it is not JSON.
+        ProtocolError: it is nested deeper than ``MAX_DEPTH``.
+    """
     try:
         encoding = json.detect_encoding(b"".join(parts[:4])[:4])  # it looks at 4 bytes
         decoder = codecs.getincrementaldecoder(encoding)("surrogatepass")

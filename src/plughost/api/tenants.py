@@ -7,6 +7,7 @@ limit middleware lets it pass unread.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from pathlib import Path
@@ -18,6 +19,7 @@ from starlette.types import Scope
 
 from ..manifest import Placement
 from ..network import Network
+from ..protocol import OFF_LOOP_BYTES, ProtocolError, WireError, decode_large
 from .auth import Auth
 from .errors import ERRORS, ApiError
 from .models import DeploymentModel, Removed, TenantModel, TenantToken
@@ -92,7 +94,7 @@ async def deploy(
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     with network.upload_folder() as tmp:
         if content_type == "application/json":
-            document = _parse_json(await _read_limited(request, upload_limit))
+            document = await _parse_json(await _read_limited(request, upload_limit))
             if not isinstance(document, dict):
                 raise ApiError(400, "bundle_rejected", "a JSON bundle must be an object")
             deployed = await network.deploy_confined(
@@ -170,16 +172,20 @@ def _tenant_model(network: Network, tenant: str) -> TenantModel:
 # -- reading the body of a bundle upload, within the upload limit --------------------
 
 
-def _parse_json(body: bytes) -> Any:
+async def _parse_json(chunks: list[bytes]) -> Any:
+    # A large body is parsed in a thread that gives up the GIL as it goes: json.loads
+    # would hold it, and stall every tenant, for as long as it parses.
     try:
-        return json.loads(body)
-    except (UnicodeDecodeError, ValueError):
-        raise ApiError(400, "invalid_json", "the request body is not valid JSON") from None
-    except RecursionError:
+        if sum(map(len, chunks)) <= OFF_LOOP_BYTES:
+            return json.loads(b"".join(chunks))
+        return await asyncio.to_thread(decode_large, chunks)
+    except (RecursionError, ProtocolError):
         raise ApiError(400, "invalid_json", "the request body is nested too deeply") from None
+    except (UnicodeDecodeError, ValueError, WireError):
+        raise ApiError(400, "invalid_json", "the request body is not valid JSON") from None
 
 
-async def _read_limited(request: Request, limit: int) -> bytes:
+async def _read_limited(request: Request, limit: int) -> list[bytes]:
     _check_declared_length(request, limit)
     chunks: list[bytes] = []
     size = 0
@@ -188,7 +194,7 @@ async def _read_limited(request: Request, limit: int) -> bytes:
         if size > limit:
             raise ApiError(413, "too_large", f"the request body is over {limit} bytes")
         chunks.append(chunk)
-    return b"".join(chunks)
+    return chunks
 
 
 async def _save_limited(request: Request, path: Path, limit: int) -> None:
