@@ -472,7 +472,7 @@ async def test_a_deeply_nested_answer_is_a_clear_error_not_a_hang(
     network: Network, placement: str
 ) -> None:
     await network.deploy("deep", agent_bundle("ok", extra=FAILING_AGENTS), placement=placement)
-    with pytest.raises(PlughostError):
+    with pytest.raises(AgentError, match="nested deeper than 200 levels"):
         await asyncio.wait_for(network.call_agent("deep", "Deep"), 30)
     message = {"message": "still"}
     assert await asyncio.wait_for(network.call_agent("deep", "Notifier", message), 30) == "ok:still"

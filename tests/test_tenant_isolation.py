@@ -27,6 +27,7 @@ from plughost import (
 from .conftest import PLACEMENTS, STALL_ATTEMPTS, agent_bundle
 from .server import ServerProcess
 from .test_instances import robot_bundle
+from .test_placements import FAILING_AGENTS
 
 ADMIN = "admin-token-for-isolation"
 ROOT = Path(__file__).resolve().parent.parent
@@ -510,3 +511,25 @@ def _longest_wait_beside(process: ServerProcess, work: Any) -> float:
         caller.join()
     assert len(waits) > 10
     return max(waits)
+
+
+def test_a_deeply_nested_answer_is_a_422_over_http_in_every_placement(tmp_path: Path) -> None:
+    process = ServerProcess(tmp_path, admin_token=ADMIN).start()
+    try:
+        with process.client() as admin:
+            for placement in PLACEMENTS:
+                bundle = tmp_path / f"deep-{placement}.json"
+                bundle.write_text(json.dumps(agent_bundle("ok", extra=FAILING_AGENTS)))
+                admin.deploy(f"deep-{placement}", bundle, placement=placement)
+        for placement in PLACEMENTS:
+            answer = httpx.post(
+                f"{process.url}/api/tenants/deep-{placement}/agents/Deep/call",
+                json={"args": {}},
+                headers={"Authorization": f"Bearer {ADMIN}"},
+                timeout=60,
+            )
+            assert answer.status_code == 422, answer.text
+            error = answer.json()["error"]
+            assert error["code"] == "agent_error" and "nested deeper than 200" in error["message"]
+    finally:
+        assert process.stop()

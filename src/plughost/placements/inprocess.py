@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .. import protocol
 from ..agent import AgentInfo, LoadedNamespace, load_namespace
 from ..agent_threads import AgentThreads
 from ..deadlines import DeadlineExceeded, Deadlines
@@ -24,7 +24,6 @@ from ..runtime import Handler, Unit
 from .base import Launch, Placement, Started
 
 _PLAIN = frozenset({str, int, float, bool, type(None)})
-_JSON = json.JSONEncoder()
 
 
 class InProcessUnit(Unit):
@@ -76,8 +75,8 @@ class InProcessUnit(Unit):
         if type(result) not in _PLAIN:
             # What a worker could not send back is refused here too: one contract everywhere.
             try:
-                _JSON.encode(result)
-            except (TypeError, ValueError, RecursionError) as exc:
+                protocol.encode(result)
+            except (TypeError, ValueError) as exc:
                 message = f"the answer is not JSON: {exc}"
                 raise AgentError(tenant, agent, type(exc).__name__, message) from None
         return result
