@@ -109,3 +109,31 @@ async def test_a_timed_out_sync_call_keeps_its_namespace_until_the_thread_return
                 break
             await asyncio.sleep(0.01)
         assert {ns.version for ns in network.loaded_namespaces()} == {"2"}
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+async def test_an_rpc_call_past_call_timeout_gets_a_clear_error(
+    tmp_path: Path, placement: str
+) -> None:
+    slow = """
+import time
+from plughost import Mod, rpc
+
+class SlowMod(Mod):
+    @rpc
+    def nap(self):
+        time.sleep(3)
+"""
+    bundle = {
+        "files": [
+            {"filename": "slow_module.py", "source": slow},
+            {
+                "filename": "plughost.toml",
+                "source": '[[mods]]\npath = "slow_module"\nname = "slow"\n',
+            },
+        ]
+    }
+    async with Network(tmp_path / "data", unload_timeout=1, call_timeout=0.5) as network:
+        await network.deploy("sleepy", bundle, placement=placement)  # type: ignore[arg-type]
+        with pytest.raises(CallTimeoutError, match=r"'slow\.nap' of tenant 'sleepy'"):
+            await network.rpc("sleepy/slow", "nap")

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from plughost import CallTimeoutError, Network, WorkerCrashed
+from plughost import Network, WorkerBusyError, WorkerCrashed
 
 from .conftest import STALL_ATTEMPTS, agent_bundle
 
@@ -101,31 +101,6 @@ async def test_a_malformed_frame_restarts_that_worker_and_fails_only_its_calls(
         assert network.health()["workers"]["good"]["restarts"] == 0
 
 
-async def test_a_call_to_a_worker_has_a_deadline(tmp_path: Path) -> None:
-    slow = """
-import time
-from plughost import Mod, rpc
-
-class SlowMod(Mod):
-    @rpc
-    def nap(self):
-        time.sleep(30)
-"""
-    bundle = {
-        "files": [
-            {"filename": "slow_module.py", "source": slow},
-            {
-                "filename": "plughost.toml",
-                "source": '[[mods]]\npath = "slow_module"\nname = "slow"\n',
-            },
-        ]
-    }
-    async with Network(tmp_path / "data", unload_timeout=1, call_timeout=0.5) as network:
-        await network.deploy("sleepy", bundle, placement="process")
-        with pytest.raises(CallTimeoutError, match=r"'slow\.nap' of tenant 'sleepy'"):
-            await network.rpc("sleepy/slow", "nap")
-
-
 async def test_a_30_mb_answer_from_a_worker_stalls_no_other_tenant(tmp_path: Path) -> None:
     async with Network(tmp_path / "data") as network:
         await network.deploy("big", raw_bundle(), placement="process")
@@ -167,3 +142,33 @@ async def _calls_beside_a_huge_answer(network: Network) -> tuple[float, int, Any
         return slowest, calls, await huge
     finally:
         gc.unfreeze()
+
+
+NAPPER = """
+import asyncio
+from agents.basic_agent import BasicAgent
+
+
+class NapperAgent(BasicAgent):
+    name = "Napper"
+    metadata = {"name": "Napper", "parameters": {"type": "object", "properties": {}}}
+
+    async def perform(self, seconds=0.0):
+        await asyncio.sleep(seconds)
+        return "rested"
+"""
+
+
+async def test_a_worker_takes_at_most_its_limit_of_requests_at_once(tmp_path: Path) -> None:
+    bundle = {"agents": [{"filename": "napper_agent.py", "source": NAPPER}]}
+    async with Network(tmp_path / "data", worker_max_inflight=2) as network:
+        await network.deploy("busy", bundle, placement="process")
+        naps = [
+            asyncio.create_task(network.call_agent("busy", "Napper", {"seconds": 2}))
+            for _ in range(2)
+        ]
+        await asyncio.sleep(0.3)
+        with pytest.raises(WorkerBusyError, match="has 2 requests in flight, its limit"):
+            await network.call_agent("busy", "Napper")
+        assert await asyncio.gather(*naps) == ["rested", "rested"]
+        assert await network.call_agent("busy", "Napper") == "rested"

@@ -33,6 +33,7 @@ from .errors import (
     UnknownRpcError,
     UnknownSnapshotError,
     UnknownTenantError,
+    WorkerBusyError,
     WorkerCrashed,
     WorkerStartFailed,
 )
@@ -83,6 +84,7 @@ __all__ = [
     "UnknownRpcError",
     "UnknownSnapshotError",
     "UnknownTenantError",
+    "WorkerBusyError",
     "WorkerCrashed",
     "WorkerStartFailed",
     "__version__",

@@ -154,6 +154,8 @@ def serve(
         port=port if port is not None else settings.port,
         log_level="info",
         timeout_graceful_shutdown=30,
+        timeout_keep_alive=settings.http_keep_alive_timeout,
+        limit_concurrency=settings.http_max_connections,
     )
 
 

@@ -76,9 +76,14 @@ class NetworkConfig(BaseModel):
     unload_timeout: float = Field(default=10.0, gt=0)
     worker_start_timeout: float = Field(default=60.0, gt=0)
     call_timeout: float = Field(default=60.0, gt=0)
+    worker_max_inflight: int = Field(default=64, ge=1)
     shared_topics: list[str] = Field(default_factory=list)
     """Absolute topics (``/clock``) every tenant may use besides its own."""
     max_request_bytes: int = Field(default=1 << 20, ge=1)
+    http_keep_alive_timeout: int = Field(default=5, ge=1)
+    """Seconds an idle keep-alive connection stays open (uvicorn's ``timeout_keep_alive``)."""
+    http_max_connections: int | None = Field(default=None, ge=1)
+    """Connections served at once; past it, 503 (uvicorn's ``limit_concurrency``)."""
     bundle_limits: LimitsEntry = Field(default_factory=LimitsEntry)
     mod_roots: list[str] | None = None
     mods: list[ModEntry] = Field(default_factory=list)
@@ -97,6 +102,7 @@ class NetworkConfig(BaseModel):
             unload_timeout=self.unload_timeout,
             worker_start_timeout=self.worker_start_timeout,
             call_timeout=self.call_timeout,
+            worker_max_inflight=self.worker_max_inflight,
             shared_topics=list(self.shared_topics),
         )
 

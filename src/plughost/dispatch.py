@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from .agent_threads import AgentThreads
+from .deadlines import DeadlineExceeded, Deadlines
 from .errors import (
     AmbiguousNameError,
+    CallTimeoutError,
     ModNotLoadedError,
     OutsideTenantError,
     PlughostError,
@@ -46,6 +48,7 @@ class Dispatcher:
         metrics: counts events.
         system: answers ``system.*`` events (with the tenant they are confined to).
         call_agent: runs an agent for an ``agent:<tenant>/<agent>`` event.
+        deadlines: ends RPC calls past ``call_timeout`` seconds.
         shared_topics: absolute topics every tenant's mods may use, besides their own.
     """
 
@@ -58,6 +61,8 @@ class Dispatcher:
         metrics: Metrics,
         system: SystemHandler,
         call_agent: AgentCaller,
+        deadlines: Deadlines,
+        call_timeout: float,
         shared_topics: frozenset[str] = frozenset(),
     ) -> None:
         self._mods = mods
@@ -67,6 +72,8 @@ class Dispatcher:
         self._metrics = metrics
         self._system = system
         self._call_agent = call_agent
+        self._deadlines = deadlines
+        self._call_timeout = call_timeout
         self.shared_topics = shared_topics
 
     # -- events ----------------------------------------------------------------------
@@ -296,13 +303,19 @@ class Dispatcher:
             ModNotLoadedError: no such mod.
             UnknownRpcError: the mod has no such RPC method.
             RpcError: the method raised.
+            CallTimeoutError: it did not return within ``call_timeout``; a sync method
+                keeps its mod's unload waiting until it really returns.
         """
         mod = self.mod_for(name, tenant)
         function = mod.rpcs.get(method)
         if function is None:
             raise UnknownRpcError(mod.key, method, sorted(mod.rpcs))
         try:
-            return await self.invoke(mod, function, *args, **kwargs)
+            call = self.invoke(mod, function, *args, **kwargs)
+            return await self._deadlines.run(call, self._call_timeout)
+        except DeadlineExceeded:
+            target = f"{mod.mod_id}.{method}"
+            raise CallTimeoutError(mod.tenant, target, self._call_timeout) from None
         except PlughostError:
             raise
         except Exception as exc:

@@ -368,16 +368,34 @@ class CallTimeoutError(PlughostError, TimeoutError):
     """A call did not finish within its deadline; its lease ends when the work really stops.
 
     Attributes:
-        tenant: whose code it called.
+        tenant: whose code it called (None: a global mod's).
         target: the agent, or ``instance.method``.
         seconds: the deadline.
     """
 
-    def __init__(self, tenant: str, target: str, seconds: float) -> None:
+    def __init__(self, tenant: str | None, target: str, seconds: float) -> None:
         self.tenant = tenant
         self.target = target
         self.seconds = seconds
-        super().__init__(f"{target!r} of tenant {tenant!r} did not answer within {seconds:g} s")
+        whose = f" of tenant {tenant!r}" if tenant is not None else ""
+        super().__init__(f"{target!r}{whose} did not answer within {seconds:g} s")
+
+
+class WorkerBusyError(PlughostError):
+    """A worker has as many requests in flight as it may take; try again shortly.
+
+    Attributes:
+        tenant: whose worker it is.
+        limit: the requests it may have in flight (``worker_max_inflight``).
+    """
+
+    def __init__(self, tenant: str, limit: int) -> None:
+        self.tenant = tenant
+        self.limit = limit
+        super().__init__(
+            f"the worker of tenant {tenant!r} has {limit} requests in flight, its limit; "
+            "try again shortly"
+        )
 
 
 class WorkerStartFailed(PlughostError):

@@ -80,6 +80,8 @@ class Network:
         unload_timeout: seconds an unload waits for a mod's running handlers.
         worker_start_timeout: seconds a worker process may take to load its deployment.
         call_timeout: seconds one agent call (or one request to a worker) may take.
+        worker_max_inflight: requests one worker may have in flight (calls, events,
+            RPC); past it a request fails at once with ``WorkerBusyError`` (HTTP 429).
         shared_topics: absolute topics (``/clock``) every tenant's mods and events may
             use besides their own tenant's; a tenant reaches no other topic.
 
@@ -102,6 +104,7 @@ class Network:
         worker_start_timeout: float = 60.0,
         call_timeout: float = 60.0,
         shared_topics: list[str] | None = None,
+        worker_max_inflight: int = 64,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.network_id = network_id
@@ -131,6 +134,8 @@ class Network:
             self.metrics,
             system=self._system_event,
             call_agent=self.call_agent,
+            deadlines=self._deadlines,
+            call_timeout=call_timeout,
             shared_topics=frozenset(_check_shared_topics(shared_topics or [])),
         )
         control = LocalControl(self._dispatch)
@@ -159,6 +164,7 @@ class Network:
                 unload_timeout=unload_timeout,
                 start_timeout=worker_start_timeout,
                 call_timeout=call_timeout,
+                max_inflight=worker_max_inflight,
             ),
         ]
         self._placements = {placement.name: placement for placement in placements}

@@ -39,6 +39,7 @@ from ..errors import (
     UnknownRpcError,
     UnknownSnapshotError,
     UnknownTenantError,
+    WorkerBusyError,
     WorkerCrashed,
     WorkerStartFailed,
 )
@@ -65,6 +66,7 @@ _STATUSES: list[tuple[type[Exception], int, str]] = [
     (RpcError, 422, "rpc_error"),
     (WorkerStartFailed, 422, "bundle_load_failed"),
     (WorkerCrashed, 503, "worker_crashed"),
+    (WorkerBusyError, 429, "worker_busy"),
     (CallTimeoutError, 504, "call_timeout"),
     (NotStartedError, 503, "not_started"),
 ]

@@ -38,6 +38,7 @@ from ..errors import (
     ModLoadError,
     PlughostError,
     UnknownAgentError,
+    WorkerBusyError,
     WorkerCrashed,
     WorkerStartFailed,
 )
@@ -59,6 +60,7 @@ _MAX_BACKOFF = 5.0
 _STABLE_AFTER = 10.0
 MAX_ATTEMPTS = 10
 _EXITED = "the worker exited"
+_CONTROL_REQUESTS = frozenset({"stop", "restart", "unload"})
 # Tokens a host may have been given in its environment; tenant code in a worker must not
 # find them in its own (a host that ``plughost serve`` started has dropped them already,
 # a host embedded in another program may not have).
@@ -291,6 +293,8 @@ class Supervisor:
         process: makes the worker process (a real one by default).
         first_backoff, max_backoff: the wait before the first restart, doubling up to the
             second.
+        max_inflight: the tenant's requests (calls, events, topics, RPC) it may have
+            in flight at once; past it, :class:`WorkerBusyError`.
     """
 
     def __init__(
@@ -302,8 +306,11 @@ class Supervisor:
         process: ProcessFactory = _Process,
         first_backoff: float = _FIRST_BACKOFF,
         max_backoff: float = _MAX_BACKOFF,
+        max_inflight: int = 64,
     ) -> None:
         self.spec = spec
+        self._max_inflight = max_inflight
+        self._in_flight = 0
         self._on_request = on_request
         self._deadlines = deadlines
         self._make_process = process
@@ -371,7 +378,15 @@ class Supervisor:
         if self._process is None or self.state is not WorkerState.READY:
             raise WorkerCrashed(self.spec.tenant, self.pid, self.lifecycle.error)
         deadline = self.spec.call_timeout if timeout is None else timeout
-        return await self._deadlines.run(self._process.request(kind, *args), deadline)
+        work = kind not in _CONTROL_REQUESTS
+        if work and self._in_flight >= self._max_inflight:
+            raise WorkerBusyError(self.spec.tenant, self._max_inflight)
+        # Control requests pass the cap: a busy worker must still be stoppable.
+        self._in_flight += work
+        try:
+            return await self._deadlines.run(self._process.request(kind, *args), deadline)
+        finally:
+            self._in_flight -= work
 
     def recycle(self) -> None:
         """Kill the worker; the supervisor restarts it (used when it stops answering)."""
@@ -568,6 +583,7 @@ class Worker(Placement):
         data_dir: the data folder, as workers' mods see it.
         unload_timeout, start_timeout, call_timeout: the deadlines of unloading
             an instance, of starting a worker, and of one request.
+        max_inflight: the requests one worker may have in flight.
     """
 
     name = "process"
@@ -582,8 +598,10 @@ class Worker(Placement):
         unload_timeout: float,
         start_timeout: float,
         call_timeout: float,
+        max_inflight: int,
     ) -> None:
         self._host = host
+        self._max_inflight = max_inflight
         self._on_request = on_request
         self._deadlines = deadlines
         self._data_dir = data_dir
@@ -607,7 +625,7 @@ class Worker(Placement):
         async def answer(kind: str, args: tuple[Any, ...]) -> Any:
             return await self._on_request(launch.tenant, kind, args)
 
-        return Supervisor(spec, answer, self._deadlines)
+        return Supervisor(spec, answer, self._deadlines, max_inflight=self._max_inflight)
 
     async def start(self, launch: Launch) -> Started:
         supervisor = self._supervisor(launch)
