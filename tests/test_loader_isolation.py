@@ -7,15 +7,19 @@ import itertools
 import json
 import sys
 import tarfile
+import threading
+import types
 import warnings
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+import plughost
+import plughost.agent
 from plughost import Agent, BasicAgent, BundleWarning, ForeignModulesError, Namespace
-from plughost.loader import code_cache
+from plughost.loader import LoadedBundle, code_cache
 
 from .conftest import Load, WriteBundle
 
@@ -358,3 +362,186 @@ def test_namespaces_loading_side_by_side_are_not_taken_for_polluters(
     with ThreadPoolExecutor(8) as pool:
         loaded = list(pool.map(lambda i: load(Namespace(f"side{i}"), folders[i]), range(8)))
     assert [bundle.modules["c"].X for bundle in loaded] == [1] * 8
+
+
+HOST_TAMPERING = {
+    "replaces a host module": (
+        "import sys, types\nsys.modules['plughost.agent'] = types.ModuleType('spy')\n",
+        ["plughost.agent"],
+    ),
+    "removes the host package": ("import sys\ndel sys.modules['plughost']\n", ["plughost"]),
+    "removes a host module and a stdlib one": (
+        "import sys\ndel sys.modules['plughost.agent']\ndel sys.modules['json']\n",
+        ["json", "plughost.agent"],
+    ),
+    "replaces a stdlib module with one that claims to equal it": (
+        "import sys, types\n"
+        "class Lookalike(types.ModuleType):\n"
+        "    def __eq__(self, other):\n"
+        "        return True\n"
+        "    __hash__ = types.ModuleType.__hash__\n"
+        "sys.modules['json'] = Lookalike('json')\n",
+        ["json"],
+    ),
+    "replaces a host module, then fails": (
+        "import sys, types\nsys.modules['plughost.agent'] = types.ModuleType('spy')\n"
+        "raise RuntimeError('covering its tracks')\n",
+        ["plughost.agent"],
+    ),
+    "replaces a host module with an unhashable object": (
+        "import sys\nsys.modules['plughost.agent'] = {}\n",
+        ["plughost.agent"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(HOST_TAMPERING))
+def test_a_bundle_that_changes_host_or_stdlib_modules_is_undone_and_refused(
+    write_bundle: WriteBundle, load: Load, case: str
+) -> None:
+    source, keys = HOST_TAMPERING[case]
+    victim = load(Namespace("victim"), _swarm(write_bundle, "victim"))
+    keys_before = dict(sys.modules)
+
+    with pytest.raises(ForeignModulesError) as caught:
+        load(Namespace("tamperer"), write_bundle({"tamperer.py": source}))
+
+    assert caught.value.keys == keys
+    assert ", ".join(keys) in str(caught.value)
+    assert all(sys.modules[key] is module for key, module in keys_before.items())
+    assert sys.modules["plughost"] is plughost and sys.modules["plughost.agent"] is plughost.agent
+    assert _notify(victim.modules["notifier_agent"]) == "<victim>victim:hi"
+    later = load(Namespace("later"), _swarm(write_bundle, "later"))
+    assert _notify(later.modules["notifier_agent"]) == "<later>later:hi"
+
+
+def test_a_bundle_that_imports_stdlib_modules_for_the_first_time_loads(
+    write_bundle: WriteBundle, load: Load, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key in [key for key in sys.modules if key == "xml" or key.startswith("xml.")]:
+        monkeypatch.delitem(sys.modules, key)
+    folder = write_bundle({"reader.py": "import xml.dom.minidom\nimport wave\n"})
+
+    reader = load(Namespace("firsts"), folder).modules["reader"]
+
+    assert sys.modules["xml.dom.minidom"] is reader.xml.dom.minidom
+    assert sys.modules["wave"] is reader.wave
+
+
+BUILTINS_TAMPERER = {
+    "tamper.py": "__builtins__['__import__'] = lambda *a, **k: None\n"
+    "__builtins__['len'] = lambda obj: 42\n",
+    "uses_len.py": "LENGTH = len([1])\n",
+}
+BUILTINS_VICTIM = {
+    "victim.py": """
+        import json
+        LENGTH = len([1, 2])
+
+        def at_call():
+            import json as again
+            return len([1, 2, 3]), again
+    """
+}
+
+
+@pytest.mark.parametrize("first", ["tamperer", "victim"])
+def test_a_bundle_that_writes_its_builtins_changes_only_its_own_namespace(
+    write_bundle: WriteBundle, load: Load, first: str
+) -> None:
+    sources = {"tamperer": BUILTINS_TAMPERER, "victim": BUILTINS_VICTIM}
+    order = [first, *(name for name in sources if name != first)]
+    loaded = {
+        name: load(Namespace(f"builtins-{name}"), write_bundle(sources[name])) for name in order
+    }
+
+    victim = loaded["victim"].modules["victim"]
+    assert victim.LENGTH == 2 and victim.json is json
+    assert victim.at_call() == (3, json)
+    # The namespace's own modules share one mapping, so the change is its own to keep.
+    assert loaded["tamperer"].modules["uses_len"].LENGTH == 42
+    assert len([1]) == 1
+
+
+class _Gates(types.ModuleType):
+    """Events that bundle code waits on, so that two loads overlap in a chosen order."""
+
+    def __init__(self) -> None:
+        super().__init__("plughost_test_gates")
+        self.events = {
+            name: threading.Event() for name in ("running", "tampered", "release", "finish")
+        }
+
+    def reached(self, name: str) -> None:
+        self.events[name].set()
+
+    def wait(self, name: str) -> None:
+        assert self.events[name].wait(10), f"gate {name!r} never opened"
+
+
+@pytest.fixture
+def gates(monkeypatch: pytest.MonkeyPatch) -> _Gates:
+    opened = _Gates()
+    monkeypatch.setitem(sys.modules, opened.__name__, opened)
+    return opened
+
+
+SPY = "import sys, types\nsys.modules['plughost.agent'] = types.ModuleType('spy')\n"
+
+
+def _in_thread(
+    pool: ThreadPoolExecutor, load: Load, name: str, folder: Path
+) -> Future[LoadedBundle]:
+    return pool.submit(load, Namespace(name), folder)
+
+
+def test_a_tamperer_is_refused_even_when_an_overlapping_load_saw_the_change_first(
+    write_bundle: WriteBundle, load: Load, gates: _Gates
+) -> None:
+    bystander = write_bundle(
+        {"waits.py": "import plughost_test_gates as g\ng.reached('running')\ng.wait('tampered')\n"}
+    )
+    tamperer = write_bundle(
+        {
+            "spy.py": SPY
+            + "import plughost_test_gates as g\ng.reached('tampered')\ng.wait('release')\n"
+        }
+    )
+    with ThreadPoolExecutor(2) as pool:
+        bystanding = _in_thread(pool, load, "bystander", bystander)
+        gates.wait("running")
+        tampering = _in_thread(pool, load, "tamperer", tamperer)
+        # Under way when the module was replaced, the bystander cannot be told from the tamperer.
+        with pytest.raises(ForeignModulesError, match=r"plughost\.agent"):
+            bystanding.result(timeout=10)
+        gates.reached("release")
+        with pytest.raises(ForeignModulesError) as caught:
+            tampering.result(timeout=10)
+    assert caught.value.keys == ["plughost.agent"]
+    assert sys.modules["plughost.agent"] is plughost.agent
+
+
+def test_a_load_that_began_after_a_change_is_not_refused_and_does_not_bring_it_back(
+    write_bundle: WriteBundle, load: Load, gates: _Gates
+) -> None:
+    tamperer = write_bundle(
+        {
+            "spy.py": SPY
+            + "import plughost_test_gates as g\ng.reached('tampered')\ng.wait('release')\n"
+        }
+    )
+    latecomer = write_bundle(
+        {"waits.py": "import plughost_test_gates as g\ng.reached('running')\ng.wait('finish')\n"}
+    )
+    with ThreadPoolExecutor(2) as pool:
+        tampering = _in_thread(pool, load, "tamperer", tamperer)
+        gates.wait("tampered")
+        arriving = _in_thread(pool, load, "latecomer", latecomer)
+        gates.wait("running")
+        gates.reached("release")
+        with pytest.raises(ForeignModulesError):
+            tampering.result(timeout=10)
+        # The latecomer saw the spy from its start, then the real module put back.
+        gates.reached("finish")
+        assert arriving.result(timeout=10).is_loaded
+    assert sys.modules["plughost.agent"] is plughost.agent

@@ -57,9 +57,11 @@ class BundleLoadError(PlughostError):
 
 
 class ForeignModulesError(BundleLoadError):
-    """A bundle, while it loaded, changed ``sys.modules`` keys of other namespaces.
+    """A bundle, while it loaded, changed ``sys.modules`` keys outside its namespace.
 
-    The keys were put back as they were, and nothing of the bundle was kept.
+    Those of other namespaces, plughost's own modules, the standard library
+    and installed packages alike. The keys were put back as they were, and
+    nothing of the bundle was kept.
 
     Attributes:
         keys: the keys it added, replaced or removed, sorted.
@@ -69,7 +71,7 @@ class ForeignModulesError(BundleLoadError):
         self.keys = keys
         super().__init__(
             namespace,
-            PermissionError(f"changed sys.modules keys of other namespaces: {', '.join(keys)}"),
+            PermissionError(f"changed sys.modules keys outside its namespace: {', '.join(keys)}"),
         )
 
 

@@ -4,12 +4,14 @@ How isolation works, without touching ``sys.path``:
 
 * A meta path finder serves every key below ``plughost_ns.<namespace>`` from
   that namespace's bundle folder, and only while the namespace is loaded.
-* Bundle modules get ``__builtins__`` whose ``__import__`` first resolves a
-  bare name against the importing module's own bundle (known from the
-  ``__name__`` in the globals every import statement passes): ``import
-  helpers`` inside tenant acme's code imports ``plughost_ns.t_acme.helpers``.
-  Lazy imports inside functions go through the same ``__builtins__``. Names
-  the bundle does not define (stdlib, installed packages) import as usual and
+* Each namespace gets its own ``__builtins__`` mapping, shared by its modules:
+  a copy of the real builtins whose ``__import__`` first resolves a bare name
+  against the importing module's own bundle (known from the ``__name__`` in
+  the globals every import statement passes): ``import helpers`` inside
+  tenant acme's code imports ``plughost_ns.t_acme.helpers``. Lazy imports
+  inside functions go through the same ``__builtins__``. What a bundle writes
+  into it (``__builtins__["len"] = ...``) stays in its own namespace. Names the
+  bundle does not define (stdlib, installed packages) import as usual and
   are shared. ``from . import helpers`` works because every top-level module
   is a submodule of the namespace package.
 * ``agents`` is an alias of the bundle itself, and ``basic_agent`` /
@@ -19,12 +21,37 @@ How isolation works, without touching ``sys.path``:
 ``importlib.import_module("helpers")`` and ``exec`` bypass ``__import__`` and
 are not redirected; bundle code should use import statements.
 
-While a bundle loads, what it does to other namespaces' ``sys.modules`` keys
-is undone and fails the load (:class:`~plughost.errors.ForeignModulesError`),
-and keys planted under a namespace's module names before it loads are
-dropped. Code that runs later, in a call, is not watched: in-process
-namespaces separate names, they do not sandbox hostile code;
-``placement = "process"`` does.
+Loads are tamper-evident:
+
+* A bundle file that changes ``sys.path`` or rebinds a name of the
+  :mod:`builtins` module (``builtins.__import__``, ``builtins.open``) gets a
+  :class:`~plughost.errors.BundleWarning` and the change is undone.
+* While a bundle loads, it may add ``sys.modules`` keys (its imports), but a
+  key outside the namespaces that it removes or binds to another object is
+  put back and fails the load with
+  :class:`~plughost.errors.ForeignModulesError` naming the keys: plughost's
+  own modules, the standard library, installed packages and the root package
+  alike. So is any change under a namespace that had finished loading before
+  it began, and a key added under a namespace that is not loaded; namespaces
+  that load meanwhile change their own keys. This holds when a module fails
+  after its change as well. Keys planted under a namespace's module names
+  before it loads are dropped.
+* Values are compared by identity, so a module that claims to equal the one
+  it replaced is still a change. A key added that no module held before is
+  taken for an import: a planted module under a name nothing imported yet is
+  not told from one.
+* What a load sees changed happened while it was under way, but other loads
+  may have been under way too, and ``sys.modules`` does not record who wrote
+  it: every load in flight since before the change is refused with it, so
+  the one that did it always is. A load that began after the change is not.
+  Imports elsewhere in the host meanwhile only add keys. The host removes
+  keys only when it unloads a namespace (a tenant's code, a mod), under
+  ``_lock`` and with that namespace's ``_active`` entry, and never a key
+  outside the namespaces, so no removal of its own is taken for tampering.
+
+Code that runs later, in a call, is not watched: in-process namespaces
+separate names and make loads tamper-evident, they do not sandbox hostile
+code: that takes OS-level isolation.
 """
 
 from __future__ import annotations
@@ -34,6 +61,8 @@ import importlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
+import itertools
+import operator
 import os
 import sys
 import tempfile
@@ -41,12 +70,12 @@ import threading
 import traceback
 import warnings
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.resources.abc import Traversable, TraversableResources
 from pathlib import Path
 from types import CodeType, ModuleType
-from typing import Any
+from typing import Any, cast
 
 from ._codecache import CodeCache
 from ._leaks import find_leaks
@@ -65,6 +94,8 @@ __all__ = ["Leak", "LoadedBundle", "UnloadReport", "code_cache", "load_bundle", 
 _original_import = builtins.__import__
 _PREFIX = ROOT_PACKAGE + "."
 _COMPAT_BASIC_AGENT = "plughost.agent"
+_MISSING = object()
+"""Stands for a key that a dict does not hold (``None`` is a value ``sys.modules`` may hold)."""
 
 code_cache = CodeCache()
 """The compiled-code cache every namespace shares."""
@@ -125,26 +156,33 @@ class _PackageLoader(importlib.abc.Loader):
 
 
 class _ModuleLoader(importlib.machinery.SourceFileLoader):
-    """Executes one bundle file with the bundle ``__builtins__`` and the shared code cache."""
+    """Executes one bundle file with its namespace's ``__builtins__`` and the shared code cache."""
+
+    def __init__(self, fullname: str, path: str, namespace_builtins: dict[str, Any]) -> None:
+        super().__init__(fullname, path)
+        self._builtins = namespace_builtins
 
     def get_code(self, fullname: str) -> CodeType:
         return code_cache.code_for(self.get_data(self.path), self.path)
 
     def exec_module(self, module: ModuleType) -> None:
         code = self.get_code(module.__name__)
-        module.__dict__["__builtins__"] = _bundle_builtins
+        module.__dict__["__builtins__"] = self._builtins
         path_before = sys.path[:]
-        import_before = builtins.__import__
+        builtins_before = vars(builtins).copy()
         try:
             exec(code, module.__dict__)
         finally:
             # Both are shared by every namespace and the host itself.
-            if sys.path != path_before:
+            if not (len(sys.path) == len(path_before) and _same_objects(path_before, sys.path)):
                 sys.path[:] = path_before
                 self._undone("sys.path")
-            if builtins.__import__ is not import_before:
-                builtins.__import__ = import_before
-                self._undone("builtins.__import__")
+            now = vars(builtins)
+            if not (len(now) == len(builtins_before) and _starts_with(now, builtins_before)):
+                # A name deleted and bound again to the same object moves, and changes nothing.
+                names = _put_back(now, builtins_before, sorted(_changed_keys(builtins_before, now)))
+                if names:
+                    self._undone(", ".join(f"builtins.{name}" for name in names))
 
     def _undone(self, what: str) -> None:
         warnings.warn(
@@ -161,6 +199,9 @@ class _NamespaceImports:
         self.index = index
         self.package_name = namespace.package_name
         self._top_names = index.top_names
+        # Its own copy, so that what one bundle writes into its ``__builtins__`` stays its own.
+        self.builtins: dict[str, Any] = {**vars(builtins), "__import__": _bundle_import}
+        self.watch: _LoadWatch | None = None
         self.done = threading.Event()
         self.loaded: LoadedBundle | None = None
         self.error: BaseException | None = None
@@ -191,7 +232,7 @@ class _NamespaceImports:
         return importlib.util.spec_from_file_location(
             fullname,
             str(path),
-            loader=_ModuleLoader(fullname, str(path)),
+            loader=_ModuleLoader(fullname, str(path), self.builtins),
             submodule_search_locations=[str(package_dir)] if package_dir else None,
         )
 
@@ -239,10 +280,6 @@ def _bundle_import(
                 module = _original_import(key, globals, locals, fromlist, 0)
                 return module if fromlist else sys.modules[bound]
     return _original_import(name, globals, locals, fromlist, level)
-
-
-_bundle_builtins: dict[str, Any] = {**builtins.__dict__, "__import__": _bundle_import}
-"""The ``__builtins__`` of every bundle module: the real ones but for ``__import__``."""
 
 
 class _BundleFinder(importlib.abc.MetaPathFinder):
@@ -369,54 +406,132 @@ def _remove_modules(package_name: str) -> list[tuple[str, ModuleType]]:
     return removed
 
 
-def _undo_foreign_writes(
-    own_package: str,
-    own_keys: list[str],
-    before: dict[str, ModuleType],
-    settled: dict[str, _NamespaceImports],
-) -> list[str]:
+@dataclass
+class _LoadWatch:
+    """What one load compares ``sys.modules`` with once its modules have run.
+
+    ``modules_before`` is a copy of ``sys.modules`` from when the load began,
+    corrected for what other loads put back since; ``settled`` holds the
+    namespaces that had finished loading then; ``changed_meanwhile`` the keys
+    that other loads found changed, and put back, while this one was under way.
+    """
+
+    modules_before: dict[str, object]
+    settled: dict[str, _NamespaceImports]
+    changed_meanwhile: set[str] = field(default_factory=set)
+
+
+def _same_objects(before: Iterable[object], now: Iterable[object]) -> bool:
+    """Whether ``now`` starts with the very objects of ``before``, in order.
+
+    Compared by identity, in C: no object's ``__eq__`` has a say, so a module
+    that claims to equal the one it replaced is still a change.
+    """
+    return all(map(operator.is_, before, now))
+
+
+def _starts_with(now: Mapping[str, object], before: Mapping[str, object]) -> bool:
+    """Whether ``now`` holds the entries of ``before`` first, in their order, the same objects.
+
+    A dict keeps its insertion order, and replacing a value keeps its place,
+    so this holds exactly when ``now`` is ``before`` plus entries added after.
+    """
+    return (
+        len(now) >= len(before)
+        and _same_objects(before, now)
+        and _same_objects(before.values(), now.values())
+    )
+
+
+def _changed_keys(before: Mapping[str, object], now: Mapping[str, object]) -> set[str]:
+    """The keys added, removed or bound to another object between ``before`` and ``now``."""
+    return {
+        key
+        for key in before.keys() | now.keys()
+        if before.get(key, _MISSING) is not now.get(key, _MISSING)
+    }
+
+
+def _put_back(now: dict[str, object], before: Mapping[str, object], keys: list[str]) -> list[str]:
+    """Make ``keys`` of ``now`` what they were in ``before`` (absent included); return them."""
+    for key in keys:
+        was = before.get(key, _MISSING)
+        if was is _MISSING:
+            now.pop(key, None)
+        else:
+            now[key] = was
+    return keys
+
+
+def _is_foreign_change(
+    key: str, was: object, now: object, own_package: str, settled: Mapping[str, _NamespaceImports]
+) -> bool:
+    """Whether a changed key is not the loading namespace's to change.
+
+    Under ``plughost_ns.``, a change is foreign when it touches a namespace
+    that was settled before the load began and still is (its own code does
+    not import any more), or adds a key under a namespace that is not loaded.
+    Namespaces that load meanwhile change their own keys, and an unload
+    removes a namespace's keys together with its ``_active`` entry under
+    ``_lock``, so neither is judged. Every other key (the root package,
+    plughost's own modules, the standard library, installed packages) may be
+    added, by an import, but not removed or replaced: no import does that,
+    and the host never removes such keys.
+    """
+    if not key.startswith(_PREFIX):
+        return was is not _MISSING
+    package = _package_of(key)
+    if package == own_package:
+        return False
+    imports = _active.get(package)
+    if imports is None:
+        return now is not _MISSING
+    return settled.get(package) is imports
+
+
+def _undo_foreign_writes(imports: _NamespaceImports, watch: _LoadWatch) -> list[str]:
     """Put back what changed, while one bundle loaded, under keys it does not own.
 
-    ``before`` is a copy of ``sys.modules`` from when the load began (this
-    call changes it), ``own_keys`` the keys of the modules the load imports, and
-    ``settled`` the namespaces that had finished loading then. A change is the
-    loading bundle's doing when it touches the root package, a namespace that
-    was settled before and still is (its own code does not import any more),
-    or adds a key under a namespace that is not loaded at all. Namespaces that
-    load meanwhile change their own keys, so theirs are not judged. Call it
-    holding ``_lock``. Returns the keys put back, sorted.
+    Each key put back is also put back in the copies of the other loads under
+    way: one that began before the change is told of it, since a shared dict
+    does not record who wrote it, and the one that did is among them; one
+    that began after it does not take the restored module for a change of its
+    own. Call it holding ``_lock``. Returns the keys that changed, sorted,
+    those of ``watch.changed_meanwhile`` included.
     """
-    for key in own_keys:
-        if key in sys.modules:
-            before[key] = sys.modules[key]
-    # The usual case, compared in C. It still touches every entry: about 1 ms per load
-    # at 20,000 modules (bench/RESULTS.md, loader run C).
-    if before == sys.modules:
-        return []
-    after = sys.modules.copy()
-    touched = {
+    before = watch.modules_before
+    after = cast("dict[str, object]", sys.modules.copy())
+    # The usual case, compared in C: nothing but additions (imports), which then follow
+    # what was there before, and only those need a look.
+    candidates: Iterable[str] = (
+        itertools.islice(after, len(before), None)
+        if _starts_with(after, before)
+        else _changed_keys(before, after)
+    )
+    foreign = sorted(
         key
-        for key, _ in before.items() ^ after.items()
-        if key.startswith(_PREFIX) or key == ROOT_PACKAGE
-    }
-    changed = []
-    for key in touched:
-        package = _package_of(key)
-        if package == own_package:
+        for key in candidates
+        if isinstance(key, str)
+        and _is_foreign_change(
+            key,
+            before.get(key, _MISSING),
+            after.get(key, _MISSING),
+            imports.package_name,
+            watch.settled,
+        )
+    )
+    if not foreign:
+        return sorted(watch.changed_meanwhile)
+    _put_back(cast("dict[str, object]", sys.modules), before, foreign)
+    for other in _active.values():
+        if other is imports or other.watch is None:
             continue
-        was, now = before.get(key), after.get(key)
-        imports = _active.get(package)
-        if (
-            key == ROOT_PACKAGE
-            or (imports is not None and settled.get(package) is imports)
-            or (imports is None and now is not None)
-        ):
-            changed.append(key)
-            if was is None:
-                del sys.modules[key]
-            else:
-                sys.modules[key] = was
-    return sorted(changed)
+        other_before = other.watch.modules_before
+        other.watch.changed_meanwhile.update(
+            key for key in foreign if other_before.get(key, _MISSING) is before.get(key, _MISSING)
+        )
+        _put_back(other_before, before, foreign)
+    return sorted(watch.changed_meanwhile.union(foreign))
 
 
 def loaded_namespaces() -> list[Namespace]:
@@ -478,8 +593,10 @@ def _load_index(
         with _lock:
             own_keys = [package_name, *(namespace.module_name(stem) for stem in index.modules)]
             planted = [key for key in own_keys if sys.modules.pop(key, None) is not None]
-            before = sys.modules.copy()
-            settled = {p: i for p, i in _active.items() if i.loaded is not None}
+            watch = imports.watch = _LoadWatch(
+                cast("dict[str, object]", sys.modules.copy()),
+                {p: i for p, i in _active.items() if i.loaded is not None},
+            )
         if planted:
             warnings.warn(
                 BundleWarning(
@@ -488,17 +605,22 @@ def _load_index(
                 ),
                 stacklevel=3,
             )
-        importlib.import_module(package_name)
-        modules: dict[str, ModuleType] = {}
-        for stem in index.modules:
-            if stem.rpartition(".")[2] != "__main__":
-                modules[stem] = importlib.import_module(namespace.module_name(stem))
+        failure: BaseException | None = None
+        try:
+            modules = _import_modules(namespace, index)
+        except BaseException as exc:
+            # A module that fails after it tampered is checked all the same.
+            failure = exc
         with _lock:
-            foreign = _undo_foreign_writes(package_name, own_keys, before, settled)
+            foreign = _undo_foreign_writes(imports, watch)
+            imports.watch = None
         if foreign:
-            raise ForeignModulesError(namespace, foreign)
+            raise ForeignModulesError(namespace, foreign) from failure
+        if failure is not None:
+            raise failure
     except BaseException as exc:
         with _lock:
+            imports.watch = None
             _remove_modules(package_name)
             del _active[package_name]
         if workdir is not None:
@@ -519,6 +641,15 @@ def _load_index(
     imports.loaded = loaded
     imports.done.set()
     return loaded
+
+
+def _import_modules(namespace: Namespace, index: BundleIndex) -> dict[str, ModuleType]:
+    importlib.import_module(namespace.package_name)
+    return {
+        stem: importlib.import_module(namespace.module_name(stem))
+        for stem in index.modules
+        if stem.rpartition(".")[2] != "__main__"
+    }
 
 
 def _wait_for(imports: _NamespaceImports, index: BundleIndex) -> LoadedBundle:

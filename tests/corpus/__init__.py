@@ -224,7 +224,14 @@ CASES: dict[str, Case] = {
         ZIP,
         422,
         "bundle_load_failed",
-        "changed sys.modules keys of other namespaces: plughost_ns.t_good",
+        "changed sys.modules keys outside its namespace: plughost_ns.t_good",
+    ),
+    "sys.modules: a host module replaced, a stdlib one removed": Case(
+        _bundle("replace_host_module"),
+        ZIP,
+        422,
+        "bundle_load_failed",
+        "changed sys.modules keys outside its namespace: json, plughost.agent",
     ),
     "sys.exit at import, in a worker": Case(
         _bundle("sys_exit"), ZIP, 422, "bundle_load_failed", "SystemExit", placement="process"

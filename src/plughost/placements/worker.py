@@ -6,7 +6,7 @@ flight fail with :class:`~plughost.errors.WorkerCrashed`, and the
 :class:`Supervisor` starts it again after a backoff that doubles from 50 ms
 up to 5 s; after ``MAX_ATTEMPTS`` failed starts in a row the worker is
 ``failed`` (health shows it) until the next deploy. It does not sandbox:
-the worker runs as the host's user (the ``sandbox`` placement does).
+the worker runs as the host's user, with the host's files and network.
 
 Each worker runs in a process group of its own, so stopping it also stops
 whatever its code started. Everything it sends is checked: a frame that
