@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import plughost
 
-from .server import free_port
+from .server import ServerProcess, free_port
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -102,3 +103,37 @@ def test_fsck_finds_a_changed_bundle_folder(tmp_path: Path) -> None:
         f"deployment acme/1: bundle folder {folder.name[:12]}: helpers.py differs" in result.stdout
     )
     assert "1 problems" in result.stdout
+
+
+def test_the_dynamic_mod_guide_runs_as_written(tmp_path: Path) -> None:
+    """The three commands of the dynamic-mod guide, exactly as it writes them."""
+    guide = [
+        "plughost network send-event --event-name system.mod.load "
+        '--payload \'{"mod_path": "plughost.mods.shared_artifact"}\'',
+        "plughost network list-mods",
+        "plughost network send-event --event-name system.mod.unload "
+        '--payload \'{"mod_path": "plughost.mods.shared_artifact"}\'',
+    ]
+    server = ServerProcess(tmp_path, admin_token="admin-token-for-the-guide").start()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("PLUGHOST_")},
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "PLUGHOST_URL": server.url,
+        "PLUGHOST_TOKEN": "admin-token-for-the-guide",
+    }
+    try:
+        outputs = []
+        for line in guide:
+            result = subprocess.run(
+                ["bash", "-c", line], capture_output=True, text=True, timeout=120, env=env
+            )
+            assert result.returncode == 0, (line, result.stdout, result.stderr)
+            outputs.append(result.stdout)
+            health = server.client().health()
+            loaded = health["mods"]["loaded"]
+            assert loaded == ([] if line == guide[2] else ["shared_artifact"]), line
+        assert outputs[0].startswith("ok: mod 'shared_artifact' loaded")
+        assert "shared_artifact" in outputs[1] and "plughost.mods.shared_artifact" in outputs[1]
+        assert outputs[2].startswith("ok:")
+    finally:
+        assert server.stop()

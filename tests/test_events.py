@@ -216,3 +216,22 @@ async def test_removing_a_tenant_removes_its_cached_keys_and_artifacts(network: 
     await network.deploy("leaving", agent_bundle("y"))
     got = await network.send_event(_event("shared_cache.get", tenant="leaving", key="k"))
     assert got.data["found"] is False
+
+
+async def test_a_system_event_without_a_destination_goes_to_the_network(network: Network) -> None:
+    load = Event(
+        event_name="system.mod.load",
+        source_id="guide",
+        payload={"mod_path": "plughost.mods.shared_artifact"},
+    )
+    loaded = await network.send_event(load)
+    assert loaded.success and loaded.data == {"mod_id": "shared_artifact"}, loaded
+    assert network.get_loaded_mods() == ["shared_artifact"]
+    # Nobody may answer, or forge, a system event in the network's place.
+    forged = await network.send_event(Event(event_name="system.mod.loaded", payload={}))
+    assert not forged.success and "unknown system event" in forged.message
+    unload = Event(
+        event_name="system.mod.unload", payload={"mod_path": "plughost.mods.shared_artifact"}
+    )
+    assert (await network.send_event(unload)).success
+    assert network.get_loaded_mods() == []

@@ -284,11 +284,25 @@ def network_list_mods(url: Url = DEFAULT_URL, token: Token = None, as_json: AsJs
 
 @network_app.command("send-event")
 def network_send_event(
-    event_name: Annotated[str, typer.Option("--event-name", help="e.g. shared_cache.set")],
+    event_name: Annotated[
+        str, typer.Option("--event-name", help="e.g. shared_cache.set or system.mod.load")
+    ],
     payload: Annotated[str, typer.Option(help="The payload, a JSON object.")] = "{}",
-    source_id: Annotated[str, typer.Option("--source-id")] = "cli",
-    destination_id: Annotated[str | None, typer.Option("--destination-id")] = None,
-    tenant: Annotated[str | None, typer.Option()] = None,
+    source_id: Annotated[
+        str, typer.Option("--source-id", help="Who sends it, as handlers see it.")
+    ] = "cli",
+    destination_id: Annotated[
+        str | None,
+        typer.Option(
+            "--destination-id",
+            help="Where it goes: system:system, mod:ID, agent:TENANT/AGENT or topic:NAME. "
+            "Without one, a system.* event goes to the network, any other to every "
+            "handler whose pattern matches it.",
+        ),
+    ] = None,
+    tenant: Annotated[
+        str | None, typer.Option(help="The tenant it acts in (a tenant token: its own).")
+    ] = None,
     url: Url = DEFAULT_URL,
     token: Token = None,
     as_json: AsJson = False,

@@ -1,8 +1,9 @@
 """The bus: events to their handlers, topics to their subscribers, RPC to its method.
 
 The dispatcher routes by ``destination_id`` (``mod:``, ``agent:``,
-``topic:``; ``system:`` and ``system.*`` events go to the system handlers it
-is given) or, without one, to every handler whose pattern matches. It is the
+``topic:``; ``system:system`` goes to the system handlers it is given) or,
+without one, to every handler whose pattern matches; a ``system.*`` event
+without a destination goes to the system handlers too. It is the
 :class:`~plughost.mod.Host` every mod in this process sees, and it answers
 what worker processes ask on their tenant's behalf.
 """
@@ -95,6 +96,10 @@ class Dispatcher:
 
     async def _route(self, event: Event, confine_to: str | None) -> EventResponse:
         destination = event.destination_id
+        # A system.* event acts on the network, with or without system:system as its
+        # destination; nobody else may answer one, or forge the notifications it sends.
+        if event.event_name.startswith("system.") and destination in (None, "", "system:system"):
+            return await self._system(event, confine_to)
         if not destination:
             return await self.broadcast(event)
         kind, _, target = destination.partition(":")

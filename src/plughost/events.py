@@ -3,7 +3,9 @@
 An event names what happened (``shared_cache.set``) and where it should go
 (``destination_id``): ``system:system``, ``mod:<mod_id>``,
 ``agent:<tenant>/<agent>``, ``topic:<name>``, or nothing, which delivers it
-to every handler whose pattern matches ``event_name``.
+to every handler whose pattern matches ``event_name``, except that a
+``system.*`` event without a destination goes to the network itself, as with
+``system:system``.
 
 Handlers are methods marked with :func:`on`. A pattern is matched against
 ``event_name`` with shell wildcards (``*`` also matches dots:
