@@ -258,7 +258,9 @@ async def test_two_agents_with_one_name_fail_the_deploy_naming_both_files(
     bundle = {
         "agents": [{"filename": "one.py", "source": twice}, {"filename": "two.py", "source": twice}]
     }
-    with pytest.raises(DuplicateAgentError, match="'Dup' is defined twice: in one and two"):
+    with pytest.raises(
+        DuplicateAgentError, match=r"'Dup' is defined twice: in one\.py and two\.py"
+    ):
         await network.deploy("dup", bundle)
     assert network.list_tenants() == []
     assert namespace_keys() == set()

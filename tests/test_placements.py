@@ -19,6 +19,7 @@ import pytest
 from plughost import (
     AgentError,
     BundleLoadError,
+    DuplicateAgentError,
     Event,
     Namespace,
     Network,
@@ -476,3 +477,69 @@ async def test_a_deeply_nested_answer_is_a_clear_error_not_a_hang(
         await asyncio.wait_for(network.call_agent("deep", "Deep"), 30)
     message = {"message": "still"}
     assert await asyncio.wait_for(network.call_agent("deep", "Notifier", message), 30) == "ok:still"
+
+
+# -- agent names -------------------------------------------------------------------------
+
+NAMED_IN_INIT = """
+from agents.basic_agent import BasicAgent
+
+
+class {cls}(BasicAgent):
+    def __init__(self):
+        self.name = {name!r}
+        self.metadata = {{"name": self.name, "description": "answers", "parameters": {{}}}}
+        super().__init__(name=self.name, metadata=self.metadata)
+
+    def perform(self, **kwargs):
+        return {answer!r}
+"""
+
+
+def _named(cls: str, name: str, answer: str) -> str:
+    return NAMED_IN_INIT.format(cls=cls, name=name, answer=answer)
+
+
+async def test_an_agent_is_called_by_the_name_its_instance_ends_with(
+    network: Network, placement: str
+) -> None:
+    bundle = {
+        "agents": [
+            {"filename": "ping_agent.py", "source": _named("PingAgent", "Ping", "pong")},
+            # A class name that is another agent's name leads to that agent, not to its class.
+            {"filename": "echo_agent.py", "source": _named("EchoAgent", "PingAgent", "echo")},
+            {"filename": "a/__init__.py", "source": ""},
+            {"filename": "a/twin.py", "source": _named("Twin", "TwinA", "a")},
+            {"filename": "b/__init__.py", "source": ""},
+            {"filename": "b/twin.py", "source": _named("Twin", "TwinB", "b")},
+        ]
+    }
+    await network.deploy("named", bundle, placement=placement)  # type: ignore[arg-type]
+    listed = await network.list_agents("named")
+    assert [info.name for info in listed] == ["Ping", "PingAgent", "TwinA", "TwinB"]
+    assert [info.tool["function"]["name"] for info in listed] == [i.name for i in listed]
+    assert await network.call_agent("named", "Ping") == "pong"
+    assert await network.call_agent("named", "PingAgent") == "echo"
+    assert await network.call_agent("named", "EchoAgent") == "echo"  # its class name
+    assert await network.call_agent("named", "TwinB") == "b"
+    with pytest.raises(UnknownAgentError):
+        await network.call_agent("named", "Twin")  # two classes have it: no way to tell
+    assert network.get_deployment("named").agents == ["Ping", "PingAgent", "TwinA", "TwinB"]
+
+
+async def test_two_agents_that_end_with_one_name_are_a_deploy_error(
+    network: Network, placement: str
+) -> None:
+    bundle = {
+        "agents": [
+            {"filename": "ping_agent.py", "source": _named("PingAgent", "Ping", "1")},
+            {"filename": "tools/__init__.py", "source": ""},
+            {"filename": "tools/other_ping.py", "source": _named("OtherPing", "Ping", "2")},
+        ]
+    }
+    with pytest.raises(
+        (DuplicateAgentError, WorkerStartFailed),
+        match=r"'Ping' is defined twice: in ping_agent\.py and tools/other_ping\.py",
+    ):
+        await network.deploy("twice", bundle, placement=placement)  # type: ignore[arg-type]
+    assert "twice" not in network.list_tenants()

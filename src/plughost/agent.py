@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 import inspect
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any, ClassVar
@@ -57,38 +57,29 @@ BasicAgent = Agent
 """The name existing agent files import (``from agents.basic_agent import BasicAgent``)."""
 
 
-def agent_name(cls: type[Agent]) -> str:
-    """Return the name an agent class is called by: ``name``, else ``metadata["name"]``, else
-    the class name."""
-    return cls.name or str(cls.metadata.get("name") or "") or cls.__name__
+def agent_name(agent: Agent) -> str:
+    """The name an agent is called and listed by: what its instance's ``name`` is once
+    ``__init__`` has run (what :meth:`Agent.to_tool` says), else ``metadata["name"]``,
+    else the class name."""
+    name = agent.name if isinstance(agent.name, str) else ""
+    return name or str(agent.metadata.get("name") or "") or type(agent).__name__
 
 
-def find_agents(modules: Mapping[str, ModuleType]) -> dict[str, type[Agent]]:
-    """Return the agent classes that ``modules`` define, by agent name.
+def find_agent_classes(modules: Mapping[str, ModuleType]) -> list[tuple[str, type[Agent]]]:
+    """The agent classes that ``modules`` define, with the stem of the module of each.
 
     A class counts in the module that defines it, not in modules that import
     it; abstract classes (``Agent`` itself, ``BasicAgent``) do not count.
-
-    Raises:
-        DuplicateAgentError: two classes share an agent name; both modules are named.
     """
-    found: dict[str, type[Agent]] = {}
-    where: dict[str, str] = {}
-    for stem, module in modules.items():
-        for value in vars(module).values():
-            if not (
-                isinstance(value, type)
-                and issubclass(value, Agent)
-                and value.__module__ == module.__name__
-                and not inspect.isabstract(value)
-            ):
-                continue
-            name = agent_name(value)
-            if name in found:
-                raise DuplicateAgentError(name, [where[name], stem])
-            found[name] = value
-            where[name] = stem
-    return found
+    return [
+        (stem, value)
+        for stem, module in modules.items()
+        for value in vars(module).values()
+        if isinstance(value, type)
+        and issubclass(value, Agent)
+        and value.__module__ == module.__name__
+        and not inspect.isabstract(value)
+    ]
 
 
 @dataclass(frozen=True)
@@ -115,11 +106,23 @@ class AgentInstance:
 
 @dataclass(eq=False)
 class LoadedNamespace:
-    """A bundle loaded into a namespace, with its agents instantiated."""
+    """A bundle loaded into a namespace, with its agents instantiated.
+
+    ``agents`` are keyed by their names; ``class_names`` lead from an agent's
+    class name to its name, where no other agent is called by it.
+    """
 
     namespace: Namespace
     bundle: LoadedBundle
     agents: dict[str, AgentInstance]
+    class_names: dict[str, str] = field(default_factory=dict)
+
+    def find(self, name: str) -> AgentInstance | None:
+        """The agent called ``name``, or whose class is (its second name)."""
+        found = self.agents.get(name)
+        if found is None and name in self.class_names:
+            found = self.agents.get(self.class_names[name])
+        return found
 
     def describe(self) -> list[AgentInfo]:
         """The agents, by name, as listed."""
@@ -136,6 +139,11 @@ class LoadedNamespace:
         self.bundle.unload(verify=False)
 
 
+def _file_of(bundle: LoadedBundle, stem: str) -> str:
+    path = Path(str(bundle.modules[stem].__file__))
+    return path.relative_to(bundle.bundle_path).as_posix()
+
+
 def load_namespace(namespace: Namespace, folder: Path) -> LoadedNamespace:
     """Load the bundle in ``folder`` into ``namespace`` and instantiate its agents.
 
@@ -147,18 +155,33 @@ def load_namespace(namespace: Namespace, folder: Path) -> LoadedNamespace:
     bundle = load_bundle(namespace, folder)
     try:
         agents: dict[str, AgentInstance] = {}
-        for name, cls in find_agents(bundle.modules).items():
+        where: dict[str, str] = {}
+        class_names: dict[str, str] = {}
+        for stem, cls in find_agent_classes(bundle.modules):
             instance = cls()
+            name = agent_name(instance)
+            if name in agents:
+                files = [_file_of(bundle, where[name]), _file_of(bundle, stem)]
+                raise DuplicateAgentError(name, files)
+            where[name] = stem
             agents[name] = AgentInstance(
                 name,
                 instance,
                 inspect.iscoroutinefunction(instance.perform),
                 [h for h in handlers_of(instance) if not is_topic_pattern(h[0])],
             )
+            class_names[cls.__name__] = "" if cls.__name__ in class_names else name
+        # A class name leads to its agent only where it is unambiguous: one class has it,
+        # and no agent is called by it.
+        class_names = {
+            cls_name: name
+            for cls_name, name in class_names.items()
+            if name and cls_name not in agents
+        }
     except PlughostError:
         bundle.unload(verify=False)
         raise
     except Exception as exc:  # an agent's constructor or class attributes
         bundle.unload(verify=False)
         raise load_error(namespace, folder.resolve(), exc) from exc
-    return LoadedNamespace(namespace, bundle, agents)
+    return LoadedNamespace(namespace, bundle, agents, class_names)

@@ -178,17 +178,17 @@ class DuplicateSnapshotError(PlughostError):
 
 
 class DuplicateAgentError(PlughostError):
-    """Two agents of one bundle share a name.
+    """Two agents of one bundle are called by the same name.
 
     Attributes:
         agent: the shared name.
-        modules: the bundle modules (dotted stems) that define them.
+        files: the bundle's files (relative paths) that define them.
     """
 
-    def __init__(self, agent: str, modules: list[str]) -> None:
+    def __init__(self, agent: str, files: list[str]) -> None:
         self.agent = agent
-        self.modules = modules
-        super().__init__(f"agent name {agent!r} is defined twice: in {' and '.join(modules)}")
+        self.files = files
+        super().__init__(f"agent name {agent!r} is defined twice: in {' and '.join(files)}")
 
 
 class AgentError(PlughostError):

@@ -48,7 +48,7 @@ class InProcessUnit(Unit):
 
     async def call(self, agent: str, args: Mapping[str, Any], release: Callable[[], None]) -> Any:
         tenant = self.namespace.tenant
-        slot = self.loaded.agents.get(agent)
+        slot = self.loaded.find(agent)
         if slot is None:
             release()
             known = sorted(self.loaded.agents)

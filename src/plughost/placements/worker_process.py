@@ -200,7 +200,7 @@ class _Worker:
 
     async def _call(self, agent: str, args: dict[str, Any]) -> Any:
         assert self.entry is not None
-        slot = self.entry.agents.get(agent)
+        slot = self.entry.find(agent)
         if slot is None:
             raise RemoteError(
                 "unknown_agent", "UnknownAgentError", ",".join(sorted(self.entry.agents))
