@@ -117,6 +117,7 @@ class _Process:
             await self._send(self.spec.to_message())
             return await asyncio.wait_for(asyncio.shield(self._ready), timeout)
         except TimeoutError:
+            self._ready.cancel()  # nobody waits for it any more
             await self.stop(timeout=1)
             raise WorkerStartFailed(
                 self.spec.tenant, "timeout", "TimeoutError", f"not ready after {timeout:.0f} s"
