@@ -103,6 +103,9 @@ def test_health_shows_each_caller_only_what_it_may_see(server: Server) -> None:
     bob = health(server.tokens["bob"])
     assert bob["mods"]["loaded"] == ["shared_artifact"]
     assert bob["workers"] == {}
+    # Counts too are of bob's own tenant: how many others there are is not his to know.
+    assert bob["tenants"] == {"count": 1}
+    assert bob["namespaces"]["loaded"] <= 1 < health(ADMIN)["namespaces"]["loaded"]
     assert "alice" not in json.dumps(bob) and "carol" not in json.dumps(bob)
     carol = health(server.tokens["carol"])
     assert list(carol["workers"]) == ["carol"] and carol["workers"]["carol"]["state"] == "ready"

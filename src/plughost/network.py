@@ -682,13 +682,19 @@ class Network:
         """The document ``GET /api/health`` returns, as the caller may see it.
 
         The admin (the default) sees everything; with ``confine_to``, a tenant sees
-        the global mods and its own, and its own workers; with ``counts_only``, an
-        anonymous caller gets the same fields with counts in place of names.
+        its own tenant and the global mods only, counts and status included; with
+        ``counts_only``, an anonymous caller gets the same fields with the whole
+        network's counts in place of names.
         """
         uptime = int(time.time() - self._started_at) if self._started_at is not None else 0
-        live = {
+        units = [
             unit
             for unit in self._runtime.units()
+            if confine_to in (None, unit.namespace.tenant)
+        ]
+        live = {
+            unit
+            for unit in units
             if unit.namespace.tenant in self._catalog
             and unit.namespace == self._catalog.live_namespace(unit.namespace.tenant)
         }
@@ -697,32 +703,29 @@ class Network:
             for unit in live
             if (described := unit.describe()) is not None
         }
+        mods = self.mod_status(confine_to)
         if self._started_at is None:
             status = "stopped"
-        elif self._mods.failed() or any(not unit.healthy for unit in live):
+        elif mods["failed"] or any(not unit.healthy for unit in live):
             status = "degraded"
         else:
             status = "healthy"
-        mods = self.mod_status(confine_to)
         if counts_only:
             mods = {"count": mods["count"], "failed": len(mods["failed"])}
             shown_workers: dict[str, Any] = {"count": len(workers)}
         else:
-            shown_workers = {
-                tenant: described
-                for tenant, described in sorted(workers.items())
-                if confine_to in (None, tenant)
-            }
+            shown_workers = dict(sorted(workers.items()))
+        tenants = len(self._catalog) if confine_to is None else int(confine_to in self._catalog)
         return {
             "status": status,
             "network_id": self.network_id,
             "uptime": uptime,
             "mods": mods,
-            "tenants": {"count": len(self._catalog)},
+            "tenants": {"count": tenants},
             "namespaces": {
-                "loaded": len(self._runtime),
+                "loaded": len(units),
                 "limit": self._runtime.max_loaded,
-                "states": self._runtime.states(),
+                "states": self._runtime.states(confine_to),
             },
             "workers": shown_workers,
             "placements": sorted(self._placements),

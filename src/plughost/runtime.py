@@ -118,10 +118,16 @@ class Runtime:
         """The namespaces loaded now, least recently used first."""
         return list(self._entries)
 
-    def states(self) -> dict[str, int]:
-        """How many namespaces are in each lifecycle state now."""
-        counts = Counter(unit.lifecycle.state.value for unit in self._entries.values())
-        counts[NamespaceState.LOADING.value] += len(self._loading)
+    def states(self, tenant: str | None = None) -> dict[str, int]:
+        """How many namespaces (of ``tenant``, if given) are in each lifecycle state now."""
+        counts = Counter(
+            unit.lifecycle.state.value
+            for unit in self._entries.values()
+            if tenant in (None, unit.namespace.tenant)
+        )
+        counts[NamespaceState.LOADING.value] += sum(
+            tenant in (None, namespace.tenant) for namespace in self._loading
+        )
         return {state.value: counts[state.value] for state in NamespaceState if counts[state.value]}
 
     def get(self, namespace: Namespace) -> Unit | None:
