@@ -536,3 +536,51 @@ def test_a_deeply_nested_answer_is_a_422_over_http_in_every_placement(tmp_path: 
             assert error["code"] == "agent_error" and "nested deeper than 200" in error["message"]
     finally:
         assert process.stop()
+
+
+BIG_ANSWER = """
+from agents.basic_agent import BasicAgent
+
+
+class BigAgent(BasicAgent):
+    name = "Big"
+
+    def perform(self, **kwargs):
+        return [{"id": i, "name": f"record {i}", "even": i % 2 == 0} for i in range(300_000)]
+"""
+
+
+def test_a_large_answer_over_http_stalls_no_other_tenants_call(tmp_path: Path) -> None:
+    bundle = tmp_path / "big.json"
+    bundle.write_text(json.dumps({"agents": [{"filename": "big.py", "source": BIG_ANSWER}]}))
+    process = ServerProcess(tmp_path, admin_token=ADMIN).start()
+    try:
+        with process.client() as admin:
+            admin.deploy("quick", ROOT / "examples" / "bob")
+            for placement in PLACEMENTS:
+                admin.deploy(f"big-{placement}", bundle, placement=placement)
+        for placement in PLACEMENTS:
+            stalls: list[float] = []
+            answers: list[httpx.Response] = []
+            for _ in range(STALL_ATTEMPTS):
+
+                def call_big(into: list[httpx.Response] = answers, where: str = placement) -> None:
+                    into.append(
+                        httpx.post(
+                            f"{process.url}/api/tenants/big-{where}/agents/Big/call",
+                            json={"args": {}},
+                            headers={"Authorization": f"Bearer {ADMIN}"},
+                            timeout=300,
+                        )
+                    )
+
+                stalls.append(_longest_wait_beside(process, call_big))
+                if stalls[-1] < 0.1:
+                    break
+            assert min(stalls) < 0.1, (
+                f"{placement}: another tenant's call waited {[round(s * 1000) for s in stalls]} ms"
+            )
+            output = answers[-1].json()["output"]
+            assert len(output) == 300_000 and output[-1]["name"] == "record 299999"
+    finally:
+        assert process.stop()

@@ -172,3 +172,48 @@ async def test_a_worker_takes_at_most_its_limit_of_requests_at_once(tmp_path: Pa
             await network.call_agent("busy", "Napper")
         assert await asyncio.gather(*naps) == ["rested", "rested"]
         assert await network.call_agent("busy", "Napper") == "rested"
+
+
+FLOODER = """
+import asyncio
+from plughost import Mod, rpc
+
+
+class FlooderMod(Mod):
+    @rpc
+    async def flood(self, times):
+        calls = [self.rpc("sleeper", "nap") for _ in range(times)]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        return sorted({"ok" if r == "rested" else str(r) for r in results})
+"""
+
+SLEEPER = """
+import asyncio
+from plughost import Mod, rpc
+
+
+class SleeperMod(Mod):
+    @rpc
+    async def nap(self):
+        await asyncio.sleep(0.5)
+        return "rested"
+"""
+
+
+async def test_a_worker_asks_the_host_at_most_its_limit_of_requests_at_once(
+    tmp_path: Path,
+) -> None:
+    bundle = {
+        "files": [
+            {"filename": "flooder.py", "source": FLOODER},
+            {"filename": "plughost.toml", "source": '[[mods]]\npath = "flooder"\nname = "f"\n'},
+        ]
+    }
+    async with Network(tmp_path / "data", worker_max_inflight=3) as network:
+        (network.data_dir / "mods" / "sleeper.py").write_text(SLEEPER)
+        await network.load_mod("sleeper")
+        await network.deploy("flood", bundle, placement="process")
+        outcomes = await network.rpc("flood/f", "flood", 10)
+        assert len(outcomes) == 2 and outcomes[0] == "ok", outcomes
+        assert "has 3 requests in flight, its limit" in outcomes[1]
+        assert await network.rpc("flood/f", "flood", 3) == ["ok"]

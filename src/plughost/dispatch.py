@@ -13,11 +13,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-import json
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from . import protocol
 from .agent_threads import AgentThreads
 from .deadlines import DeadlineExceeded, Deadlines
 from .errors import (
@@ -88,7 +88,7 @@ class Dispatcher:
         except Exception as exc:
             response = EventResponse(success=False, message=f"{type(exc).__name__}: {exc}")
         try:
-            json.dumps(response.data)
+            await protocol.encode_async(response.data)  # large data off the loop
         except (TypeError, ValueError) as exc:
             response = EventResponse(success=False, message=f"the answer is not JSON: {exc}")
         self._metrics.events.labels("ok" if response.success else "failed").inc()

@@ -53,6 +53,7 @@ import json.scanner
 import math
 import re
 import reprlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +68,8 @@ _ONE_CALL_ITEMS = 32 * 1024  # ...and in one C call in a thread (else with pure 
 _CONTAINERS = (list, tuple, dict)
 _CLOSERS = {"[": "]", "{": "}"}
 _QUOTES_AND_BRACKETS = {code: None for code in range(128) if chr(code) not in '[]{}"'}
+_BATCH = 8 * 1024  # items _too_deep takes in one C call
+_JOIN_RUN = 16 * 1024  # pieces of encoded text joined in one C call
 _PASSES = 16  # passes _within() makes before it leaves the question to a walk
 # The C scanner (typeshed asks for a scanner as its context; a decoder is what it reads).
 _SCAN = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
@@ -204,6 +207,16 @@ async def encode_async(message: Any) -> bytes:
     return await asyncio.to_thread(_encode_off_loop, message)
 
 
+async def dumps_async(value: Any) -> bytes:
+    """``value`` as JSON text, encoded as :func:`encode_async` encodes (a large one in a
+    thread, giving up the GIL as it goes): for answers a server sends, not only frames.
+
+    Raises:
+        TypeError, ValueError: as :func:`encode`.
+    """
+    return (await encode_async(value))[4:]
+
+
 async def write(writer: asyncio.StreamWriter, message: Any) -> None:
     """Send ``message`` as one frame (encoded in a thread if large) and wait for the buffer.
 
@@ -219,12 +232,25 @@ def _encode_off_loop(message: Any) -> bytes:
     if _small(message, _ONE_CALL_ITEMS, 4 * OFF_LOOP_BYTES):
         return encode(message)  # a few milliseconds of GIL at most
     try:
-        text = "".join(_ENCODER.iterencode(message))  # pure Python: not one-shot
+        text = _join_in_runs(_ENCODER.iterencode(message))  # pure Python: not one-shot
     except RecursionError:
         raise ValueError(f"the message is {_TOO_DEEP}") from None
     except RuntimeError as exc:  # a dict changed size while it was encoded
         raise ValueError(f"the message changed while it was encoded: {exc}") from None
     return _frame(message, text)
+
+
+def _join_in_runs(pieces: Iterable[str]) -> str:
+    # One join of millions of pieces would hold the GIL for tens of milliseconds.
+    runs: list[str] = []
+    run: list[str] = []
+    for piece in pieces:
+        run.append(piece)
+        if len(run) == _JOIN_RUN:
+            runs.append("".join(run))
+            run.clear()
+    runs.append("".join(run))
+    return "".join(runs)
 
 
 def _frame(message: Any, text: str) -> bytes:
@@ -315,20 +341,23 @@ def _too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
     """Whether ``value`` nests deeper than ``limit`` levels (``[]`` is one).
 
     Level by level, and a level with no containers (the types of its items are
-    taken at C speed) ends the walk, so flat values cost little.
+    taken at C speed) ends the walk, so flat values cost little. Items are taken
+    ``_BATCH`` at a time, so that no one C call holds the GIL for long.
     """
     if not isinstance(value, _CONTAINERS):
         return False
     level = [value]
     for _ in range(limit):
-        items = list(
-            itertools.chain.from_iterable(
-                [each.values() if isinstance(each, dict) else each for each in level]
-            )
+        below: list[Any] = []
+        items = itertools.chain.from_iterable(
+            each.values() if isinstance(each, dict) else each for each in level
         )
-        if not any(issubclass(kind, _CONTAINERS) for kind in set(map(type, items))):
+        while batch := list(itertools.islice(items, _BATCH)):
+            if any(issubclass(kind, _CONTAINERS) for kind in set(map(type, batch))):
+                below += [item for item in batch if isinstance(item, _CONTAINERS)]
+        if not below:
             return False
-        level = [item for item in items if isinstance(item, _CONTAINERS)]
+        level = below
     return True
 
 

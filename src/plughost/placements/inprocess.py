@@ -75,7 +75,7 @@ class InProcessUnit(Unit):
         if type(result) not in _PLAIN:
             # What a worker could not send back is refused here too: one contract everywhere.
             try:
-                protocol.encode(result)
+                await protocol.encode_async(result)  # a large answer off the loop
             except (TypeError, ValueError) as exc:
                 message = f"the answer is not JSON: {exc}"
                 raise AgentError(tenant, agent, type(exc).__name__, message) from None

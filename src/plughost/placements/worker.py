@@ -126,17 +126,13 @@ class _Process:
             await self.stop(timeout=5)
             raise
 
-    async def _send(self, message: Any, *, may_be_large: bool = False) -> None:
-        """Send one message. What the host asks is bounded by its request limits and encoded
-        at once; an answer to the worker may be of any size, and is sized up first."""
+    async def _send(self, message: Any) -> None:
+        """Send one message, sized up first: a large one (an RPC argument from another
+        instance, an answer) is encoded off the loop."""
         if self._writer is None:
             raise WorkerCrashed(self.spec.tenant, self.pid)
         try:
-            if may_be_large:
-                await protocol.write(self._writer, message)
-            else:
-                self._writer.write(protocol.encode(message))
-                await self._writer.drain()
+            await protocol.write(self._writer, message)
         except ConnectionError:
             self._lost("the connection closed")
             raise WorkerCrashed(self.spec.tenant, self.pid) from None
@@ -179,7 +175,7 @@ class _Process:
             error_type = getattr(exc, "error_type", type(exc).__name__)
             reply = ["reply", request_id, False, ["error", error_type, str(exc)]]
         try:
-            await self._send(reply, may_be_large=True)
+            await self._send(reply)
         except (TypeError, ValueError) as exc:
             failure = ["encode", type(exc).__name__, f"the answer is not JSON: {exc}"]
             with contextlib.suppress(PlughostError):
@@ -295,7 +291,8 @@ class Supervisor:
         first_backoff, max_backoff: the wait before the first restart, doubling up to the
             second.
         max_inflight: the tenant's requests (calls, events, topics, RPC) it may have
-            in flight at once; past it, :class:`WorkerBusyError`.
+            in flight at once, and its own requests to the host (publishing, RPC); past
+            it, :class:`WorkerBusyError`, on either side.
     """
 
     def __init__(
@@ -312,6 +309,7 @@ class Supervisor:
         self.spec = spec
         self._max_inflight = max_inflight
         self._in_flight = 0
+        self._asked = 0  # the worker's requests to the host, being answered
         self._on_request = on_request
         self._deadlines = deadlines
         self._make_process = process
@@ -355,7 +353,7 @@ class Supervisor:
         return self.ready
 
     async def _start_process(self, spec: WorkerSpec) -> Ready:
-        process = self._make_process(spec, self._on_request, self._crashed)
+        process = self._make_process(spec, self._answer, self._crashed)
         self._starting = process
         try:
             ready = await process.start()
@@ -367,6 +365,17 @@ class Supervisor:
     def forget(self, name: str) -> None:
         """An instance was unloaded: restarts must not bring it back."""
         self._forgotten.add(name)
+
+    async def _answer(self, kind: str, args: tuple[Any, ...]) -> Any:
+        # A worker's flood of publishes or RPC calls would otherwise queue without bound
+        # in the host, ahead of other tenants' work.
+        if self._asked >= self._max_inflight:
+            raise WorkerBusyError(self.spec.tenant, self._max_inflight)
+        self._asked += 1
+        try:
+            return await self._on_request(kind, args)
+        finally:
+            self._asked -= 1
 
     async def request(self, kind: str, *args: Any, timeout: float | None = None) -> Any:
         """Send a request to the worker and return its answer.
