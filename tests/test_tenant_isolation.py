@@ -584,3 +584,38 @@ def test_a_large_answer_over_http_stalls_no_other_tenants_call(tmp_path: Path) -
             assert len(output) == 300_000 and output[-1]["name"] == "record 299999"
     finally:
         assert process.stop()
+
+
+ASKER = """
+from plughost import Mod, rpc
+
+
+class AskerMod(Mod):
+    @rpc
+    async def cache_stats(self):
+        return await self.rpc("shared_cache", "stats")
+"""
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+async def test_a_global_mods_rpc_answers_a_tenant_with_its_own_data_only(
+    network: Network, placement: str
+) -> None:
+    await network.load_mod("plughost.mods.shared_cache")
+    asker = {
+        "files": [
+            {"filename": "asker.py", "source": ASKER},
+            {"filename": "plughost.toml", "source": '[[mods]]\npath = "asker"\nname = "asker"\n'},
+        ]
+    }
+    await network.deploy("bob", asker, placement=placement)  # type: ignore[arg-type]
+    await network.deploy("alice", {"agents": [{"filename": "a.py", "source": "X = 1\n"}]})
+    for tenant in ("alice", "bob"):
+        event = Event(
+            event_name="shared_cache.set",
+            destination_id="mod:shared_cache",
+            payload={"key": "k", "value": tenant},
+        )
+        assert (await network.send_event(event, confine_to=tenant)).success
+    assert (await network.rpc("bob/asker", "cache_stats"))["items"] == {"bob": 1}
+    assert (await network.rpc("shared_cache", "stats"))["items"] == {"alice": 1, "bob": 1}

@@ -38,7 +38,7 @@ from .errors import (
     WorkerStartFailed,
 )
 from .events import Event, EventResponse, on
-from .mod import Mod, ModUnloadReport, rpc
+from .mod import Mod, ModUnloadReport, calling_tenant, rpc
 from .naming import Namespace
 from .network import ModSpec, Network
 from .store import Deployment, Snapshot
@@ -88,6 +88,7 @@ __all__ = [
     "WorkerCrashed",
     "WorkerStartFailed",
     "__version__",
+    "calling_tenant",
     "on",
     "rpc",
 ]

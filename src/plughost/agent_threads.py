@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -36,7 +37,9 @@ class AgentThreads:
         the thread, not the caller. An awaitable result is awaited here, on
         the loop.
         """
-        future = asyncio.get_running_loop().run_in_executor(self._executor, call)
+        # In the caller's context: what it set (the calling tenant of an RPC) holds in the thread.
+        context = contextvars.copy_context()
+        future = asyncio.get_running_loop().run_in_executor(self._executor, context.run, call)
 
         def done(completed: asyncio.Future[Any]) -> None:
             if not completed.cancelled():

@@ -31,7 +31,7 @@ from .errors import (
 )
 from .events import Event, EventResponse, as_response, matches, resolve_topic, topic_allowed
 from .metrics import Metrics
-from .mod import LoadedMod, ModRegistry, mod_key
+from .mod import LoadedMod, ModRegistry, calling_tenant_var, mod_key
 from .runtime import Runtime
 
 SystemHandler = Callable[[Event, str | None], Awaitable[EventResponse]]
@@ -315,6 +315,7 @@ class Dispatcher:
         function = mod.rpcs.get(method)
         if function is None:
             raise UnknownRpcError(mod.key, method, sorted(mod.rpcs))
+        token = calling_tenant_var.set(tenant)
         try:
             call = self.invoke(mod, function, *args, **kwargs)
             return await self._deadlines.run(call, self._call_timeout)
@@ -326,6 +327,8 @@ class Dispatcher:
         except Exception as exc:
             error_type = getattr(exc, "error_type", type(exc).__name__)  # remote errors name theirs
             raise RpcError(mod.key, method, error_type, str(exc)) from exc
+        finally:
+            calling_tenant_var.reset(token)
 
     async def answer_worker(self, tenant: str, kind: str, args: tuple[Any, ...]) -> Any:
         """Requests a worker's mods make to the network: publishing and RPC.
@@ -351,5 +354,7 @@ class Dispatcher:
                 raise ModNotLoadedError(str(name), self._mods.status(tenant)["loaded"]) from None
             if target.tenant not in (None, tenant):
                 raise OutsideTenantError(tenant, str(name))
-            return await self.rpc(target.key, str(method), *call_args, **call_kwargs)
+            return await self.rpc(
+                target.key, str(method), *call_args, tenant=tenant, **call_kwargs
+            )
         raise ValueError(f"unknown request {kind!r} from a worker")

@@ -16,6 +16,7 @@ ones before it. :class:`ModRegistry` is the single record of what is loaded.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import importlib.util
 import inspect
 import itertools
@@ -76,6 +77,17 @@ def rpc(method: F) -> F:
     """Mark a mod method as callable through ``network.rpc("<mod_id>", "<method>", ...)``."""
     setattr(method, _RPC_ATTRIBUTE, True)
     return method
+
+
+calling_tenant_var = contextvars.ContextVar[str | None]("plughost_calling_tenant", default=None)
+"""The tenant the RPC call being served acts for: set by the network around each call."""
+
+
+def calling_tenant() -> str | None:
+    """Inside an ``@rpc`` method: the tenant whose code (or token) made the call, or ``None``
+    for the admin and the network itself. A global mod that keeps data per tenant answers a
+    tenant's call with that tenant's data only."""
+    return calling_tenant_var.get()
 
 
 class Mod:

@@ -21,7 +21,7 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-from plughost import Event, EventResponse, Mod, on, rpc
+from plughost import Event, EventResponse, Mod, calling_tenant, on, rpc
 
 Entry = tuple[float | None, Any]  # (expiry on the monotonic clock or None, value)
 
@@ -93,8 +93,14 @@ class SharedCacheMod(Mod):
 
     @rpc
     def stats(self) -> dict[str, Any]:
-        """Item counts per partition (``*`` is the partition of events without a tenant)."""
+        """Item counts per partition (``*`` is the partition of events without a tenant);
+        a tenant's call sees its own partition only."""
+        caller = calling_tenant()
         return {
             "max_items": self.max_items,
-            "items": {tenant or "*": len(entries) for tenant, entries in self._partitions.items()},
+            "items": {
+                tenant or "*": len(entries)
+                for tenant, entries in self._partitions.items()
+                if caller is None or tenant == caller
+            },
         }
