@@ -3,6 +3,7 @@ outside the roots by a link. Against a real server where the way in is HTTP."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import threading
@@ -619,3 +620,42 @@ async def test_a_global_mods_rpc_answers_a_tenant_with_its_own_data_only(
         assert (await network.send_event(event, confine_to=tenant)).success
     assert (await network.rpc("bob/asker", "cache_stats"))["items"] == {"bob": 1}
     assert (await network.rpc("shared_cache", "stats"))["items"] == {"alice": 1, "bob": 1}
+
+
+SLOW_WRITER = """
+import time
+from pathlib import Path
+from plughost import Mod, on
+from plughost.store import tenant_data_dir
+
+
+class SlowWriterMod(Mod):
+    @on("slow_writer.put")
+    def put(self, event):
+        Path(self.network.data_dir, "started-" + event.tenant).touch()
+        time.sleep(0.5)
+        folder = tenant_data_dir(Path(self.network.data_dir), event.tenant)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "late.txt").write_text("written for " + event.tenant)
+"""
+
+
+@pytest.mark.parametrize("unload_timeout", [5.0, 0.05])
+async def test_a_write_for_a_removed_tenant_reaches_no_new_tenant_of_its_name(
+    tmp_path: Path, unload_timeout: float
+) -> None:
+    async with Network(tmp_path / "data", unload_timeout=unload_timeout) as network:
+        (network.data_dir / "mods" / "slow_writer.py").write_text(SLOW_WRITER)
+        await network.load_mod("slow_writer")
+        await network.deploy("bob", {"agents": [{"filename": "a.py", "source": "X = 1\n"}]})
+        event = Event(event_name="slow_writer.put", destination_id="mod:slow_writer")
+        writing = asyncio.create_task(network.send_event(event, confine_to="bob"))
+        while not (network.data_dir / "started-bob").exists():
+            await asyncio.sleep(0.01)
+        await network.remove_tenant("bob")
+        late = network.data_dir / "tenants" / "bob" / "late.txt"
+        if unload_timeout > 1:
+            assert not late.exists()  # the removal waited for the write, then removed it
+        assert (await writing).success
+        await network.deploy("bob", {"agents": [{"filename": "b.py", "source": "X = 2\n"}]})
+        assert not late.exists()  # a new bob starts with nothing of the old one

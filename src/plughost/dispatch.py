@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -75,18 +77,22 @@ class Dispatcher:
         self._call_agent = call_agent
         self._deadlines = deadlines
         self._call_timeout = call_timeout
+        self._acting: Counter[str | None] = Counter()  # handler and RPC calls, by tenant
         self.shared_topics = shared_topics
 
     # -- events ----------------------------------------------------------------------
 
     async def send(self, event: Event, confine_to: str | None = None) -> EventResponse:
         """Deliver ``event``; never raises for what a handler or the routing did."""
+        token = calling_tenant_var.set(event.tenant)
         try:
             response = await self._route(event, confine_to)
         except PlughostError as exc:
             response = EventResponse(success=False, message=str(exc))
         except Exception as exc:
             response = EventResponse(success=False, message=f"{type(exc).__name__}: {exc}")
+        finally:
+            calling_tenant_var.reset(token)
         try:
             await protocol.encode_async(response.data)  # large data off the loop
         except (TypeError, ValueError) as exc:
@@ -224,14 +230,20 @@ class Dispatcher:
         await self.broadcast(event)
 
     async def invoke(self, mod: LoadedMod, function: Any, *args: Any, **kwargs: Any) -> Any:
-        """Run a handler or RPC method of ``mod``, counted so that an unload can wait for it."""
+        """Run a handler or RPC method of ``mod``, counted (for ``mod`` and for the tenant it
+        acts for) so that an unload, or a tenant's removal, can wait for it."""
         mod.in_flight += 1
         mod.idle.clear()
+        acting = calling_tenant_var.get()
+        self._acting[acting] += 1
 
         def finished() -> None:
             mod.in_flight -= 1
             if mod.in_flight == 0:
                 mod.idle.set()
+            self._acting[acting] -= 1
+            if not self._acting[acting]:
+                del self._acting[acting]
 
         if not inspect.iscoroutinefunction(function):
             return await self._threads.run(functools.partial(function, *args, **kwargs), finished)
@@ -239,6 +251,13 @@ class Dispatcher:
             return await function(*args, **kwargs)
         finally:
             finished()
+
+    async def drained(self, tenant: str, timeout: float) -> None:
+        """Wait (up to ``timeout`` seconds) until no handler or RPC method runs for ``tenant``;
+        a sync one past its caller's deadline is waited for until its thread returns."""
+        deadline = time.monotonic() + timeout
+        while self._acting.get(tenant) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
 
     async def _run(self, function: Any, *args: Any) -> Any:
         if inspect.iscoroutinefunction(function):

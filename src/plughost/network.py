@@ -324,11 +324,14 @@ class Network:
         """
         self._check_started()
         await self._tenants.remove(tenant)
-        # Mods that keep data per tenant (caches, artifacts) drop the tenant's now. Only
-        # global mods hear of it: the tenant's own are gone, and other tenants' may not know.
+        # What still runs for the tenant (an event in a global mod) ends before its data goes.
+        await self._dispatch.drained(tenant, self.unload_timeout)
+        # Mods that keep data per tenant in memory drop the tenant's now. Only global mods
+        # hear of it: the tenant's own are gone, and other tenants' may not know.
         await self._dispatch.broadcast(
             Event(event_name="system.tenant.removed", payload={"tenant": tenant}, tenant=tenant)
         )
+        await asyncio.to_thread(self._store.remove_tenant_data, tenant)
 
     # -- snapshots -----------------------------------------------------------------
 

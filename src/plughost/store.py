@@ -410,6 +410,17 @@ class Store:
         """Delete what mods kept for ``tenant``; call it once its mods are shut down."""
         shutil.rmtree(tenant_data_dir(self.data_dir, tenant), ignore_errors=True)
 
+    def remove_data_of_removed(self, tenant: str) -> None:
+        """Delete what mods kept for ``tenant`` if it was a tenant once and is one no more:
+        what a write that outlived its removal left. Names that never were tenants keep
+        theirs."""
+        removed = self._query(
+            "SELECT 1 FROM versions WHERE tenant = ? AND tenant NOT IN (SELECT name FROM tenants)",
+            tenant,
+        )
+        if removed:
+            self.remove_tenant_data(tenant)
+
     # -- snapshots -----------------------------------------------------------------
 
     def create_snapshot(self, deployment: Deployment, name: str) -> Snapshot:
@@ -578,19 +589,11 @@ class Store:
 
     def _remove_orphan_tenant_data(self) -> None:
         # A removal cut short after its commit left the data behind: a new tenant of the
-        # same name must not find it. Names that never were tenants keep theirs.
+        # same name must not find it.
         folder = self.data_dir / "tenants"
-        if not folder.is_dir():
-            return
-        removed = {
-            name
-            for (name,) in self._query(
-                "SELECT tenant FROM versions WHERE tenant NOT IN (SELECT name FROM tenants)"
-            )
-        }
-        for path in folder.iterdir():
-            if path.name in removed:
-                shutil.rmtree(path, ignore_errors=True)
+        if folder.is_dir():
+            for path in folder.iterdir():
+                self.remove_data_of_removed(path.name)
 
     def _remove_temporaries(self) -> None:
         for path in self._bundles.glob(".tmp-*"):

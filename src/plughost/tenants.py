@@ -139,6 +139,10 @@ class Tenants:
                 and self._live_unit_healthy(tenant)
             ):
                 return current
+            if current is None:
+                # A new tenant of a removed one's name starts with no data, even if a
+                # write for the old one outlived its removal.
+                await asyncio.to_thread(self._store.remove_data_of_removed, tenant)
             version = await asyncio.to_thread(self._store.next_version, tenant)
             namespace = Namespace(tenant, version=version)
 
@@ -210,8 +214,7 @@ class Tenants:
         return self._tenant_locks.setdefault(tenant, asyncio.Lock())
 
     async def remove(self, tenant: str) -> None:
-        """Remove a tenant: its deployments, snapshots, instances and namespaces, then the
-        data its mods kept (they are shut down first)."""
+        """Remove a tenant: its deployments, snapshots, token, instances and namespaces."""
         async with self._tenant_lock(tenant), self.write_lock:
             self._catalog.deployment(tenant)
             await asyncio.to_thread(self._store.remove_tenant, tenant)
@@ -219,7 +222,6 @@ class Tenants:
             await self._instances.drop_tenant(tenant)
             for namespace in self._catalog.drop_tenant(tenant):
                 self._runtime.retire(namespace)
-            await asyncio.to_thread(self._store.remove_tenant_data, tenant)
             await self._collect_locked()
 
     # -- snapshots ----------------------------------------------------------------------
