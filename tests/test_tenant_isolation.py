@@ -272,9 +272,10 @@ async def test_a_tenant_subscribes_and_publishes_only_where_it_may(
 ) -> None:
     async with Network(tmp_path / "data", shared_topics=["/clock"]) as network:
         await network.deploy("alice", _snoop_bundle("secret"), placement=placement)  # type: ignore[arg-type]
-        for topic in ("/alice/secret", "/status"):
+        # An exposed topic is for publishing: reading /status would read everyone's.
+        for topic, expose in (("/alice/secret", []), ("/status", []), ("/status", ["status"])):
             with pytest.raises(ModLoadError, match=r"at subscribe: .*outside what a mod of tenant"):
-                await network.deploy("bob", _snoop_bundle(topic), placement=placement)  # type: ignore[arg-type]
+                await network.deploy("bob", _snoop_bundle(topic, expose), placement=placement)  # type: ignore[arg-type]
             assert "bob" not in network.list_tenants()
         (network.data_dir / "mods" / "peek.py").write_text(
             SNOOP.format(subscribe="/bob/status").replace("SnoopMod", "PeekMod")

@@ -373,7 +373,5 @@ class Dispatcher:
                 raise ModNotLoadedError(str(name), self._mods.status(tenant)["loaded"]) from None
             if target.tenant not in (None, tenant):
                 raise OutsideTenantError(tenant, str(name))
-            return await self.rpc(
-                target.key, str(method), *call_args, tenant=tenant, **call_kwargs
-            )
+            return await self.rpc(target.key, str(method), *call_args, tenant=tenant, **call_kwargs)
         raise ValueError(f"unknown request {kind!r} from a worker")

@@ -15,8 +15,9 @@ subscribes to a topic instead.
 Topics are resolved against a namespace path: ``camera`` published by a mod
 of tenant ``robot1`` is ``/robot1/camera``; a name starting with ``/`` is
 absolute; a global mod's ``camera`` is ``/camera``. A tenant's mods reach
-their own tenant's topics, the ones their manifest entry exposes, and the
-shared topics the admin allows; nothing else (:func:`topic_allowed`).
+their own tenant's topics and the shared topics the admin allows, and may
+also publish to the ones their manifest entry exposes; nothing else
+(:func:`topic_allowed`).
 """
 
 from __future__ import annotations

@@ -222,17 +222,20 @@ class Instances:
     def check_topics(self, mod: LoadedMod) -> None:
         """Refuse an instance that subscribes to a topic its tenant may not reach.
 
+        An exposed topic is the instance's to publish, not to read: ``/status`` is
+        everyone's who exposes ``status``, so a tenant reads only its own tenant's
+        topics and the shared ones.
+
         Raises:
             ModLoadError: at the step ``subscribe``, naming the topics.
         """
         refused = sorted(
             topic
             for topic in mod.topics
-            if not topic_allowed(topic, mod.tenant, mod.instance.expose, self._shared_topics)
+            if not topic_allowed(topic, mod.tenant, (), self._shared_topics)
         )
         if refused:
-            exposed = [f"/{name}" for name in mod.instance.expose]
-            allowed = ", ".join([f"/{mod.tenant}/...", *exposed, *sorted(self._shared_topics)])
+            allowed = ", ".join([f"/{mod.tenant}/...", *sorted(self._shared_topics)])
             raise ModLoadError(
                 mod.mod_path,
                 "subscribe",

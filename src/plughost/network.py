@@ -691,9 +691,7 @@ class Network:
         """
         uptime = int(time.time() - self._started_at) if self._started_at is not None else 0
         units = [
-            unit
-            for unit in self._runtime.units()
-            if confine_to in (None, unit.namespace.tenant)
+            unit for unit in self._runtime.units() if confine_to in (None, unit.namespace.tenant)
         ]
         live = {
             unit
