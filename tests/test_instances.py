@@ -412,7 +412,8 @@ class SpawnerAgent(BasicAgent):
     metadata = {"name": "Spawner", "parameters": {"type": "object", "properties": {}}}
 
     def perform(self, **kwargs):
-        return subprocess.Popen(["sleep", "600"]).pid
+        # One in the worker's process group, one in a group of its own.
+        return [subprocess.Popen(["sleep", "600"], process_group=group).pid for group in (None, 0)]
 """
 
 
@@ -422,12 +423,12 @@ async def test_what_a_worker_started_dies_with_the_worker_and_with_its_killed_ho
     bundle = {"agents": [{"filename": "spawner_agent.py", "source": SPAWNER}]}
     async with Network(tmp_path / "data") as network:
         await network.deploy("w", bundle, placement="process")
-        child = await network.call_agent("w", "Spawner")
+        children = await network.call_agent("w", "Spawner")
         os.kill(network.health()["workers"]["w"]["pid"], signal.SIGKILL)
-        assert await _gone(child)
+        assert [await _gone(child) for child in children] == [True, True]
         await _wait_for_restart(network, "w", 1)
-        child = await network.call_agent("w", "Spawner")
-    assert await _gone(child)
+        children = await network.call_agent("w", "Spawner")
+    assert [await _gone(child) for child in children] == [True, True]
 
     script = (
         "import asyncio, json, sys\n"
@@ -435,7 +436,7 @@ async def test_what_a_worker_started_dies_with_the_worker_and_with_its_killed_ho
         "async def main():\n"
         "    async with Network(sys.argv[1]) as n:\n"
         "        await n.deploy('w', json.loads(sys.argv[2]), placement='process')\n"
-        "        print(await n.call_agent('w', 'Spawner'), flush=True)\n"
+        "        print(json.dumps(await n.call_agent('w', 'Spawner')), flush=True)\n"
         "        await asyncio.sleep(600)\n"
         "asyncio.run(main())\n"
     )
@@ -446,11 +447,11 @@ async def test_what_a_worker_started_dies_with_the_worker_and_with_its_killed_ho
     )
     try:
         assert host.stdout is not None
-        child = int(host.stdout.readline())
-        assert _alive(child)
+        children = json.loads(host.stdout.readline())
+        assert all(_alive(child) for child in children)
         host.kill()
         host.wait()
-        assert await _gone(child)
+        assert [await _gone(child) for child in children] == [True, True]
     finally:
         host.kill()
         host.wait()

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -49,6 +48,7 @@ from ..naming import Namespace
 from ..protocol import RemoteError, WorkerSpec
 from ..runtime import Unit
 from .base import Launch, Placement, Started
+from .process_group import kill_session
 
 HostRequest = Callable[[str, str, tuple[Any, ...]], Awaitable[Any]]
 """Answers a worker's request to the host: ``(tenant, kind, args)``."""
@@ -235,10 +235,9 @@ class _Process:
             raise
 
     def kill(self) -> None:
-        """Kill the worker and everything it started (its process group)."""
+        """Kill the worker and everything it started (its session)."""
         if self.process is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.process.pid, signal.SIGKILL)
+            kill_session(self.process.pid)
 
     async def stop(self, timeout: float) -> None:
         """Ask the worker to finish and exit; then kill its process group (what it started)."""

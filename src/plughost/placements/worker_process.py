@@ -10,10 +10,11 @@ concurrently. When the socket closes (the host stopped or died) the worker
 shuts its mods down and exits.
 
 The process the host starts forks at once and stays behind as the keeper of
-the process group (the worker's session): it runs no tenant code, so it can
+the worker's session and process group: it runs no tenant code, so it can
 always act. When the worker ends, however it ends, or the host dies (the
-kernel tells the keeper with SIGTERM), the keeper kills the whole group,
-itself included, so nothing the tenant's code started outlives its worker.
+kernel tells the keeper with SIGTERM), the keeper kills the whole session,
+itself last, so nothing the tenant's code started outlives its worker
+(see ``process_group``).
 The worker dies with its keeper.
 """
 
@@ -39,6 +40,7 @@ from ..events import Event, as_response, matches
 from ..mod import LoadedMod, LocalControl, ResolvedModPath, stop_mod
 from ..naming import Namespace
 from ..protocol import InstanceSpecTuple, RemoteError, WorkerSpec
+from .process_group import kill_session
 
 
 def describe_instance(mod: LoadedMod) -> dict[str, Any]:
@@ -339,6 +341,7 @@ def _keep_the_group(descriptor: int) -> None:
     except _HostDied:
         pass
     finally:
+        kill_session(keeper, spare=keeper)
         os.killpg(0, signal.SIGKILL)
 
 
