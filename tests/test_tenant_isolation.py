@@ -660,3 +660,40 @@ async def test_a_write_for_a_removed_tenant_reaches_no_new_tenant_of_its_name(
         assert (await writing).success
         await network.deploy("bob", {"agents": [{"filename": "b.py", "source": "X = 2\n"}]})
         assert not late.exists()  # a new bob starts with nothing of the old one
+
+
+FICKLE = """
+from pathlib import Path
+from plughost import Mod, on, rpc
+
+TOPIC = Path({path!r}).read_text()
+
+
+class FickleMod(Mod):
+    @on("topic:" + TOPIC)
+    def hear(self, event):
+        pass
+
+    @rpc
+    def topic(self):
+        return TOPIC
+"""
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+async def test_a_restart_refused_for_its_topics_keeps_the_instance_running(
+    network: Network, tmp_path: Path, placement: str
+) -> None:
+    chosen = tmp_path / "topic.txt"
+    chosen.write_text("mine")
+    bundle = {
+        "files": [
+            {"filename": "fickle.py", "source": FICKLE.format(path=str(chosen))},
+            {"filename": "plughost.toml", "source": '[[mods]]\npath = "fickle"\nname = "f"\n'},
+        ]
+    }
+    await network.deploy("bob", bundle, placement=placement)  # type: ignore[arg-type]
+    chosen.write_text("/alice/secret")
+    with pytest.raises(ModLoadError, match="/alice/secret"):
+        await network.restart("bob/f")
+    assert await network.rpc("bob/f", "topic") == "mine"

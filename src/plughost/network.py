@@ -165,6 +165,7 @@ class Network:
                 start_timeout=worker_start_timeout,
                 call_timeout=call_timeout,
                 max_inflight=worker_max_inflight,
+                shared_topics=self._dispatch.shared_topics,
             ),
         ]
         self._placements = {placement.name: placement for placement in placements}

@@ -587,6 +587,7 @@ class WorkerSpec:
     start_timeout: float = 60.0
     call_timeout: float = 60.0  # the deadline of one request to the worker
     snapshot: str | None = None
+    shared_topics: tuple[str, ...] = ()  # besides its tenant's, the topics it may subscribe to
 
     def to_message(self) -> dict[str, Any]:
         """The spec as a JSON object, the first frame the host sends."""
@@ -600,6 +601,7 @@ class WorkerSpec:
             "start_timeout": self.start_timeout,
             "call_timeout": self.call_timeout,
             "snapshot": self.snapshot,
+            "shared_topics": list(self.shared_topics),
         }
 
     @classmethod
@@ -626,6 +628,11 @@ class WorkerSpec:
         if snapshot is not None:
             snapshot = _typed(fields, "snapshot", str)
         timeouts = {name: _seconds(fields, name) for name in _TIMEOUTS if name in fields}
+        shared = fields.get("shared_topics", [])
+        if not isinstance(shared, list) or not all(isinstance(each, str) for each in shared):
+            raise ProtocolError(
+                f"worker spec shared_topics should be strings, not {_brief(shared)}"
+            )
         return cls(
             _typed(fields, "tenant", str),
             _typed(fields, "version", int),
@@ -633,6 +640,7 @@ class WorkerSpec:
             _typed(fields, "data_dir", str),
             tuple(_instance(item, index) for index, item in enumerate(instances)),
             snapshot=snapshot,
+            shared_topics=tuple(shared),
             **timeouts,
         )
 

@@ -593,6 +593,7 @@ class Worker(Placement):
         unload_timeout, start_timeout, call_timeout: the deadlines of unloading
             an instance, of starting a worker, and of one request.
         max_inflight: the requests one worker may have in flight.
+        shared_topics: the absolute topics every tenant may use, besides its own.
     """
 
     name = "process"
@@ -608,8 +609,10 @@ class Worker(Placement):
         start_timeout: float,
         call_timeout: float,
         max_inflight: int,
+        shared_topics: frozenset[str],
     ) -> None:
         self._host = host
+        self._shared_topics = tuple(sorted(shared_topics))
         self._max_inflight = max_inflight
         self._on_request = on_request
         self._deadlines = deadlines
@@ -629,6 +632,7 @@ class Worker(Placement):
             self._start_timeout,
             self._call_timeout,
             snapshot=launch.namespace.snapshot,
+            shared_topics=self._shared_topics,
         )
 
         async def answer(kind: str, args: tuple[Any, ...]) -> Any:

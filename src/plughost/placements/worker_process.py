@@ -36,7 +36,7 @@ from typing import Any
 from .. import protocol
 from ..agent import LoadedNamespace, load_namespace
 from ..errors import PlughostError
-from ..events import Event, as_response, matches
+from ..events import Event, as_response, matches, topic_allowed
 from ..mod import LoadedMod, LocalControl, ResolvedModPath, stop_mod
 from ..naming import Namespace
 from ..protocol import InstanceSpecTuple, RemoteError, WorkerSpec
@@ -231,6 +231,15 @@ class _Worker:
         old = self._mod(name)
         spec = (old.mod_path, old.mod_id, old.config, old.instance.expose)
         new = await self._start_instance(folder, spec)
+        # The host would refuse it after the swap, and the instance would be gone: the old
+        # one keeps running instead. The host checks again; this only spares the tenant.
+        tenant, shared = self.spec.tenant, self.spec.shared_topics
+        refused = sorted(t for t in new.topics if not topic_allowed(t, tenant, (), shared))
+        if refused:
+            await stop_mod(new, self.spec.unload_timeout)
+            raise RemoteError(
+                "restart", "ModLoadError", f"it subscribes outside its tenant: {', '.join(refused)}"
+            )
         self.mods[name] = new
         await stop_mod(old, self.spec.unload_timeout)
         return describe_instance(new)
