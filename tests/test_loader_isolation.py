@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.resources
 import itertools
 import json
@@ -131,6 +132,48 @@ def test_every_import_form_resolves_to_the_namespace_copy(
     assert main.lazy() == (helpers_key, "deep:" + helpers_key)
     assert main.SAME == (True, True, True)
     assert main.pkg.__name__ == ns.module_name("pkg")
+
+
+@pytest.mark.parametrize("order", [("one", "two"), ("two", "one")])
+def test_imports_by_name_resolve_to_the_namespace_copy_at_load_and_in_a_call(
+    write_bundle: WriteBundle, load: Load, order: tuple[str, str]
+) -> None:
+    def bundle(word: str) -> Path:
+        return write_bundle(
+            {
+                "main.py": """
+                    import importlib
+
+                    BASIC = importlib.import_module("agents.basic_agent").BasicAgent
+                    BY_DUNDER = __import__("helpers").WHO
+                    RELATIVE = importlib.import_module(".helpers", __package__).WHO
+                    COMPAT = importlib.import_module("basic_agent").BasicAgent
+
+                    def in_a_call():
+                        return (
+                            importlib.import_module("helpers").WHO,
+                            importlib.import_module("agents.helpers").WHO,
+                            __import__("helpers").WHO,
+                        )
+                """,
+                "helpers.py": f"WHO = {word!r}\n",
+            },
+            name=word,
+        )
+
+    folders = {word: bundle(word) for word in ("one", "two")}
+    before = set(sys.modules)
+    mains = {word: load(Namespace(word), folders[word]).modules["main"] for word in order}
+    for word, main in mains.items():
+        assert main.BASIC is BasicAgent and main.COMPAT is BasicAgent
+        assert main.BY_DUNDER == main.RELATIVE == word
+        assert main.in_a_call() == (word, word, word)
+    # Nothing but the namespaces' own keys: no bare 'helpers' or 'agents' for everyone.
+    added = {key for key in set(sys.modules) - before if not key.startswith("plughost_ns")}
+    assert added == set()
+    # Outside a namespace, import_module is the standard one.
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("helpers")
 
 
 def test_agent_files_written_for_other_hosts_load_unchanged(

@@ -18,8 +18,11 @@ How isolation works, without touching ``sys.path``:
   ``agents.basic_agent`` resolve to :mod:`plughost.agent` unless the bundle
   ships its own, so agent files written for other hosts load unchanged.
 
-``importlib.import_module("helpers")`` and ``exec`` bypass ``__import__`` and
-are not redirected; bundle code should use import statements.
+* Imports by name resolve the same way, at load and during a call:
+  ``__import__("helpers")`` (without globals: the caller's are taken), and
+  ``importlib.import_module("agents.basic_agent")``, which plughost wraps:
+  called from a namespace's code, a bundle name means that namespace's module;
+  from anywhere else, the wrapper is ``importlib.import_module`` itself.
 
 Loads are tamper-evident:
 
@@ -270,7 +273,9 @@ def _bundle_import(
     The import statement passes the importing module's globals, whose
     ``__name__`` says which namespace is asking.
     """
-    if level == 0 and globals is not None:
+    if globals is None:  # called by name, as __import__("helpers"): the caller's
+        globals = sys._getframe(1).f_globals
+    if level == 0:
         importer = globals.get("__name__")
         if isinstance(importer, str) and importer.startswith(_PREFIX):
             imports = _active.get(_package_of(importer))
@@ -280,6 +285,21 @@ def _bundle_import(
                 module = _original_import(key, globals, locals, fromlist, 0)
                 return module if fromlist else sys.modules[bound]
     return _original_import(name, globals, locals, fromlist, level)
+
+
+def _import_module(name: str, package: str | None = None) -> ModuleType:
+    """``importlib.import_module``, which resolves a bundle name for a namespace's code."""
+    importer = sys._getframe(1).f_globals.get("__name__")
+    if not name.startswith(".") and isinstance(importer, str) and importer.startswith(_PREFIX):
+        imports = _active.get(_package_of(importer))
+        resolved = imports.resolve(name) if imports is not None else None
+        if resolved is not None:
+            return _original_import_module(resolved[0])
+    return _original_import_module(name, package)
+
+
+_original_import_module = importlib.import_module
+importlib.import_module = _import_module
 
 
 class _BundleFinder(importlib.abc.MetaPathFinder):
