@@ -21,6 +21,7 @@ from plughost import (
     DuplicateAgentError,
     DuplicateSnapshotError,
     Event,
+    InvalidArgumentsError,
     InvalidNameError,
     Network,
     NotStartedError,
@@ -290,7 +291,7 @@ async def test_agent_errors_reach_the_caller_and_the_network_keeps_serving(
     with pytest.raises(AgentError) as caught:
         await network.call_agent("errs", "Fails")
     assert (caught.value.error_type, caught.value.message) == ("ValueError", "bad value")
-    with pytest.raises(AgentError, match="TypeError"):
+    with pytest.raises(InvalidArgumentsError, match="'nonsense' was unexpected"):
         await network.call_agent("errs", "Notifier", {"nonsense": 1, "message": 2})
     assert await network.call_agent("errs", "Notifier", {"message": "still"}) == "ok:still"
 

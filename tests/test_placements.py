@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from plughost import (
     BundleLoadError,
     DuplicateAgentError,
     Event,
+    InvalidArgumentsError,
     Namespace,
     Network,
     PlughostError,
@@ -543,3 +545,57 @@ async def test_two_agents_that_end_with_one_name_are_a_deploy_error(
     ):
         await network.deploy("twice", bundle, placement=placement)  # type: ignore[arg-type]
     assert "twice" not in network.list_tenants()
+
+
+# -- arguments -----------------------------------------------------------------------------
+
+CHECKED = """
+from agents.basic_agent import BasicAgent
+
+
+class Greeter(BasicAgent):
+    name = "Greeter"
+    metadata = {
+        "name": "Greeter",
+        "parameters": {
+            "type": "object",
+            "properties": {"message": {"type": "string"}, "times": {"type": "integer"}},
+            "required": ["message"],
+        },
+    }
+
+    def perform(self, message, times=1):
+        return message * times
+
+
+class Loose(BasicAgent):
+    name = "Loose"
+    metadata = {"name": "Loose", "parameters": {"type": "not-a-type"}}
+
+    def perform(self, **kwargs):
+        return sorted(kwargs)
+"""
+
+
+async def test_arguments_are_checked_against_the_agents_schema_before_it_runs(
+    network: Network, placement: str
+) -> None:
+    bundle = {"agents": [{"filename": "checked.py", "source": CHECKED}]}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        await network.deploy("checked", bundle, placement=placement)  # type: ignore[arg-type]
+    if placement == "inprocess":  # a worker's warnings go to its own log
+        assert any(
+            "'Loose' has a parameters schema that is not valid" in str(w.message) for w in caught
+        )
+    assert await network.call_agent("checked", "Greeter", {"message": "hi", "times": 2}) == "hihi"
+    for args, problem in [
+        ({"msg": "hi"}, r"arguments: 'message' is a required property"),
+        ({"message": "hi", "msg": "x"}, r"arguments: Additional properties .*'msg' was unexpected"),
+        ({"message": 5}, r"arguments\['message'\]: 5 is not of type 'string'"),
+        ({"message": "hi", "times": "2"}, r"arguments\['times'\]: '2' is not of type 'integer'"),
+    ]:
+        with pytest.raises(InvalidArgumentsError, match=problem):
+            await network.call_agent("checked", "Greeter", args)
+    # An agent whose schema is not valid still runs, unchecked.
+    assert await network.call_agent("checked", "Loose", {"anything": 1}) == ["anything"]

@@ -326,7 +326,7 @@ BAD_INPUTS: list[tuple[str, str, dict[str, Any], int, str]] = [
         "/api/tenants/t1/agents/Notifier/call",
         {"json": {"args": {"message": 5}}},
         422,
-        "agent_error",
+        "invalid_arguments",
     ),
     ("POST", "/api/tenants/t1/agents/Nobody/call", {"json": {}}, 404, "unknown_agent"),
     ("POST", "/api/tenants/nobody/agents/Notifier/call", {"json": {}}, 404, "unknown_tenant"),

@@ -151,7 +151,10 @@ from agents.basic_agent import BasicAgent
 
 class NapperAgent(BasicAgent):
     name = "Napper"
-    metadata = {"name": "Napper", "parameters": {"type": "object", "properties": {}}}
+    metadata = {
+        "name": "Napper",
+        "parameters": {"type": "object", "properties": {"seconds": {"type": "number"}}},
+    }
 
     async def perform(self, seconds=0.0):
         await asyncio.sleep(seconds)

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import abc
 import inspect
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any, ClassVar
 
-from .errors import DuplicateAgentError, PlughostError
+import jsonschema
+from jsonschema.protocols import Validator
+
+from .errors import BundleWarning, DuplicateAgentError, PlughostError
 from .events import handlers_of, is_topic_pattern
 from .loader import LoadedBundle, load_bundle, load_error
 from .naming import Namespace
@@ -95,13 +99,47 @@ class AgentInfo:
 class AgentInstance:
     """An agent of a loaded namespace, instantiated once and reused by every call.
 
-    ``handlers`` are its ``@on`` event handlers, as ``(pattern, bound method)``.
+    ``handlers`` are its ``@on`` event handlers, as ``(pattern, bound method)``;
+    ``arguments`` checks a call's arguments against its ``parameters`` (``None``:
+    it declares none, or its schema is not valid).
     """
 
     name: str
     instance: Agent
     is_async: bool
     handlers: list[tuple[str, Callable[..., Any]]]
+    arguments: Validator | None = None
+
+    def check(self, args: Mapping[str, Any]) -> str | None:
+        """What is wrong with ``args`` for this agent (the first problem), or ``None``."""
+        if self.arguments is None:
+            return None
+        error = jsonschema.exceptions.best_match(self.arguments.iter_errors(dict(args)))
+        if error is None:
+            return None
+        where = "".join(f"[{part!r}]" for part in error.absolute_path)
+        return f"arguments{where}: {error.message}"
+
+
+def arguments_validator(agent: Agent) -> Validator | None:
+    """A validator of the keyword arguments ``agent``'s ``parameters`` schema describes.
+
+    An object schema that lists ``properties`` and says nothing of
+    ``additionalProperties`` refuses other names: ``perform(**kwargs)`` would
+    take a misspelled argument silently.
+
+    Raises:
+        jsonschema.SchemaError: the schema itself is not valid.
+    """
+    schema = agent.metadata.get("parameters") if isinstance(agent.metadata, dict) else None
+    if not isinstance(schema, dict) or not schema:
+        return None
+    if "properties" in schema and "additionalProperties" not in schema:
+        schema = {**schema, "additionalProperties": False}
+    kind = jsonschema.validators.validator_for(schema)
+    kind.check_schema(schema)
+    validator: Validator = kind(schema)
+    return validator
 
 
 @dataclass(eq=False)
@@ -164,11 +202,24 @@ def load_namespace(namespace: Namespace, folder: Path) -> LoadedNamespace:
                 files = [_file_of(bundle, where[name]), _file_of(bundle, stem)]
                 raise DuplicateAgentError(name, files)
             where[name] = stem
+            try:
+                arguments = arguments_validator(instance)
+            except jsonschema.SchemaError as exc:
+                # The agent still runs, unchecked; the deploy goes on with a warning.
+                warnings.warn(
+                    BundleWarning(
+                        f"{namespace!r}: agent {name!r} has a parameters schema that is not "
+                        f"valid, so its arguments are not checked: {exc.message}"
+                    ),
+                    stacklevel=2,
+                )
+                arguments = None
             agents[name] = AgentInstance(
                 name,
                 instance,
                 inspect.iscoroutinefunction(instance.perform),
                 [h for h in handlers_of(instance) if not is_topic_pattern(h[0])],
+                arguments,
             )
             class_names[cls.__name__] = "" if cls.__name__ in class_names else name
         # A class name leads to its agent only where it is unambiguous: one class has it,

@@ -163,6 +163,22 @@ class UnknownAgentError(PlughostError, LookupError):
         super().__init__(f"{where} has no agent {agent!r}; agents: {_listing(known)}")
 
 
+class InvalidArgumentsError(PlughostError, ValueError):
+    """A call's arguments do not fit the agent's ``parameters`` schema; it did not run.
+
+    Attributes:
+        tenant: the tenant.
+        agent: the agent called.
+        problem: which argument breaks which rule.
+    """
+
+    def __init__(self, tenant: str, agent: str, problem: str) -> None:
+        self.tenant = tenant
+        self.agent = agent
+        self.problem = problem
+        super().__init__(f"agent {agent!r} of tenant {tenant!r} was called with {problem}")
+
+
 class DuplicateSnapshotError(PlughostError):
     """A snapshot by that name exists already; snapshots are never overwritten.
 

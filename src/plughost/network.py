@@ -393,6 +393,9 @@ class Network:
         Raises:
             UnknownTenantError, UnknownSnapshotError, UnknownAgentError: what
                 was asked for does not exist; the message lists what does.
+            InvalidArgumentsError: ``args`` do not fit the agent's ``parameters``
+                schema (an object schema that lists ``properties`` refuses other
+                names); the agent did not run.
             AgentError: the agent raised; carries its type and message.
             CallTimeoutError: the call took longer than ``call_timeout``.
             WorkerCrashed: the worker running it died.

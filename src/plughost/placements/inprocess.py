@@ -17,7 +17,13 @@ from .. import protocol
 from ..agent import AgentInfo, LoadedNamespace, load_namespace
 from ..agent_threads import AgentThreads
 from ..deadlines import DeadlineExceeded, Deadlines
-from ..errors import AgentError, CallTimeoutError, PlughostError, UnknownAgentError
+from ..errors import (
+    AgentError,
+    CallTimeoutError,
+    InvalidArgumentsError,
+    PlughostError,
+    UnknownAgentError,
+)
 from ..manifest import InstanceSpec
 from ..mod import FailedMod, LoadedMod, LocalControl, ResolvedModPath, stop_mod
 from ..runtime import Handler, Unit
@@ -53,6 +59,10 @@ class InProcessUnit(Unit):
             release()
             known = sorted(self.loaded.agents)
             raise UnknownAgentError(tenant, agent, self.namespace.snapshot, known)
+        problem = slot.check(args)
+        if problem is not None:
+            release()
+            raise InvalidArgumentsError(tenant, slot.name, problem)
         try:
             if slot.is_async:
                 try:

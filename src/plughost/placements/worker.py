@@ -34,6 +34,7 @@ from ..deadlines import Deadlines
 from ..errors import (
     AgentError,
     CallTimeoutError,
+    InvalidArgumentsError,
     ModLoadError,
     PlughostError,
     UnknownAgentError,
@@ -477,6 +478,8 @@ class WorkerUnit(Unit):
             if exc.kind == "unknown_agent":
                 known = exc.message.split(",") if exc.message else []
                 raise UnknownAgentError(tenant, agent, self.namespace.snapshot, known) from None
+            if exc.kind == "invalid_arguments":  # the worker names the agent it found
+                raise InvalidArgumentsError(tenant, exc.error_type, exc.message) from None
             raise AgentError(tenant, agent, exc.error_type, exc.message) from None
         finally:
             release()

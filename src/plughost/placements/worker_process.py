@@ -207,6 +207,9 @@ class _Worker:
             raise RemoteError(
                 "unknown_agent", "UnknownAgentError", ",".join(sorted(self.entry.agents))
             )
+        problem = slot.check(args)
+        if problem is not None:
+            raise RemoteError("invalid_arguments", slot.name, problem)
         try:
             if slot.is_async:
                 return await slot.instance.perform(**args)
