@@ -58,7 +58,9 @@ def test_a_failed_load_changes_nothing_and_the_fixed_bundle_loads(
 
     error = caught.value
     assert isinstance(error.cause, cause)
-    assert error.file == broken / filename and error.line == line
+    assert error.file == Path(filename) and error.line == line  # as the bundle names it
+    if isinstance(error.cause, SyntaxError):  # its text names the file as the bundle does
+        assert str(broken) not in str(error)
     assert f"{filename}:{line}" in str(error) and type(error.cause).__name__ in str(error)
     assert sys.modules == modules_before
     assert sys.path == path_before

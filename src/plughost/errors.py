@@ -36,7 +36,7 @@ class BundleLoadError(PlughostError):
 
     Attributes:
         namespace: the namespace that was being loaded.
-        file: the bundle file where the failure happened, if known.
+        file: the bundle file where the failure happened (its path in the bundle), if known.
         line: the line in ``file``, if known.
         cause: the original exception.
     """

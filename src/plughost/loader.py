@@ -685,13 +685,21 @@ def _wait_for(imports: _NamespaceImports, index: BundleIndex) -> LoadedBundle:
 
 
 def load_error(namespace: Namespace, root: Path, exc: BaseException) -> BundleLoadError:
-    """Name the bundle file and line where ``exc`` arose: the deepest frame inside ``root``."""
+    """Name the bundle file and line where ``exc`` arose: the deepest frame inside ``root``.
+
+    The file is named by its path in the bundle, as its author knows it, not by
+    where the server keeps it.
+    """
     if isinstance(exc, SyntaxError) and exc.filename:
-        return BundleLoadError(namespace, exc, Path(exc.filename), exc.lineno)
+        where = Path(exc.filename)
+        if where.is_relative_to(root):
+            where = where.relative_to(root)
+            exc.filename = str(where)  # what str(exc) says
+        return BundleLoadError(namespace, exc, where, exc.lineno)
     file: Path | None = None
     line: int | None = None
     for frame, lineno in traceback.walk_tb(exc.__traceback__):
         candidate = Path(frame.f_code.co_filename)
         if candidate.is_relative_to(root):
-            file, line = candidate, lineno
+            file, line = candidate.relative_to(root), lineno
     return BundleLoadError(namespace, exc, file, line)
