@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -135,5 +136,85 @@ def test_the_dynamic_mod_guide_runs_as_written(tmp_path: Path) -> None:
         assert outputs[0].startswith("ok: mod 'shared_artifact' loaded")
         assert "shared_artifact" in outputs[1] and "plughost.mods.shared_artifact" in outputs[1]
         assert outputs[2].startswith("ok:")
+    finally:
+        assert server.stop()
+
+
+def test_the_client_commands_a_newcomer_reaches_for(tmp_path: Path) -> None:
+    admin_token = "admin-token-for-the-newcomer"
+    server = ServerProcess(tmp_path, admin_token=admin_token).start()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("PLUGHOST_")},
+        "PLUGHOST_TOKEN": admin_token,
+    }
+
+    def cli(
+        *args: str, token: str | None = None, stdin: str = ""
+    ) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "plughost", *args]
+        run_env = {**env, "PLUGHOST_TOKEN": token} if token else env
+        return subprocess.run(
+            command, capture_output=True, text=True, timeout=120, env=run_env, input=stdin
+        )
+
+    bare = server.url.removeprefix("http://")  # no scheme, as people type it
+    root = Path(__file__).resolve().parent.parent
+    try:
+        deployed = cli(
+            "--json", "tenant", "deploy", "alice", str(root / "examples" / "alice"), "--url", bare
+        )
+        assert deployed.returncode == 0, deployed.stderr
+        tenant_token = json.loads(deployed.stdout)["token"]
+        shown = json.loads(cli("--json", "tenant", "show", "alice", "--url", bare).stdout)
+        assert (shown["placement"], shown["state"], shown["agents"]) == (
+            "inprocess",
+            "in process",
+            ["Notifier"],
+        )
+        assert "Notifier" in cli("agents", "alice", "--url", bare).stdout
+        # A tenant token that names no tenant loads into its own.
+        loaded = cli("mod", "load", "plughost.mods.shared_cache", "--url", bare, token=tenant_token)
+        assert loaded.stdout.startswith("loaded alice/shared_cache"), loaded
+        assert "alice/shared_cache" in cli("mod", "list", "--url", bare).stdout
+        bad = cli("call", "alice", "Notifier", "--args", '{"msg": "hi"}', "--url", bare)
+        assert bad.returncode == 1 and "'msg' was unexpected" in bad.stderr, bad
+        asked = cli("tenant", "remove", "alice", "--url", bare, stdin="n\n")
+        assert asked.returncode == 1 and "not removed" in asked.stderr
+        assert cli("--json", "tenant", "list", "--url", bare).stdout.strip() != "[]"
+        removed = cli("tenant", "remove", "alice", "--yes", "--json", "--url", bare)
+        assert json.loads(removed.stdout) == {"removed": "alice"}, removed
+    finally:
+        assert server.stop()
+
+
+def test_serve_stops_with_one_line_when_it_cannot_start(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path, admin_token="admin-token-for-the-second-one").start()
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PLUGHOST_")}
+        second = subprocess.run(
+            [sys.executable, "-m", "plughost", "serve", "--port", str(free_port())],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+            cwd=tmp_path,
+        )
+        assert second.returncode == 1
+        assert (
+            second.stderr.strip() == "error: the data folder .plughost is in use by another server"
+        )
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        busy = subprocess.run(
+            [sys.executable, "-m", "plughost", "serve", "--port", str(server.port)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+            cwd=elsewhere,
+        )
+        assert busy.returncode == 1
+        assert busy.stderr.startswith(f"error: cannot listen on 127.0.0.1:{server.port}")
+        assert list(elsewhere.iterdir()) == []  # nothing created
     finally:
         assert server.stop()

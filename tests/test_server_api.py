@@ -106,14 +106,22 @@ def test_admin_only_routes(api: Api) -> None:
         ("GET", "/metrics", {}),
         ("DELETE", "/api/tenants/t2", {}),
         ("PUT", "/api/tenants/brand-new/bundle", {"json": _json_bundle()}),
-        ("POST", "/api/mods", {"json": {"mod_path": "plughost.mods.shared_cache"}}),
-        ("DELETE", "/api/mods/shared_cache", {}),
     ]:
         assert api.request(method, path, None, **kwargs).status_code == 401
         assert api.request(method, path, "wrong", **kwargs).status_code == 401
         assert api.request(method, path, api.tokens["t1"], **kwargs).status_code == 403, path
     metrics = api.request("GET", "/metrics", ADMIN)
     assert metrics.status_code == 200 and "plughost_agent_calls_total" in metrics.text
+    # Global mods are the admin's: a tenant token that names no tenant acts in its own.
+    mod = {"json": {"mod_path": "plughost.mods.shared_cache"}}
+    for token in (None, "wrong"):
+        assert api.request("POST", "/api/mods", token, **mod).status_code == 401
+    loaded = api.request("POST", "/api/mods", api.tokens["t1"], **mod)
+    assert loaded.status_code == 201 and loaded.json()["key"] == "t1/shared_cache", loaded.text
+    assert "shared_cache" not in api.request("GET", "/api/mods", ADMIN).json()["loaded"]
+    unloaded = api.request("DELETE", "/api/mods/shared_cache", api.tokens["t1"])
+    assert unloaded.status_code == 200, unloaded.text
+    assert "t1/shared_cache" not in api.request("GET", "/api/mods", ADMIN).json()["loaded"]
 
 
 def test_health_is_public_and_listings_are_scoped(api: Api) -> None:

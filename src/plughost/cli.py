@@ -8,6 +8,7 @@ with ``--json``, and on failure print one line and exit 1.
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,6 +50,17 @@ Token = Annotated[
     str | None, typer.Option("--token", envvar="PLUGHOST_TOKEN", help="Admin or tenant token.")
 ]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+TenantOption = Annotated[
+    str | None,
+    typer.Option(help="The tenant it acts in (default: none for the admin, a token's own)."),
+]
+ModId = Annotated[str | None, typer.Option("--mod-id", help="Its id (default: from the path).")]
+
+_everywhere = {"json": False}  # set by the global --json, before any command runs
+
+
+def _as_json(as_json: bool) -> bool:
+    return as_json or _everywhere["json"]
 
 
 def _version(value: bool) -> None:
@@ -63,8 +75,12 @@ def _root(
         bool,
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
     ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print JSON for scripts, for any command.")
+    ] = False,
 ) -> None:
     """plughost: a multi-tenant plugin host for Python."""
+    _everywhere["json"] = as_json
 
 
 @contextmanager
@@ -81,6 +97,7 @@ def _client(url: str, token: str | None) -> Iterator[Client]:
 
 
 def _show(data: Any, as_json: bool, table: Callable[[], Table] | None = None) -> None:
+    as_json = _as_json(as_json)
     if as_json or table is None:
         typer.echo(json.dumps(data, indent=None if as_json else 2, default=str))
     else:
@@ -125,6 +142,7 @@ def serve(
     from .api import admin_token_for, create_app
     from .api.admin_token import take_secrets_from_environment
     from .errors import PlughostError
+    from .store import folder_in_use
 
     # First of all, so that no code the server loads, and no worker it starts, finds them.
     from_environment = take_secrets_from_environment()
@@ -135,6 +153,14 @@ def serve(
         raise typer.Exit(1) from None
     if data_dir is not None:
         settings.data_dir = data_dir
+    listen = (host or settings.host, port if port is not None else settings.port)
+    # Before anything is created: a server that cannot start leaves nothing behind.
+    _check_free(*listen)
+    if folder_in_use(settings.data_dir):
+        typer.echo(
+            f"error: the data folder {settings.data_dir} is in use by another server", err=True
+        )
+        raise typer.Exit(1)
     admin = admin_token_for(
         settings.data_dir, from_environment=from_environment, configured=settings.admin_token
     )
@@ -150,13 +176,24 @@ def serve(
     )
     uvicorn.run(
         api,
-        host=host or settings.host,
-        port=port if port is not None else settings.port,
+        host=listen[0],
+        port=listen[1],
         log_level="info",
         timeout_graceful_shutdown=30,
         timeout_keep_alive=settings.http_keep_alive_timeout,
         limit_concurrency=settings.http_max_connections,
     )
+
+
+def _check_free(host: str, port: int) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            typer.echo(f"error: cannot listen on {host}:{port}: {exc.strerror}", err=True)
+            raise typer.Exit(1) from None
 
 
 @app.command()
@@ -218,7 +255,11 @@ def token_rotate(
     if tenant is not None:
         with _client(url, token) as client:
             issued = client.replace_tenant_token(tenant)
-        shown = json.dumps(issued) if as_json else f"tenant token of {tenant}: {issued['token']}"
+        shown = (
+            json.dumps(issued)
+            if _as_json(as_json)
+            else f"tenant token of {tenant}: {issued['token']}"
+        )
         typer.echo(shown)
         return
     from .api.admin_token import HASH_FILE, rotate, shown_once
@@ -229,7 +270,7 @@ def token_rotate(
         raise typer.Exit(1)
     new_token = rotate(data_dir)
     running = folder_in_use(data_dir)
-    if as_json:
+    if _as_json(as_json):
         typer.echo(json.dumps({"token": new_token, "restart_needed": running}))
         return
     typer.echo(shown_once(data_dir, new_token))
@@ -271,6 +312,7 @@ def network_health(url: Url = DEFAULT_URL, token: Token = None, as_json: AsJson 
 
 
 @network_app.command("list-mods")
+@mod_app.command("list")
 def network_list_mods(url: Url = DEFAULT_URL, token: Token = None, as_json: AsJson = False) -> None:
     """List the loaded mods."""
     with _client(url, token) as client:
@@ -317,7 +359,7 @@ def network_send_event(
     }
     with _client(url, token) as client:
         response = client.send_event(event)
-    if as_json:
+    if _as_json(as_json):
         typer.echo(json.dumps(response))
     else:
         state = "ok" if response["success"] else "failed"
@@ -335,8 +377,8 @@ def network_send_event(
 def mod_load(
     mod_path: str,
     config: Annotated[str | None, typer.Option(help="The mod's config, a JSON object.")] = None,
-    mod_id: Annotated[str | None, typer.Option("--mod-id")] = None,
-    tenant: Annotated[str | None, typer.Option()] = None,
+    mod_id: ModId = None,
+    tenant: TenantOption = None,
     url: Url = DEFAULT_URL,
     token: Token = None,
     as_json: AsJson = False,
@@ -346,7 +388,7 @@ def mod_load(
         loaded = client.load_mod(
             mod_path, _json_option(config, "--config"), mod_id=mod_id, tenant=tenant
         )
-    if as_json:
+    if _as_json(as_json):
         typer.echo(json.dumps(loaded))
     else:
         typer.echo(f"loaded {loaded['key']} from {mod_path}")
@@ -355,7 +397,7 @@ def mod_load(
 @mod_app.command("unload")
 def mod_unload(
     mod_path_or_id: str,
-    tenant: Annotated[str | None, typer.Option()] = None,
+    tenant: TenantOption = None,
     url: Url = DEFAULT_URL,
     token: Token = None,
     as_json: AsJson = False,
@@ -364,7 +406,7 @@ def mod_unload(
     mod_id = mod_path_or_id.rsplit(".", 1)[-1] if "/" not in mod_path_or_id else mod_path_or_id
     with _client(url, token) as client:
         report = client.unload_mod(mod_id, tenant=tenant)
-    typer.echo(json.dumps(report) if as_json else report["message"])
+    typer.echo(json.dumps(report) if _as_json(as_json) else report["message"])
 
 
 # -- tenants -------------------------------------------------------------------------
@@ -382,7 +424,7 @@ def tenant_deploy(
     as_json: AsJson = False,
 ) -> None:
     """Deploy a folder (zipped on the fly), a .zip, a .tar.gz or a .json bundle."""
-    with _client(url, token) as client, Progress(transient=True, disable=as_json) as bar:
+    with _client(url, token) as client, Progress(transient=True, disable=_as_json(as_json)) as bar:
         task = bar.add_task(f"uploading {path.name}", total=None)
         deployment = client.deploy(
             tenant,
@@ -390,7 +432,7 @@ def tenant_deploy(
             progress=lambda done, total: bar.update(task, completed=done, total=total),
             placement=placement,
         )
-    if as_json:
+    if _as_json(as_json):
         typer.echo(json.dumps(deployment))
         return
     typer.echo(
@@ -414,11 +456,58 @@ def tenant_list(url: Url = DEFAULT_URL, token: Token = None, as_json: AsJson = F
 
 
 @tenant_app.command("remove")
-def tenant_remove(tenant: str, url: Url = DEFAULT_URL, token: Token = None) -> None:
-    """Remove a tenant with its snapshots and files."""
+def tenant_remove(
+    tenant: str,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+    as_json: AsJson = False,
+) -> None:
+    """Remove a tenant with its snapshots, its data and its files; asks first."""
+    if not yes and not typer.confirm(
+        f"remove tenant {tenant!r} with its snapshots and data?", err=True
+    ):
+        typer.echo("error: not removed (pass --yes to remove without asking)", err=True)
+        raise typer.Exit(1)
     with _client(url, token) as client:
-        client.remove_tenant(tenant)
-    typer.echo(f"removed {tenant}")
+        removed = client.remove_tenant(tenant)
+    typer.echo(json.dumps(removed) if _as_json(as_json) else f"removed {tenant}")
+
+
+@tenant_app.command("show")
+def tenant_show(
+    tenant: str, url: Url = DEFAULT_URL, token: Token = None, as_json: AsJson = False
+) -> None:
+    """Show one tenant: its live version, placement, state, agents and snapshots."""
+    with _client(url, token) as client:
+        shown = client.describe_tenant(tenant)
+        worker = client.health()["workers"].get(tenant)
+    shown["state"] = worker["state"] if worker else "in process"
+    rows = [
+        ["version", shown["version"]],
+        ["placement", shown["placement"]],
+        ["state", shown["state"]],
+        ["agents", ", ".join(shown["agents"]) or "-"],
+        ["snapshots", ", ".join(shown["snapshots"]) or "-"],
+        ["files", len(shown["files"])],
+        ["digest", shown["digest"][:12]],
+    ]
+    _show(shown, as_json, _table(tenant, ["", ""], rows))
+
+
+@app.command("agents")
+def agents(
+    tenant: str,
+    snapshot: Annotated[str | None, typer.Option(help="A snapshot's agents.")] = None,
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+    as_json: AsJson = False,
+) -> None:
+    """List a tenant's agents with their descriptions."""
+    with _client(url, token) as client:
+        listed = client.list_agents(tenant, snapshot)
+    rows = [[a["name"], a["description"] or "-"] for a in listed]
+    _show(listed, as_json, _table(f"agents of {tenant}", ["agent", "description"], rows))
 
 
 # -- snapshots -----------------------------------------------------------------------
@@ -431,7 +520,7 @@ def snapshot_create(
     """Snapshot the tenant's live code as NAME."""
     with _client(url, token) as client:
         snapshot = client.create_snapshot(tenant, name)
-    if as_json:
+    if _as_json(as_json):
         typer.echo(json.dumps(snapshot))
     else:
         typer.echo(f"snapshot {name!r} of {tenant} at version {snapshot['version']}")
@@ -482,7 +571,7 @@ def instance_restart(
     """Restart one instance; the others keep running."""
     with _client(url, token) as client:
         instance = client.restart_instance(rpc_name, reload=reload)
-    typer.echo(json.dumps(instance) if as_json else f"restarted {instance['rpc_name']}")
+    typer.echo(json.dumps(instance) if _as_json(as_json) else f"restarted {instance['rpc_name']}")
 
 
 @instance_app.command("unload")
@@ -492,7 +581,7 @@ def instance_unload(
     """Unload one instance; the others keep running."""
     with _client(url, token) as client:
         report = client.unload_instance(rpc_name)
-    typer.echo(json.dumps(report) if as_json else report["message"])
+    typer.echo(json.dumps(report) if _as_json(as_json) else report["message"])
 
 
 # -- calls ---------------------------------------------------------------------------
@@ -515,7 +604,7 @@ def call(
         raise typer.Exit(1)
     with _client(url, token) as client:
         output = client.call(tenant, agent, arguments, snapshot)
-    if as_json or not isinstance(output, str):
+    if _as_json(as_json) or not isinstance(output, str):
         typer.echo(json.dumps(output))
     else:
         typer.echo(output)

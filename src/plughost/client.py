@@ -42,7 +42,8 @@ class Client:
     """Talks to a plughost server at ``url`` with ``token`` (admin or tenant)."""
 
     def __init__(self, url: str, token: str | None = None, *, timeout: float = 60.0) -> None:
-        self.url = url.rstrip("/")
+        # "localhost:8700" means what a browser would take it to mean.
+        self.url = (url if "://" in url else f"http://{url}").rstrip("/")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
 

@@ -32,13 +32,12 @@ class Principal:
             raise ApiError(403, "forbidden", f"this token may only use tenant {self.tenant!r}")
 
     def scope(self, tenant: str | None) -> str | None:
-        """The tenant a request acts in; a tenant token must name its own, never none."""
+        """The tenant a request acts in: the one it names; for a tenant token, which may
+        name only its own, its own when it names none."""
         if self.is_admin:
             return tenant
         if tenant is None:
-            raise ApiError(
-                403, "forbidden", f"a tenant token acts in its tenant only: name {self.tenant!r}"
-            )
+            return self.tenant
         self.require_tenant(tenant)
         return tenant
 

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from .auth import Auth, Principal
-from .errors import ERRORS
+from .errors import ERRORS, ApiError
 from .models import InstanceModel, ModUnloadResponse
 from .state import ServedNetwork
 
@@ -62,5 +62,11 @@ async def unload_instance(
 
 def _require_instance(principal: Principal, rpc_name: str) -> None:
     """A tenant token names its instances by full RPC name, inside its own tenant."""
+    if principal.is_admin:
+        return
     tenant, slash, _ = rpc_name.partition("/")
-    principal.scope(tenant if slash else None)
+    if not slash:
+        raise ApiError(
+            403, "forbidden", f"a tenant token names its instances as {principal.tenant}/<name>"
+        )
+    principal.require_tenant(tenant)

@@ -33,6 +33,7 @@ class TenantModel(BaseModel):
     files: list[str]
     snapshots: list[str]
     created_at: float
+    placement: str
 
 
 class TenantToken(BaseModel):

@@ -166,6 +166,7 @@ def _tenant_model(network: Network, tenant: str) -> TenantModel:
         files=deployment.files,
         snapshots=[s.name for s in network.list_snapshots(tenant)],
         created_at=deployment.created_at,
+        placement=deployment.placement,
     )
 
 
