@@ -18,6 +18,7 @@ from plughost import (
     AmbiguousNameError,
     BundleRejectedError,
     Event,
+    InstanceConfigError,
     ModLoadError,
     ModNotLoadedError,
     Network,
@@ -614,3 +615,35 @@ async def test_an_import_that_never_returns_is_stopped_by_the_worker_start_deadl
         assert network.list_tenants() == [] and network.health()["workers"] == {}
         await network.deploy("fine", robot_bundle(10), placement="process")
         assert (await network.rpc("fine/camera", "settings"))["config"] == {"fps": 10}
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+async def test_one_bundle_with_config_of_its_own_for_each_robot(
+    tmp_path: Path, placement: str
+) -> None:
+    bundle = robot_bundle(fps=30)
+    data = tmp_path / "data"
+
+    async def fps(network: Network, robot: str) -> int:
+        value: int = (await network.rpc(f"{robot}/camera", "settings"))["config"]["fps"]
+        return value
+
+    async with Network(data) as network:
+        fast = {"camera": {"fps": 60, "lens": "wide"}}
+        await network.deploy("robot0", bundle, placement=placement, config=fast)  # type: ignore[arg-type]
+        await network.deploy("robot1", bundle, placement=placement)  # type: ignore[arg-type]
+        assert (await fps(network, "robot0"), await fps(network, "robot1")) == (60, 30)
+        listed = {i["rpc_name"]: i["config"] for i in network.instances()}
+        assert listed["robot0/camera"] == {"fps": 60, "lens": "wide"}
+        assert listed["robot1/camera"] == {"fps": 30}
+        await network.restart("robot0/camera")
+        assert await fps(network, "robot0") == 60
+        with pytest.raises(InstanceConfigError, match="no declared instance 'sensor'"):
+            await network.deploy("robot0", bundle, config={"sensor": {"gain": 2}})
+        assert network.get_deployment("robot0").version == 1
+    async with Network(data) as network:
+        assert await fps(network, "robot0") == 60  # kept by a restart of the network
+        await network.deploy("robot0", robot_bundle(fps=30, version=2))  # a redeploy keeps it
+        assert await fps(network, "robot0") == 60
+        await network.deploy("robot0", robot_bundle(fps=30, version=2), config={})
+        assert await fps(network, "robot0") == 30

@@ -159,6 +159,12 @@ def test_robots_in_worker_processes_through_the_cli(tmp_path: Path) -> None:
         assert all(w["state"] == "ready" for w in health["workers"].values())
         assert "robot2/mapper" not in health["mods"]["loaded"]
         assert "worker robot1" in cli("network", "health")
+        # The same bundle, with a config of its own for robot2's camera.
+        set_fps = ("--set", "camera.fps=25", "--set", "camera.lens=wide")
+        assert "version 2" in cli("tenant", "deploy", "robot2", str(tmp_path / "robot1"), *set_fps)
+        listed = {i["rpc_name"]: i["config"] for i in json.loads(cli("instance", "list", "--json"))}
+        assert listed["robot2/camera"] == {"fps": 25, "lens": "wide"}
+        assert listed["robot1/camera"] == {"fps": 30}
         pids = [w["pid"] for w in health["workers"].values()]
     finally:
         assert server.stop()

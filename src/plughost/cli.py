@@ -419,11 +419,20 @@ def tenant_deploy(
     placement: Annotated[
         str | None, typer.Option(help="inprocess or process (default: the bundle's choice).")
     ] = None,
+    settings: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="INSTANCE.KEY=VALUE, laid over the instance's config (VALUE as JSON, else "
+            "text); repeat it. Without any, a redeploy keeps the config it had.",
+        ),
+    ] = None,
     url: Url = DEFAULT_URL,
     token: Token = None,
     as_json: AsJson = False,
 ) -> None:
     """Deploy a folder (zipped on the fly), a .zip, a .tar.gz or a .json bundle."""
+    config = _instance_settings(settings) if settings else None
     with _client(url, token) as client, Progress(transient=True, disable=_as_json(as_json)) as bar:
         task = bar.add_task(f"uploading {path.name}", total=None)
         deployment = client.deploy(
@@ -431,6 +440,7 @@ def tenant_deploy(
             path,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
             placement=placement,
+            config=config,
         )
     if _as_json(as_json):
         typer.echo(json.dumps(deployment))
@@ -441,6 +451,22 @@ def tenant_deploy(
     )
     if deployment.get("token"):
         typer.echo(f"tenant token (shown once): {deployment['token']}")
+
+
+def _instance_settings(settings: list[str]) -> dict[str, dict[str, Any]]:
+    config: dict[str, dict[str, Any]] = {}
+    for setting in settings:
+        name, equals, value = setting.partition("=")
+        instance, dot, key = name.partition(".")
+        if not (equals and dot and instance and key):
+            typer.echo(f"error: --set {setting!r}: expected INSTANCE.KEY=VALUE", err=True)
+            raise typer.Exit(1)
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            parsed = value  # plain text, as a shell user types it
+        config.setdefault(instance, {})[key] = parsed
+    return config
 
 
 @tenant_app.command("list")

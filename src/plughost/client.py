@@ -132,8 +132,10 @@ class Client:
         progress: Progress | None = None,
         *,
         placement: str | None = None,
+        config: dict[str, dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
-        """Deploy a folder (zipped on the fly), a ``.zip`` / ``.tar.gz`` or a ``.json`` bundle."""
+        """Deploy a folder (zipped on the fly), a ``.zip`` / ``.tar.gz`` or a ``.json`` bundle;
+        ``config`` is laid over the declared instances' own, by instance name."""
         path = Path(source)
         if path.is_dir():
             data, content_type = _zip_folder(path), "application/zip"
@@ -149,7 +151,10 @@ class Client:
             f"/api/tenants/{_segment(tenant)}/bundle",
             content=_chunks(data, progress),
             headers={"Content-Type": content_type, "Content-Length": str(len(data))},
-            params={"placement": placement} if placement else {},
+            params={
+                **({"placement": placement} if placement else {}),
+                **({"config": json.dumps(config)} if config is not None else {}),
+            },
         )
         return result
 

@@ -179,6 +179,26 @@ class InvalidArgumentsError(PlughostError, ValueError):
         super().__init__(f"agent {agent!r} of tenant {tenant!r} was called with {problem}")
 
 
+class InstanceConfigError(PlughostError, ValueError):
+    """Config given at deploy names an instance the bundle does not declare, or is not
+    an object per instance; nothing was deployed.
+
+    Attributes:
+        tenant: the tenant deployed to.
+        problem: what is wrong.
+        declared: the instances the bundle declares.
+    """
+
+    def __init__(self, tenant: str, problem: str, declared: list[str]) -> None:
+        self.tenant = tenant
+        self.problem = problem
+        self.declared = declared
+        super().__init__(
+            f"instance config for tenant {tenant!r}: {problem}; "
+            f"the bundle declares: {_listing(declared)}"
+        )
+
+
 class DuplicateSnapshotError(PlughostError):
     """A snapshot by that name exists already; snapshots are never overwritten.
 

@@ -264,6 +264,7 @@ class Instances:
                 "class": mod.class_name,
                 "origin": "bundle" if mod.from_bundle else "loaded",
                 "placement": mod.control.placement,
+                "config": mod.config,
             }
             for mod in self._mods.loaded()
         ]

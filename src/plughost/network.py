@@ -245,7 +245,12 @@ class Network:
     # -- tenants and deployments -----------------------------------------------------
 
     async def deploy(
-        self, tenant: str, source: BundleSource, *, placement: Placement | None = None
+        self,
+        tenant: str,
+        source: BundleSource,
+        *,
+        placement: Placement | None = None,
+        config: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> Deployment:
         """Deploy ``source`` as the tenant's live code and return the deployment.
 
@@ -258,7 +263,10 @@ class Network:
         stops after its last one. ``placement`` (default: the bundle's
         ``plughost.toml``, else the tenant's current placement, else
         ``"inprocess"``) set to ``"process"`` runs the code in a supervised
-        worker process.
+        worker process. ``config`` (``{"sensor": {"sensitivity": 2.0}}``) is laid
+        over the config ``plughost.toml`` gives each declared instance, by
+        name; it is stored with the deployment and kept by restarts, and a
+        redeploy without it keeps the tenant's current one.
 
         Raises:
             InvalidNameError: the tenant name breaks the rule.
@@ -266,9 +274,11 @@ class Network:
             BundleLoadError: a module fails to load.
             DuplicateAgentError: two agents share a name.
             WorkerStartFailed: the code failed to start in its worker.
+            InstanceConfigError: ``config`` names an instance the bundle does not
+                declare, or is not an object of objects.
         """
         self._check_started()
-        return await self._tenants.deploy(tenant, source, placement)
+        return await self._tenants.deploy(tenant, source, placement, config=config)
 
     async def deploy_confined(
         self,
@@ -276,6 +286,7 @@ class Network:
         source: BundleSource,
         *,
         placement: Placement | None = None,
+        config: Mapping[str, Mapping[str, Any]] | None = None,
         confine_to: str | None = None,
     ) -> tuple[Deployment, str | None]:
         """Deploy for a caller: only the admin (``confine_to=None``) creates a tenant, and a
@@ -292,7 +303,9 @@ class Network:
             raise OutsideTenantError(confine_to, tenant)
         # A tenant removed while its own upload was on the way is not brought back by it.
         existing = confine_to is not None
-        deployment = await self._tenants.deploy(tenant, source, placement, existing=existing)
+        deployment = await self._tenants.deploy(
+            tenant, source, placement, existing=existing, config=config
+        )
         token = await self.issue_tenant_token(tenant) if new_tenant else None
         return deployment, token
 

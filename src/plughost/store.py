@@ -73,6 +73,7 @@ CREATE TABLE IF NOT EXISTS deployments (
     metadata TEXT NOT NULL,
     created_at REAL NOT NULL,
     placement TEXT NOT NULL DEFAULT 'inprocess',
+    instance_config TEXT NOT NULL DEFAULT '{}',
     PRIMARY KEY (tenant, version)
 );
 CREATE TABLE IF NOT EXISTS tokens (
@@ -103,7 +104,9 @@ CREATE TABLE IF NOT EXISTS snapshots (
     PRIMARY KEY (tenant, name)
 );
 """
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2
+# Columns later versions added, for data folders made before: (table, column, definition).
+_ADDED_COLUMNS = (("deployments", "instance_config", "TEXT NOT NULL DEFAULT '{}'"),)
 
 
 @dataclass(frozen=True)
@@ -111,7 +114,9 @@ class Deployment:
     """A tenant's bundle at one version.
 
     ``files`` are the bundle's relative paths; ``agents`` the names of the
-    agents it defines; ``metadata`` the extra keys of a JSON bundle.
+    agents it defines; ``metadata`` the extra keys of a JSON bundle;
+    ``instance_config`` the config given at deploy for its declared instances,
+    by name, laid over what its ``plughost.toml`` says.
     """
 
     tenant: str
@@ -122,6 +127,7 @@ class Deployment:
     created_at: float
     metadata: dict[str, Any] = field(default_factory=dict)
     placement: str = "inprocess"
+    instance_config: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -203,6 +209,10 @@ class Store:
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA foreign_keys=ON")
         db.executescript(_SCHEMA)
+        for table, column, definition in _ADDED_COLUMNS:
+            present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+            if column not in present:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
         db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
         self._db = db
         self._remove_temporaries()
@@ -329,6 +339,7 @@ class Store:
         agents: list[str],
         metadata: Mapping[str, Any],
         placement: str = "inprocess",
+        instance_config: Mapping[str, dict[str, Any]] | None = None,
     ) -> Deployment:
         """Commit a deployment whose blobs are stored; prune versions past ``keep_versions``."""
         now = time.time()
@@ -338,8 +349,10 @@ class Store:
                 "INSERT OR IGNORE INTO tenants (name, created_at) VALUES (?, ?)", (tenant, now)
             )
             db.execute("INSERT OR REPLACE INTO versions VALUES (?, ?)", (tenant, version))
+            configs = dict(instance_config or {})
             db.execute(
-                "INSERT INTO deployments VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO deployments (tenant, version, digest, manifest, agents, metadata,"
+                " created_at, placement, instance_config) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     tenant,
                     version,
@@ -349,6 +362,7 @@ class Store:
                     json.dumps(dict(metadata)),
                     now,
                     placement,
+                    json.dumps(configs),
                 ),
             )
             db.execute(
@@ -356,14 +370,22 @@ class Store:
                 (tenant, version - self.keep_versions),
             )
         return Deployment(
-            tenant, version, digest, sorted(manifest), agents, now, dict(metadata), placement
+            tenant,
+            version,
+            digest,
+            sorted(manifest),
+            agents,
+            now,
+            dict(metadata),
+            placement,
+            configs,
         )
 
     def current_deployments(self) -> dict[str, Deployment]:
         """Return each tenant's live (newest) deployment."""
         rows = self._query(
-            "SELECT tenant, version, digest, manifest, agents, created_at, metadata, placement"
-            " FROM deployments d WHERE version ="
+            "SELECT tenant, version, digest, manifest, agents, created_at, metadata, placement,"
+            " instance_config FROM deployments d WHERE version ="
             " (SELECT MAX(version) FROM deployments WHERE tenant = d.tenant)"
         )
         return {
@@ -376,6 +398,7 @@ class Store:
                 row[5],
                 json.loads(row[6]),
                 row[7],
+                json.loads(row[8]),
             )
             for row in rows
         }

@@ -11,6 +11,7 @@ placement and leases the :class:`~plughost.runtime.Unit` it gets back.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import time
@@ -21,7 +22,12 @@ from typing import Any
 from .agent import AgentInfo
 from .bundle import BundleFiles, BundleLimits, BundleSource, read_bundle
 from .catalog import Catalog, GoneError, Location
-from .errors import DuplicateSnapshotError, InvalidNameError, UnknownTenantError
+from .errors import (
+    DuplicateSnapshotError,
+    InstanceConfigError,
+    InvalidNameError,
+    UnknownTenantError,
+)
 from .instances import Instances, check_name
 from .manifest import Placement as PlacementName
 from .metrics import Metrics
@@ -91,7 +97,9 @@ class Tenants:
         """At start: bring back every tenant's instances and workers (failures show)."""
         for tenant in self._catalog.tenants():
             location = await asyncio.to_thread(self._catalog.locate_live, tenant)
-            started = await self.placement_of(tenant).resume(_launch(location, live=True))
+            config = self._catalog.deployment(tenant).instance_config
+            launch = _launch(location, live=True, config=config)
+            started = await self.placement_of(tenant).resume(launch)
             if started.unit is not None:
                 self._runtime.add(started.unit)
             await self._instances.record(started.instances, started.failures)
@@ -105,6 +113,7 @@ class Tenants:
         placement: PlacementName | None,
         *,
         existing: bool = False,
+        config: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> Deployment:
         """Deploy ``source`` as the tenant's live code (see ``Network.deploy``).
 
@@ -113,9 +122,12 @@ class Tenants:
         """
         try:
             check_name("tenant", tenant, TENANT_NAME_RULE)
+            overrides = _checked_config(tenant, config)
             bundle = await asyncio.to_thread(read_bundle, source, self.limits, self._store.scratch)
             # Shielded: once started, a deploy runs to its end even if its caller goes away.
-            deployment = await asyncio.shield(self._deploy(tenant, bundle, placement, existing))
+            deployment = await asyncio.shield(
+                self._deploy(tenant, bundle, placement, existing, overrides)
+            )
         except Exception:
             self._metrics.deploys.labels("error").inc()
             raise
@@ -123,7 +135,12 @@ class Tenants:
         return deployment
 
     async def _deploy(
-        self, tenant: str, bundle: BundleFiles, placement: PlacementName | None, existing: bool
+        self,
+        tenant: str,
+        bundle: BundleFiles,
+        placement: PlacementName | None,
+        existing: bool,
+        config: dict[str, dict[str, Any]] | None,
     ) -> Deployment:
         files, digest = bundle.manifest, bundle.digest
         # One deploy per tenant at a time. The global write lock is taken only to
@@ -136,9 +153,13 @@ class Tenants:
                 current is not None
                 and current.digest == digest
                 and placement in (None, current.placement)
+                and config in (None, current.instance_config)
                 and self._live_unit_healthy(tenant)
             ):
                 return current
+            # A redeploy that gives no config keeps the instances' config as it was.
+            if config is None:
+                config = current.instance_config if current is not None else {}
             if current is None:
                 # A new tenant of a removed one's name starts with no data, even if a
                 # write for the old one outlived its removal.
@@ -159,7 +180,13 @@ class Tenants:
                 # registering them as staged and writing them; the code imports outside it.
                 async with self.write_lock:
                     location = await asyncio.to_thread(stage)
-                self._instances.check_free(tenant, [m.name for m in location.manifest.mods])
+                declared = [m.name for m in location.manifest.mods]
+                self._instances.check_free(tenant, declared)
+                unknown = sorted(set(config) - set(declared))
+                if unknown:
+                    raise InstanceConfigError(
+                        tenant, f"no declared instance {', '.join(map(repr, unknown))}", declared
+                    )
                 # A redeploy that names no placement keeps the tenant where it runs: a
                 # tenant put in a worker is never moved into the host unasked.
                 chosen = (
@@ -167,7 +194,8 @@ class Tenants:
                     or location.manifest.placement
                     or (current.placement if current is not None else "inprocess")
                 )
-                started = await self._placements[chosen].start(_launch(location, live=True))
+                launch = _launch(location, live=True, config=config)
+                started = await self._placements[chosen].start(launch)
                 for mod in started.instances:
                     self._instances.check_topics(mod)
                 unit = _unit_of(started)
@@ -181,6 +209,7 @@ class Tenants:
                         agents,
                         bundle.metadata,
                         chosen,
+                        config,
                     )
                     self._runtime.add(unit)
                     replaced = self._catalog.set_live(deployment)
@@ -331,16 +360,48 @@ class Tenants:
                 log.exception("garbage collection failed")
 
 
-def _launch(location: Location, *, live: bool) -> Launch:
+def _launch(
+    location: Location, *, live: bool, config: Mapping[str, dict[str, Any]] | None = None
+) -> Launch:
+    """What a placement starts; ``config`` is laid over each declared instance's own."""
+    given = config or {}
+    instances = tuple(
+        spec.model_copy(update={"config": {**spec.config, **given[spec.name]}})
+        if spec.name in given
+        else spec
+        for spec in location.manifest.mods
+    )
     return Launch(
         location.tenant,
         location.namespace,
         location.version,
         location.digest,
         location.folder,
-        tuple(location.manifest.mods) if live else (),
+        instances if live else (),
         live,
     )
+
+
+def _checked_config(
+    tenant: str, config: Mapping[str, Mapping[str, Any]] | None
+) -> dict[str, dict[str, Any]] | None:
+    """``config`` as stored: an object of JSON objects, by instance name.
+
+    Raises:
+        InstanceConfigError: it is not of that shape.
+    """
+    if config is None:
+        return None
+    if not isinstance(config, Mapping) or not all(
+        isinstance(name, str) and isinstance(values, Mapping) for name, values in config.items()
+    ):
+        raise InstanceConfigError(tenant, "expected an object of objects, by instance name", [])
+    checked = {name: dict(values) for name, values in config.items()}
+    try:
+        json.dumps(checked)
+    except (TypeError, ValueError) as exc:
+        raise InstanceConfigError(tenant, f"not JSON: {exc}", []) from None
+    return checked
 
 
 def _unit_of(started: Started) -> Unit:

@@ -105,6 +105,7 @@ class InstanceModel(BaseModel):
     class_: str = Field(alias="class")
     origin: str
     placement: str
+    config: dict[str, Any]
 
 
 class Removed(BaseModel):

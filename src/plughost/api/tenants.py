@@ -84,12 +84,18 @@ async def deploy(
     principal: Auth,
     network: ServedNetwork,
     placement: Annotated[Placement | None, Query()] = None,
+    config: Annotated[
+        str | None,
+        Query(description='per-instance config, JSON: {"sensor": {"sensitivity": 2.0}}'),
+    ] = None,
 ) -> DeploymentModel:
     """Deploy a bundle: a zip, a tar.gz or a JSON bundle. The first deploy of a
     tenant (admin only) returns its token, once. ``?placement=process`` runs
-    it in a worker process (default: its ``plughost.toml``, else in process)."""
+    it in a worker process (default: its ``plughost.toml``, else in process).
+    ``?config=`` is laid over the config its declared instances have, by name."""
     if not principal.is_admin:
         principal.require_tenant(tenant)
+    overrides = _instance_config(config)
     upload_limit = upload_limit_of(request)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     with network.upload_folder() as tmp:
@@ -98,13 +104,13 @@ async def deploy(
             if not isinstance(document, dict):
                 raise ApiError(400, "bundle_rejected", "a JSON bundle must be an object")
             deployed = await network.deploy_confined(
-                tenant, document, placement=placement, confine_to=principal.tenant
+                tenant, document, placement=placement, config=overrides, confine_to=principal.tenant
             )
         elif content_type in ARCHIVE_TYPES:
             upload = Path(tmp, "bundle")
             await _save_limited(request, upload, upload_limit)
             deployed = await network.deploy_confined(
-                tenant, upload, placement=placement, confine_to=principal.tenant
+                tenant, upload, placement=placement, config=overrides, confine_to=principal.tenant
             )
         else:
             raise ApiError(
@@ -154,6 +160,18 @@ async def replace_token(tenant: TenantName, principal: Auth, network: ServedNetw
     token = await network.issue_tenant_token(tenant, replace=True)
     assert token is not None  # replace=True always issues one
     return TenantToken(tenant=tenant, token=token)
+
+
+def _instance_config(text: str | None) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise ApiError(422, "invalid_instance_config", "config is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise ApiError(422, "invalid_instance_config", "config must be an object") from None
+    return value
 
 
 def _tenant_model(network: Network, tenant: str) -> TenantModel:
