@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import sqlite3
 import stat
 import threading
 from collections.abc import Iterator
@@ -361,3 +362,29 @@ def test_open_removes_the_temporaries_a_killed_process_left(tmp_path: Path) -> N
     assert list((data / "tmp").iterdir()) == []
     assert list((data / "bundles").iterdir()) == []
     again.close()
+
+
+def test_a_data_folder_from_before_instance_config_opens_and_keeps_its_deployments(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path / "data")
+    store.open()
+    kept = _deploy(store, "old", "one")
+    store.close()
+    # As a data folder of the version before per-instance config was stored.
+    db = sqlite3.connect(tmp_path / "data" / "plughost.db")
+    db.execute("ALTER TABLE deployments DROP COLUMN instance_config")
+    db.commit()
+    db.close()
+    store = Store(tmp_path / "data")
+    store.open()
+    try:
+        assert store.current_deployments()["old"].digest == kept.digest
+        assert store.current_deployments()["old"].instance_config == {}
+        files, manifest = _files("two")
+        store.put_files(files, manifest)
+        configs = {"camera": {"fps": 60}}
+        store.record_deployment("old", 2, manifest, [], {}, "inprocess", configs)
+        assert store.current_deployments()["old"].instance_config == configs
+    finally:
+        store.close()
