@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import plughost
 
@@ -218,3 +219,26 @@ def test_serve_stops_with_one_line_when_it_cannot_start(tmp_path: Path) -> None:
         assert list(elsewhere.iterdir()) == []  # nothing created
     finally:
         assert server.stop()
+
+
+def test_every_option_says_what_it_takes() -> None:
+    import typer.main
+
+    from plughost.cli import app
+
+    def commands(group: Any, path: tuple[str, ...]) -> list[tuple[tuple[str, ...], Any]]:
+        found = [(path, group)]
+        for name, command in getattr(group, "commands", {}).items():
+            found += commands(command, (*path, name))
+        return found
+
+    every = commands(typer.main.get_command(app), ())
+    assert len(every) > 25
+    for path, command in every:
+        for param in command.params:
+            if param.param_type_name == "option":
+                assert param.help, f"plughost {' '.join(path)} {param.opts[0]} has no help"
+        shown = _run(*path, "--help").stdout
+        assert "<str>" not in shown and "<bool>" not in shown, path
+        usage = next(line for line in shown.splitlines() if "Usage:" in line)
+        assert "{" not in usage, path  # arguments are named plainly
