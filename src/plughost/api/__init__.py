@@ -6,8 +6,8 @@ events scoped to it. Health is public. Errors are JSON
 ``{"error": {"code", "message"}}`` with a fitting 4xx status.
 
 One router per area (:mod:`.health`, :mod:`.events`, :mod:`.mods`,
-:mod:`.instances`, :mod:`.tenants`, :mod:`.agents`, :mod:`.snapshots`);
-:func:`create_app` only composes them.
+:mod:`.instances`, :mod:`.tenants`, :mod:`.agents`, :mod:`.snapshots`), and
+the docs pages (:mod:`.docs`); :func:`create_app` only composes them.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from fastapi import FastAPI
 from .. import __version__
 from .._body_limit import BodyLimit
 from ..network import Network
-from . import agents, events, health, instances, mods, snapshots, state, tenants
+from . import agents, docs, events, health, instances, mods, snapshots, state, tenants
 from .admin_token import admin_token_for
 from .errors import EXCEPTION_HANDLERS, body_too_large
 
@@ -60,6 +60,9 @@ def create_app(
         description="A multi-tenant plugin host: tenants, snapshots, agents, mods and events.",
         lifespan=_running_network,
         exception_handlers=EXCEPTION_HANDLERS,
+        openapi_url=docs.SCHEMA,
+        docs_url=None,
+        redoc_url=None,
     )
     state.keep(
         app,
@@ -75,6 +78,7 @@ def create_app(
     )
     for router in _ROUTERS:
         app.include_router(router)
+    docs.serve(app)
     return app
 
 
