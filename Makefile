@@ -19,8 +19,13 @@ lint: $(BIN)/plughost
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy --strict src
 
-test: lint
+test: lint /usr/bin/chromium
 	$(BIN)/pytest
+
+# The docs page test drives Debian's Chromium; a fresh machine is given it (as root).
+/usr/bin/chromium:
+	DEBIAN_FRONTEND=noninteractive apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 
 bench: $(BIN)/plughost
 	$(BIN)/python -m bench
