@@ -15,8 +15,8 @@ serve: $(BIN)/plughost
 	$(BIN)/plughost serve
 
 lint: $(BIN)/plughost
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench examples
+	$(BIN)/ruff format --check src tests bench examples
 	$(BIN)/mypy --strict src
 
 test: lint /usr/bin/chromium

@@ -47,13 +47,15 @@ class BundleLoadError(PlughostError):
         cause: BaseException,
         file: Path | None = None,
         line: int | None = None,
+        *,
+        why: str | None = None,
     ) -> None:
         self.namespace = namespace
         self.cause = cause
         self.file = file
         self.line = line
         where = f"{file}:{line}" if file is not None and line is not None else str(file or "bundle")
-        super().__init__(f"{namespace!r}: {where}: {type(cause).__name__}: {cause}")
+        super().__init__(f"{namespace!r}: {where}: {why or f'{type(cause).__name__}: {cause}'}")
 
 
 class ForeignModulesError(BundleLoadError):
@@ -69,10 +71,8 @@ class ForeignModulesError(BundleLoadError):
 
     def __init__(self, namespace: Namespace, keys: list[str]) -> None:
         self.keys = keys
-        super().__init__(
-            namespace,
-            PermissionError(f"changed sys.modules keys outside its namespace: {', '.join(keys)}"),
-        )
+        why = f"changed sys.modules keys outside its namespace: {', '.join(keys)} (put back)"
+        super().__init__(namespace, RuntimeError(why), why=why)
 
 
 class NamespaceConflictError(PlughostError):
