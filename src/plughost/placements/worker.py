@@ -207,6 +207,11 @@ class _Process:
                 )
             )
             return
+        # Only a worker that became ready is restarted when it goes: one that failed to
+        # start (its "failed" message came first) is the start's failure, not a crash.
+        ready = self._ready
+        if ready is None or ready.cancelled() or ready.exception() is not None:
+            return
         if not self._stopping:
             self._on_exit(reason)
 
