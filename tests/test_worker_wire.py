@@ -220,3 +220,42 @@ async def test_a_worker_asks_the_host_at_most_its_limit_of_requests_at_once(
         assert len(outcomes) == 2 and outcomes[0] == "ok", outcomes
         assert "has 3 requests in flight, its limit" in outcomes[1]
         assert await network.rpc("flood/f", "flood", 3) == ["ok"]
+
+
+MOODY = """
+from pathlib import Path
+from plughost import Mod, rpc
+
+if Path({marker!r}).exists():
+    raise RuntimeError("not today")
+
+
+class MoodyMod(Mod):
+    @rpc
+    def ping(self):
+        return "pong"
+"""
+
+
+async def test_a_worker_that_comes_up_after_the_network_started_serves_its_instances(
+    tmp_path: Path,
+) -> None:
+    marker = tmp_path / "not-today"
+    bundle = {
+        "files": [
+            {"filename": "moody.py", "source": MOODY.format(marker=str(marker))},
+            {"filename": "plughost.toml", "source": '[[mods]]\npath = "moody"\nname = "m"\n'},
+        ]
+    }
+    async with Network(tmp_path / "data") as network:
+        await network.deploy("moody", bundle, placement="process")
+    marker.touch()
+    async with Network(tmp_path / "data") as network:
+        assert network.health()["workers"]["moody"]["state"] == "restarting"
+        marker.unlink()
+        for _ in range(3000):  # bounded: the supervisor retries with a short backoff
+            if "moody/m" in network.get_loaded_mods():
+                break
+            await asyncio.sleep(0.01)
+        assert network.health()["workers"]["moody"]["state"] == "ready"
+        assert await network.rpc("moody/m", "ping") == "pong"

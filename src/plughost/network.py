@@ -216,6 +216,7 @@ class Network:
             self._gc_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._gc_task
+        await self._tenants.close()
         # Stopping is not unloading: the mods stay recorded and load again at the next start.
         await self._instances.stop_all()
         await self._runtime.close()

@@ -16,7 +16,7 @@ import logging
 import re
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any
 
 from .agent import AgentInfo
@@ -31,7 +31,7 @@ from .errors import (
 from .instances import Instances, check_name
 from .manifest import Placement as PlacementName
 from .metrics import Metrics
-from .mod import stop_mod
+from .mod import LoadedMod, stop_mod
 from .naming import TENANT_NAME_RULE, Namespace
 from .placements.base import Launch, Placement, Started
 from .runtime import Runtime, Starter, Unit
@@ -83,6 +83,7 @@ class Tenants:
         self.write_lock = asyncio.Lock()
         self._tenant_locks: dict[str, asyncio.Lock] = {}
         self._staging: list[tuple[str, frozenset[str]]] = []  # (digest, blobs) being deployed
+        self._coming: set[asyncio.Task[None]] = set()  # units not up at the start, awaited
         self._pinned: Counter[str] = Counter()  # bundle digests of namespaces about to load
         self._calls_ok = metrics.calls.labels("ok")
         self._calls_failed = metrics.calls.labels("error")
@@ -103,6 +104,25 @@ class Tenants:
             if started.unit is not None:
                 self._runtime.add(started.unit)
             await self._instances.record(started.instances, started.failures)
+            if started.coming is not None:
+                task = asyncio.get_running_loop().create_task(
+                    self._record_when_up(started.unit, started.coming)
+                )
+                self._coming.add(task)
+                task.add_done_callback(self._coming.discard)
+
+    async def _record_when_up(self, unit: Unit | None, coming: Awaitable[list[LoadedMod]]) -> None:
+        """Register the instances of a unit that came up after the network started, if it
+        still is what runs (a redeploy meanwhile brought its own, and stops this unit)."""
+        instances = await coming
+        if unit is not None and self._runtime.get(unit.namespace) is unit:
+            await self._instances.record(instances, [])
+
+    async def close(self) -> None:
+        """Stop waiting for units that had not come up at the start."""
+        for task in list(self._coming):
+            task.cancel()
+        await asyncio.gather(*self._coming, return_exceptions=True)
 
     # -- deploying --------------------------------------------------------------------
 

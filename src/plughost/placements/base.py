@@ -9,6 +9,7 @@ so a new placement joins by implementing this interface and nothing else.
 from __future__ import annotations
 
 import abc
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -43,12 +44,15 @@ class Started:
     """What a placement started: the namespace's unit (if it keeps one) and its instances.
 
     ``failures`` are instances that could not start where a start tolerates it
-    (when the network starts again, each instance on its own).
+    (when the network starts again, each instance on its own). ``coming`` gives
+    the instances of a unit that could not start yet but keeps trying (a worker
+    at the network's start), once it is up: none if it never comes up.
     """
 
     unit: Unit | None
     instances: list[LoadedMod]
     failures: list[FailedMod] = field(default_factory=list)
+    coming: Awaitable[list[LoadedMod]] | None = None
 
 
 class Placement(abc.ABC):

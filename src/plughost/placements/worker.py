@@ -412,6 +412,12 @@ class Supervisor:
         """A start failed: record it and go on trying with backoff."""
         self._crashed(error)
 
+    async def restarted(self) -> bool:
+        """Wait until a restart under way ends; whether the worker is ready then."""
+        if self._restarting is not None:
+            await asyncio.wait([self._restarting])  # stopped meanwhile: it was cancelled
+        return self.state is WorkerState.READY
+
     def _crashed(self, reason: str) -> None:
         if self.state in (WorkerState.STOPPED, WorkerState.FAILED):
             return
@@ -665,10 +671,16 @@ class Worker(Placement):
     async def resume(self, launch: Launch) -> Started:
         supervisor = self._supervisor(launch)
         unit = WorkerUnit(launch, supervisor)
+        control = RemoteControl(supervisor, self._host)
         try:
             _, described = await supervisor.start()
         except PlughostError as exc:
             supervisor.keep_trying(str(exc))  # health shows it; the supervisor retries
-            return Started(unit, [])
-        control = RemoteControl(supervisor, self._host)
+
+            async def coming() -> list[LoadedMod]:
+                if not await supervisor.restarted():
+                    return []
+                return [control.stub(i) for i in supervisor.ready[1]]
+
+            return Started(unit, [], coming=coming())
         return Started(unit, [control.stub(i) for i in described])
