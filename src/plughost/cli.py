@@ -288,26 +288,23 @@ def network_health(url: Url = DEFAULT_URL, token: Token = None, as_json: AsJson 
     with _client(url, token) as client:
         health = client.health()
     mods, workers = health["mods"], health["workers"]
-    # Without a token the server sends counts in place of names.
-    counts_only = "loaded" not in mods
     rows = [
         ["status", health["status"]],
         ["network", health["network_id"]],
         ["uptime (s)", health["uptime"]],
-        ["mods", mods["count"] if counts_only else ", ".join(mods["loaded"]) or "-"],
-        ["failed mods", mods["failed"] if counts_only else ", ".join(mods["failed"]) or "-"],
+        ["mods", ", ".join(mods["loaded"]) or "-"],
+        ["failed mods", ", ".join(mods["failed"]) or "-"],
         ["tenants", health["tenants"]["count"]],
         [
             "loaded namespaces",
             f"{health['namespaces']['loaded']} / {health['namespaces']['limit']}",
         ],
     ]
-    if counts_only:
-        rows.append(["workers", workers["count"]])
-    else:
-        for tenant, worker in workers.items():
-            state = f"pid {worker['pid']}, {worker['state']}, {worker['restarts']} restarts"
-            rows.append([f"worker {tenant}", state])
+    # Without a token the server names global mods only, and counts the rest.
+    rows += [[f"all {what}", count] for what, count in health.get("counts", {}).items()]
+    for tenant, worker in workers.items():
+        state = f"pid {worker['pid']}, {worker['state']}, {worker['restarts']} restarts"
+        rows.append([f"worker {tenant}", state])
     _show(health, as_json, _table("health", ["", ""], rows))
 
 

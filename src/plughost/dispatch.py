@@ -366,12 +366,6 @@ class Dispatcher:
             name, method, call_args, call_kwargs, _ = args
             if not isinstance(call_args, list) or not isinstance(call_kwargs, dict):
                 raise TypeError("RPC arguments must be a list and an object")
-            try:
-                target = self.mod_for(str(name), tenant)
-            except (ModNotLoadedError, AmbiguousNameError):
-                # The tenant learns what it may see, not what other tenants run.
-                raise ModNotLoadedError(str(name), self._mods.status(tenant)["loaded"]) from None
-            if target.tenant not in (None, tenant):
-                raise OutsideTenantError(tenant, str(name))
-            return await self.rpc(target.key, str(method), *call_args, tenant=tenant, **call_kwargs)
+            # As its tenant: a name resolves in that tenant or among global mods only.
+            return await self.rpc(str(name), str(method), *call_args, tenant=tenant, **call_kwargs)
         raise ValueError(f"unknown request {kind!r} from a worker")

@@ -399,15 +399,17 @@ class ModRegistry:
         found.update({mod_key(f.mod_id, f.tenant): f.details() for f in self._failed.values()})
         return found
 
-    def status(self, confine_to: str | None = None) -> dict[str, Any]:
+    def status(self, confine_to: str | None = None, *, global_only: bool = False) -> dict[str, Any]:
         """The ``mods`` part of health: loaded and failed mods with their details.
 
-        With ``confine_to`` (a tenant), only global mods and that tenant's.
+        With ``confine_to`` (a tenant), only global mods and that tenant's; with
+        ``global_only``, only global mods.
         """
         details = {
             key: value
             for key, value in self.details().items()
-            if confine_to is None or value.get("tenant") in (None, confine_to)
+            if value.get("tenant") is None
+            or (not global_only and confine_to in (None, value.get("tenant")))
         }
         loaded = [key for key in self._loaded if key in details]
         failed = [key for key in details if details[key]["status"] == "failed"]

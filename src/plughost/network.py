@@ -592,6 +592,7 @@ class Network:
             ModNotLoadedError: no such mod.
             UnknownRpcError: the mod has no such RPC method.
             RpcError: the method raised.
+            CallTimeoutError: it did not return within ``call_timeout``.
         """
         self._check_started()
         return await self._dispatch.rpc(name, method, *args, tenant=tenant, **kwargs)
@@ -704,8 +705,8 @@ class Network:
 
         The admin (the default) sees everything; with ``confine_to``, a tenant sees
         its own tenant and the global mods only, counts and status included; with
-        ``counts_only``, an anonymous caller gets the same fields with the whole
-        network's counts in place of names.
+        ``counts_only``, an anonymous caller gets the same fields with the global
+        mods only, no worker, and the whole network's counts under ``counts``.
         """
         uptime = int(time.time() - self._started_at) if self._started_at is not None else 0
         units = [
@@ -722,19 +723,21 @@ class Network:
             for unit in live
             if (described := unit.describe()) is not None
         }
-        mods = self.mod_status(confine_to)
+        mods = self._mods.status(confine_to)
         if self._started_at is None:
             status = "stopped"
         elif mods["failed"] or any(not unit.healthy for unit in live):
             status = "degraded"
         else:
             status = "healthy"
-        if counts_only:
-            mods = {"count": mods["count"], "failed": len(mods["failed"])}
-            shown_workers: dict[str, Any] = {"count": len(workers)}
-        else:
-            shown_workers = dict(sorted(workers.items()))
         tenants = len(self._catalog) if confine_to is None else int(confine_to in self._catalog)
+        counts: dict[str, Any] = {}
+        if counts_only:
+            mods_in_all, failed = mods["count"], len(mods["failed"])
+            counts = {
+                "counts": {"mods": mods_in_all, "failed_mods": failed, "workers": len(workers)}
+            }
+            mods, workers = self._mods.status(global_only=True), {}
         return {
             "status": status,
             "network_id": self.network_id,
@@ -746,8 +749,9 @@ class Network:
                 "limit": self._runtime.max_loaded,
                 "states": self._runtime.states(confine_to),
             },
-            "workers": shown_workers,
+            "workers": dict(sorted(workers.items())),
             "placements": sorted(self._placements),
+            **counts,
         }
 
 

@@ -431,7 +431,7 @@ class Store:
 
     def remove_tenant_data(self, tenant: str) -> None:
         """Delete what mods kept for ``tenant``; call it once its mods are shut down."""
-        shutil.rmtree(tenant_data_dir(self.data_dir, tenant), ignore_errors=True)
+        remove_folder(tenant_data_dir(self.data_dir, tenant))  # read-only folders too
 
     def remove_data_of_removed(self, tenant: str) -> None:
         """Delete what mods kept for ``tenant`` if it was a tenant once and is one no more:
