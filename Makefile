@@ -28,6 +28,7 @@ test: lint /usr/bin/chromium
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 
 bench: $(BIN)/plughost
+	$(BIN)/pip install --quiet -e '.[test,bench]'
 	$(BIN)/python -m bench
 
 clean:
