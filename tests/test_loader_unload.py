@@ -50,6 +50,28 @@ def test_unload_removes_every_module_and_frees_them(write_bundle: WriteBundle) -
     assert not hasattr(sys.modules["plughost_ns"], ns.package_name.split(".")[1])
 
 
+def test_unload_takes_the_keys_a_load_added_by_hand_and_leaves_every_other(
+    write_bundle: WriteBundle,
+) -> None:
+    other = load_bundle(Namespace("bystander"), write_bundle({"agent.py": "X = 1\n"}))
+    planting = {
+        "agent.py": """
+            import sys, types
+            sys.modules[__package__ + ".made_by_hand"] = types.ModuleType("made_by_hand")
+        """
+    }
+    ns = Namespace("planter")
+    loaded = load_bundle(ns, write_bundle(planting))
+    assert ns.module_name("made_by_hand") in sys.modules
+
+    report = loaded.unload()
+
+    assert ns.module_name("made_by_hand") in report.modules and report.leaked == []
+    assert namespace_keys() == {other.package_name, other.package_name + ".agent"}
+    assert other.is_loaded and sys.modules[other.package_name + ".agent"].X == 1
+    other.unload()
+
+
 def test_unloading_twice_returns_an_empty_report(write_bundle: WriteBundle) -> None:
     loaded = load_bundle(Namespace("twice"), write_bundle(BUNDLE))
     assert loaded.unload().modules

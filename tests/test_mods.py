@@ -10,6 +10,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -98,8 +99,8 @@ async def test_load_use_unload(network: Network, write_mod: WriteMod, journal: l
     assert isinstance(details["loaded_at"], int)
 
     del mod  # otherwise the report rightly names this local as holding the mod's module
-    report = await network.unload_mod("wiki")
-    assert report.leaked == [] and report.shutdown_error is None
+    report = await network.unload_mod("wiki", verify=True)
+    assert report.verified and report.leaked == [] and report.shutdown_error is None
     assert journal == ["init wiki {'lang': 'en'}", "shutdown wiki"]
     assert network.get_loaded_mods() == [] and network.health()["mods"]["count"] == 0
     assert namespace_keys() == set()
@@ -120,9 +121,10 @@ async def test_a_thousand_load_unload_cycles_leave_nothing_behind(
         response = await network.send_event(_event("wiki.edit", "mod:wiki", title=str(cycle)))
         assert response.data["pages"] == 1
         del mod, response
-        report = await network.unload_mod("wiki")
+        report = await network.unload_mod("wiki", verify=True)
         assert report.leaked == [], report.leaked
-        assert network.health()["mods"] == {"loaded": [], "count": 0, "failed": [], "details": {}}
+        mods = network.health()["mods"]
+        assert (mods["loaded"], mods["count"], mods["failed"], mods["details"]) == ([], 0, [], {})
     gc.collect()
     assert set(sys.modules) == modules_before
     assert all(ref() is None for ref in instances)
@@ -467,7 +469,7 @@ async def test_agents_and_mods_hear_of_mod_loads_and_unloads(
     await network.load_mod("listener")
     journal.clear()
     await network.load_mod("plughost.mods.shared_cache")
-    await network.unload_mod("shared_cache")
+    await network.unload_mod("shared_cache", verify=True)
     assert sorted(journal) == sorted(
         [
             "mod system.mod.loaded shared_cache",
@@ -476,3 +478,56 @@ async def test_agents_and_mods_hear_of_mod_loads_and_unloads(
             "agent system.mod.unloaded plughost.mods.shared_cache",
         ]
     )
+
+
+async def test_an_unload_returns_before_the_proof_that_the_code_was_freed_which_follows(
+    network: Network, write_mod: WriteMod, journal: list[str]
+) -> None:
+    write_mod(
+        "listener.py",
+        """
+        import plughost_test_journal as journal
+        from plughost import Mod, on
+
+        class ListenerMod(Mod):
+            @on("system.mod.unloaded")
+            async def heard(self, event):
+                journal.entries.append(event.payload)
+        """,
+    )
+    write_mod(
+        "hoarder.py",
+        """
+        import plughost_test_journal as journal
+        from plughost import Mod
+
+        class HoarderMod(Mod):
+            def initialize(self):
+                if self.config.get("leak"):
+                    journal.kept.append(type(self))
+        """,
+    )
+    kept: list[type] = []
+    sys.modules["plughost_test_journal"].kept = kept  # type: ignore[attr-defined]
+    await network.load_mod("listener")
+    journal.clear()
+    for mod_id, leak in (("tidy", False), ("leaky", True)):
+        await network.load_mod("hoarder", {"leak": leak}, mod_id=mod_id)
+        report = await network.unload_mod(mod_id)
+        assert not report.verified and report.leaked == []  # the proof has not run yet
+        assert network.get_loaded_mods() == ["listener"]
+        for _ in range(500):  # the proof runs right after the unload; wait for its event
+            if any(entry["mod_id"] == mod_id for entry in journal):
+                break
+            await asyncio.sleep(0.01)
+        heard: list[dict[str, Any]] = [e for e in journal if e["mod_id"] == mod_id]  # type: ignore[index]
+        assert [entry["verified"] for entry in heard] == [True]
+        assert bool(heard[0]["leaked"]) is leak and report.verified
+        assert report.leaked == heard[0]["leaked"]
+    assert "global 'kept' of module plughost_test_journal" in " ".join(heard[0]["leaked"])
+    shown = network.health()["mods"]["unloaded"]
+    assert [(entry["mod_id"], entry["verified"], bool(entry["leaked"])) for entry in shown] == [
+        ("leaky", True, True),
+        ("tidy", True, False),
+    ]
+    kept.clear()

@@ -58,13 +58,18 @@ def find_leaks(
     """Return ``(module name, holders)`` for each watched module still alive.
 
     Each entry of ``watched`` holds weak references to a module and to objects
-    that live exactly as long as its globals. A full garbage collection runs
-    only if something is still alive after reference counting.
+    that live exactly as long as its globals. A garbage collection runs
+    only if something is still alive after reference counting, a full one
+    only if something is still alive after a young one.
     """
-    alive = [(name, refs) for name, refs in watched if any(r() is not None for r in refs)]
-    if not alive:
-        return []
-    gc.collect()
+    alive = _alive(watched)
+    # Young code dies in a young collection, which costs little; only what survives
+    # that (code loaded long ago, or leaked) pays for a full one.
+    for generation in (1, 2):
+        if not alive:
+            return []
+        gc.collect(generation)
+        alive = _alive(alive)
     leaks = []
     for name, refs in alive:
         objects = [obj for r in refs if (obj := r()) is not None]
@@ -72,6 +77,12 @@ def find_leaks(
             leaks.append((name, _holders(objects, package_name)))
         del objects
     return leaks
+
+
+def _alive(
+    watched: list[tuple[str, list[weakref.ref[Any]]]],
+) -> list[tuple[str, list[weakref.ref[Any]]]]:
+    return [(name, refs) for name, refs in watched if any(r() is not None for r in refs)]
 
 
 class _Walk:

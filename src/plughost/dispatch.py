@@ -219,12 +219,19 @@ class Dispatcher:
             data={"responses": {owner: r.model_dump() for owner, r in responses.items()}},
         )
 
-    async def notify(self, event_name: str, mod_id: str, mod_path: str, tenant: str | None) -> None:
+    async def notify(
+        self,
+        event_name: str,
+        mod_id: str,
+        mod_path: str,
+        tenant: str | None,
+        **details: Any,
+    ) -> None:
         """Tell the subscribers of ``event_name`` that a mod changed: global mods, and the
         mod's own tenant's if it has one (no other tenant learns of it)."""
         event = Event(
             event_name=event_name,
-            payload={"mod_id": mod_id, "mod_path": mod_path, "tenant": tenant},
+            payload={"mod_id": mod_id, "mod_path": mod_path, "tenant": tenant, **details},
             tenant=tenant,
         )
         await self.broadcast(event)

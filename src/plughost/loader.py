@@ -120,13 +120,32 @@ class UnloadReport:
     """What an unload removed and whether all of it was garbage-collected.
 
     ``leaked`` is empty when every module object and module namespace was
-    freed. ``verified`` is False when the check was skipped.
+    freed. ``verified`` is False until :meth:`check_freed` has run.
     """
 
     namespace: Namespace
     modules: list[str]
     leaked: list[Leak] = field(default_factory=list)
-    verified: bool = True
+    verified: bool = False
+    _watched: list[tuple[str, list[weakref.ref[Any]]]] = field(
+        default_factory=list, repr=False, compare=False
+    )
+
+    def check_freed(self) -> list[Leak]:
+        """Confirm that every module and its globals were freed; return what survived.
+
+        Reads weak references taken at the unload, after a full garbage
+        collection if anything is still alive then (which blocks the calling
+        thread for milliseconds on a large heap: run it off the event loop).
+        What survived is listed in ``leaked`` with what holds it. Never raises
+        for a leak; checking twice gives the same answer.
+        """
+        if not self.verified:
+            found = find_leaks(self._watched, self.namespace.package_name)
+            self.leaked = [Leak(name, holders) for name, holders in found]
+            self._watched = []
+            self.verified = True
+        return self.leaked
 
 
 class _FolderResources(TraversableResources):
@@ -205,11 +224,19 @@ class _NamespaceImports:
         # Its own copy, so that what one bundle writes into its ``__builtins__`` stays its own.
         self.builtins: dict[str, Any] = {**vars(builtins), "__import__": _bundle_import}
         self.watch: _LoadWatch | None = None
+        # Its sys.modules keys, in the order they appeared: what an unload removes.
+        self.keys: dict[str, None] = {}
         self.done = threading.Event()
         self.loaded: LoadedBundle | None = None
         self.error: BaseException | None = None
 
     def spec_for(self, fullname: str) -> importlib.machinery.ModuleSpec | None:
+        spec = self._spec_for(fullname)
+        if spec is not None:
+            self.keys[fullname] = None
+        return spec
+
+    def _spec_for(self, fullname: str) -> importlib.machinery.ModuleSpec | None:
         if fullname == self.package_name:
             if self.index.init is not None:
                 return self._file_spec(fullname, self.index.init, self.index.root)
@@ -370,27 +397,30 @@ class LoadedBundle:
     def unload(self, *, verify: bool = True) -> UnloadReport:
         """Remove every module of the namespace from ``sys.modules`` and drop them.
 
-        With ``verify`` (the default), confirm through weak references, after
-        a garbage collection if needed, that every module and its globals were
-        freed; what survived is listed in ``report.leaked`` with what holds it.
-        Unloading twice returns an empty report. Never raises for a leak.
+        The cost is that of the namespace's own modules, however many other
+        namespaces are loaded. With ``verify`` (the default), the report's
+        :meth:`~UnloadReport.check_freed` runs before this returns; without,
+        the caller may run it later, off its hot path. Unloading twice
+        returns an empty report. Never raises for a leak.
         """
         with _lock:
             if _active.get(self.package_name) is not self._imports:
-                return UnloadReport(self.namespace, [])
+                return UnloadReport(self.namespace, [], verified=True)
             del _active[self.package_name]
-            removed = _remove_modules(self.package_name)
+            removed = _remove_modules(self._imports)
         self.modules.clear()
         self._imports.loaded = None
-        watched = [(name, _watch(module)) for name, module in removed]
-        names = [name for name, _ in removed]
+        report = UnloadReport(
+            self.namespace,
+            [name for name, _ in removed],
+            _watched=[(name, _watch(module)) for name, module in removed],
+        )
         del removed
         if self._workdir is not None:
             self._workdir.cleanup()
-        if not verify:
-            return UnloadReport(self.namespace, names, verified=False)
-        leaks = [Leak(name, holders) for name, holders in find_leaks(watched, self.package_name)]
-        return UnloadReport(self.namespace, names, leaks)
+        if verify:
+            report.check_freed()
+        return report
 
     def __repr__(self) -> str:
         state = "loaded" if self.is_loaded else "unloaded"
@@ -412,17 +442,21 @@ def _watch(module: ModuleType) -> list[weakref.ref[Any]]:
     return refs
 
 
-def _remove_modules(package_name: str) -> list[tuple[str, ModuleType]]:
+def _remove_modules(imports: _NamespaceImports) -> list[tuple[str, ModuleType]]:
     """Take the namespace's modules out of ``sys.modules``; call it holding ``_lock``.
 
-    Under the lock, a namespace's keys and its ``_active`` entry change
-    together, which is what lets :func:`_undo_foreign_writes` tell an unload
-    from another bundle's meddling.
+    Only the keys the namespace is known to have are looked at (what its
+    finder served, what its load added), not every key of ``sys.modules``:
+    with thousands of namespaces loaded, a scan per unload would make
+    unloading them all quadratic. Under the lock, a namespace's keys and its
+    ``_active`` entry change together, which is what lets
+    :func:`_undo_foreign_writes` tell an unload from another bundle's meddling.
     """
-    prefix = package_name + "."
-    keys = [k for k in list(sys.modules) if k == package_name or k.startswith(prefix)]
-    removed = [(k, m) for k in keys if (m := sys.modules.pop(k, None)) is not None]
-    _root.__dict__.pop(package_name.partition(".")[2], None)
+    removed = [
+        (key, module) for key in imports.keys if (module := sys.modules.pop(key, None)) is not None
+    ]
+    imports.keys.clear()
+    _root.__dict__.pop(imports.package_name.partition(".")[2], None)
     return removed
 
 
@@ -523,10 +557,19 @@ def _undo_foreign_writes(imports: _NamespaceImports, watch: _LoadWatch) -> list[
     after = cast("dict[str, object]", sys.modules.copy())
     # The usual case, compared in C: nothing but additions (imports), which then follow
     # what was there before, and only those need a look.
-    candidates: Iterable[str] = (
+    candidates = list(
         itertools.islice(after, len(before), None)
         if _starts_with(after, before)
         else _changed_keys(before, after)
+    )
+    own = imports.package_name + "."
+    # Keys it added by hand, not through its finder, are its own to remove at unload too.
+    imports.keys.update(
+        dict.fromkeys(
+            key
+            for key in candidates
+            if isinstance(key, str) and key.startswith(own) and key in after
+        )
     )
     foreign = sorted(
         key
@@ -641,7 +684,7 @@ def _load_index(
     except BaseException as exc:
         with _lock:
             imports.watch = None
-            _remove_modules(package_name)
+            _remove_modules(imports)
             del _active[package_name]
         if workdir is not None:
             workdir.cleanup()

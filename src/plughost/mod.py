@@ -16,6 +16,7 @@ ones before it. :class:`ModRegistry` is the single record of what is loaded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import importlib.util
 import inspect
@@ -23,7 +24,8 @@ import itertools
 import re
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -32,7 +34,7 @@ from typing import Any, Protocol, TypeVar
 from .errors import ModLoadError, ModPathRefusedError, PlughostError
 from .events import handlers_of, is_topic_pattern, resolve_topic, topic_of
 from .lifecycle import MOD_TRANSITIONS, Lifecycle, ModState
-from .loader import LoadedBundle, load_bundle
+from .loader import LoadedBundle, UnloadReport, load_bundle
 from .naming import Namespace
 
 
@@ -354,9 +356,10 @@ def mod_key(mod_id: str, tenant: str | None) -> str:
 class ModRegistry:
     """What mods are loaded, and which failed at start: the one record health and APIs read."""
 
-    def __init__(self) -> None:
+    def __init__(self, kept_unloads: int = 32) -> None:
         self._loaded: dict[str, LoadedMod] = {}
         self._failed: dict[str, FailedMod] = {}
+        self._unloaded: deque[ModUnloadReport] = deque(maxlen=kept_unloads)
 
     def register(self, mod: LoadedMod) -> None:
         self._loaded[mod.key] = mod
@@ -364,6 +367,10 @@ class ModRegistry:
 
     def unregister(self, key: str) -> LoadedMod | None:
         return self._loaded.pop(key, None)
+
+    def record_unload(self, report: ModUnloadReport) -> None:
+        """Keep the report of an unload (the latest few), to show while its check runs."""
+        self._unloaded.append(report)
 
     def record_failure(self, failed: FailedMod) -> None:
         self._failed[mod_key(failed.mod_id, failed.tenant)] = failed
@@ -413,7 +420,18 @@ class ModRegistry:
         }
         loaded = [key for key in self._loaded if key in details]
         failed = [key for key in details if details[key]["status"] == "failed"]
-        return {"loaded": loaded, "count": len(loaded), "failed": failed, "details": details}
+        unloaded = [
+            report.details()
+            for report in reversed(self._unloaded)
+            if report.tenant is None or (not global_only and confine_to in (None, report.tenant))
+        ]
+        return {
+            "loaded": loaded,
+            "count": len(loaded),
+            "failed": failed,
+            "details": details,
+            "unloaded": unloaded,
+        }
 
 
 def _pascal(mod_id: str) -> str:
@@ -532,7 +550,12 @@ async def _call_shutdown(instance: Mod) -> str | None:
 
 @dataclass
 class ModUnloadReport:
-    """What unloading a mod did: the shutdown error, leaks, and whether handlers were cut off."""
+    """What unloading a mod did: the shutdown error, leaks, and whether handlers were cut off.
+
+    ``verified`` turns True once :meth:`check_freed` has proven (or disproven,
+    with ``leaked``) that the mod's code was freed; a mod placed in a worker
+    process is freed with that process, so there is nothing to check here.
+    """
 
     mod_id: str
     mod_path: str
@@ -540,6 +563,32 @@ class ModUnloadReport:
     shutdown_error: str | None = None
     leaked: list[str] = field(default_factory=list)
     timed_out_handlers: int = 0
+    verified: bool = False
+    unloaded_at: float = field(default_factory=time.time)
+    _unloaded: UnloadReport | None = field(default=None, repr=False, compare=False)
+
+    def check_freed(self) -> list[str]:
+        """Prove the code was freed; blocks for a garbage collection, so run it in a thread."""
+        if self._unloaded is not None:
+            self.leaked = [
+                f"{leak.module_name} held by {', '.join(leak.holders)}"
+                for leak in self._unloaded.check_freed()
+            ]
+            self._unloaded = None
+        self.verified = True
+        return self.leaked
+
+    def details(self) -> dict[str, Any]:
+        return {
+            "mod_id": self.mod_id,
+            "mod_path": self.mod_path,
+            "tenant": self.tenant,
+            "unloaded_at": self.unloaded_at,
+            "verified": self.verified,
+            "leaked": self.leaked,
+            "shutdown_error": self.shutdown_error,
+            "timed_out_handlers": self.timed_out_handlers,
+        }
 
     @property
     def message(self) -> str:
@@ -554,7 +603,11 @@ class ModUnloadReport:
 
 
 async def stop_mod(mod: LoadedMod, timeout: float) -> ModUnloadReport:
-    """Wait for the mod's handler calls (up to ``timeout``), shut it down, and unload its code."""
+    """Wait for the mod's handler calls (up to ``timeout``), shut it down, and unload its code.
+
+    The code is out of reach when this returns; the proof that it was freed
+    is the report's :meth:`~ModUnloadReport.check_freed`, left to the caller.
+    """
     mod.lifecycle.set(ModState.UNLOADING)
     report = ModUnloadReport(mod.mod_id, mod.mod_path, mod.tenant)
     if mod.in_flight:
@@ -568,12 +621,70 @@ async def stop_mod(mod: LoadedMod, timeout: float) -> ModUnloadReport:
     mod.rpcs.clear()
     del mod.instance
     if mod.bundle is not None:
-        unload = await asyncio.to_thread(mod.bundle.unload)
-        report.leaked = [
-            f"{leak.module_name} held by {', '.join(leak.holders)}" for leak in unload.leaked
-        ]
+        report._unloaded = mod.bundle.unload(verify=False)
     mod.lifecycle.set(ModState.UNLOADED)
     return report
+
+
+class FreedChecks:
+    """Proves, after unloads have returned, that the unloaded mods' code was freed.
+
+    Unloads queue their reports; one task checks all that are queued in one
+    thread call and hands each checked report to ``checked``. It waits for
+    unloads to pause for ``quiet`` seconds (at most ``longest`` after the
+    first one queued), so that a burst of unloads costs one garbage
+    collection, not one each.
+    """
+
+    def __init__(
+        self,
+        checked: Callable[[ModUnloadReport], Awaitable[None]],
+        *,
+        quiet: float = 0.05,
+        longest: float = 1.0,
+    ) -> None:
+        self._checked = checked
+        self.quiet = quiet
+        self.longest = longest
+        self._queue: list[ModUnloadReport] = []
+        self._task: asyncio.Task[None] | None = None
+        self._now = asyncio.Event()
+
+    def submit(self, report: ModUnloadReport) -> None:
+        self._queue.append(report)
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._queue:
+                first = loop.time()
+                seen = 0
+                while len(self._queue) != seen and loop.time() - first < self.longest:
+                    seen = len(self._queue)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._now.wait(), self.quiet)
+                batch, self._queue = self._queue, []
+                await asyncio.to_thread(_check_all, batch)
+                for report in batch:
+                    await self._checked(report)
+        finally:
+            self._task = None
+
+    async def drain(self) -> None:
+        """Check every queued report now, and wait until each is handed on."""
+        self._now.set()
+        try:
+            while self._task is not None:
+                await asyncio.shield(self._task)
+        finally:
+            self._now.clear()
+
+
+def _check_all(reports: list[ModUnloadReport]) -> None:
+    for report in reports:
+        report.check_freed()
 
 
 class LocalControl:

@@ -33,7 +33,15 @@ from .events import Event, EventResponse, resolve_topic, topic_allowed
 from .instances import Instances
 from .manifest import Placement
 from .metrics import Metrics
-from .mod import LocalControl, Mod, ModRegistry, ModRoots, ModUnloadReport, mod_key
+from .mod import (
+    FreedChecks,
+    LocalControl,
+    Mod,
+    ModRegistry,
+    ModRoots,
+    ModUnloadReport,
+    mod_key,
+)
 from .naming import Namespace
 from .placements.base import Placement as PlacementImpl
 from .placements.inprocess import InProcess
@@ -126,6 +134,7 @@ class Network:
         self._threads = AgentThreads(agent_threads)
         self._deadlines = Deadlines()
         self._mods = ModRegistry()
+        self._freed_checks = FreedChecks(self._notify_unloaded)
         self._dispatch = Dispatcher(
             self._mods,
             self._runtime,
@@ -219,6 +228,7 @@ class Network:
         await self._tenants.close()
         # Stopping is not unloading: the mods stay recorded and load again at the next start.
         await self._instances.stop_all()
+        await self._freed_checks.drain()
         await self._runtime.close()
         for placement in self._placements.values():
             await placement.close()
@@ -465,14 +475,22 @@ class Network:
         *,
         tenant: str | None = None,
         confine_to: str | None = None,
+        verify: bool = False,
     ) -> ModUnloadReport:
         """Unload one mod, named by its id, its key (``tenant/mod_id``) or its exact ``mod_path``.
 
         Its handlers stop receiving events at once; calls already in them may
         finish (up to ``unload_timeout``); then ``shutdown()`` runs and its
-        code is unloaded. The report says if ``shutdown()`` raised or if its
-        modules are still referenced; the mod is removed in every case.
+        code is unloaded: out of the registry, the handlers and ``sys.modules``,
+        so nothing of the network reaches it. The mod is removed in every case.
         With ``confine_to``, only that tenant's mods are candidates.
+
+        The proof that its code was freed (weak references, and a garbage
+        collection when needed) runs right after this returns, off the
+        caller's path; its result fills in the same report (``verified``,
+        ``leaked``), which health and ``GET /api/mods`` show under
+        ``unloaded``, and goes out in a ``system.mod.unloaded`` event. With
+        ``verify``, the proof runs before this returns.
 
         Raises:
             ModNotLoadedError: nothing loaded matches, or several mods do.
@@ -480,10 +498,22 @@ class Network:
         self._check_started()
         report = await self._instances.unload(mod_path_or_id, tenant=tenant, confine_to=confine_to)
         self.metrics.mod_unloads.inc()
-        await self._dispatch.notify(
-            "system.mod.unloaded", report.mod_id, report.mod_path, report.tenant
-        )
+        if verify:
+            await asyncio.to_thread(report.check_freed)
+            await self._notify_unloaded(report)
+        else:
+            self._freed_checks.submit(report)
         return report
+
+    async def _notify_unloaded(self, report: ModUnloadReport) -> None:
+        await self._dispatch.notify(
+            "system.mod.unloaded",
+            report.mod_id,
+            report.mod_path,
+            report.tenant,
+            verified=report.verified,
+            leaked=report.leaked,
+        )
 
     def mod_status(self, confine_to: str | None = None) -> dict[str, Any]:
         """The ``mods`` part of health: loaded and failed mods with their details.
@@ -620,8 +650,18 @@ class Network:
             target = payload.get("mod_id") or payload.get("mod_path")
             if not target:
                 return EventResponse(success=False, message="mod_path or mod_id is required")
-            report = await self.unload_mod(str(target), tenant=tenant, confine_to=confine_to)
-            data = {"mod_id": report.mod_id, "mod_path": report.mod_path, "leaked": report.leaked}
+            report = await self.unload_mod(
+                str(target),
+                tenant=tenant,
+                confine_to=confine_to,
+                verify=payload.get("verify") is True,
+            )
+            data = {
+                "mod_id": report.mod_id,
+                "mod_path": report.mod_path,
+                "verified": report.verified,
+                "leaked": report.leaked,
+            }
             if report.shutdown_error:
                 data["shutdown_error"] = report.shutdown_error
             return EventResponse(success=True, message=report.message, data=data)

@@ -77,6 +77,9 @@ class ModUnloadResponse(BaseModel):
     mod_path: str
     message: str
     shutdown_error: str | None
+    verified: bool = Field(
+        description="whether the check that the code was freed has run (``?verify=true`` waits)"
+    )
     leaked: list[str]
 
     @classmethod
@@ -86,6 +89,7 @@ class ModUnloadResponse(BaseModel):
             mod_path=report.mod_path,
             message=report.message,
             shutdown_error=report.shutdown_error,
+            verified=report.verified,
             leaked=report.leaked,
         )
 
@@ -95,6 +99,10 @@ class ModsModel(BaseModel):
     count: int
     failed: list[str]
     details: dict[str, dict[str, Any]]
+    unloaded: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="the latest unloads, newest first, with the check that their code was freed",
+    )
 
 
 class InstanceModel(BaseModel):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Query
 
 from .auth import Auth
 from .errors import ERRORS
@@ -40,10 +42,16 @@ async def load_mod(
     "/api/mods/{mod_id}", response_model=ModUnloadResponse, tags=["mods"], responses=ERRORS
 )
 async def unload_mod(
-    mod_id: ModId, principal: Auth, network: ServedNetwork, tenant: TenantQuery = None
+    mod_id: ModId,
+    principal: Auth,
+    network: ServedNetwork,
+    tenant: TenantQuery = None,
+    verify: Annotated[
+        bool, Query(description="wait for the check that the mod's code was freed")
+    ] = False,
 ) -> ModUnloadResponse:
     """Unload a mod by id (``?tenant=`` for one loaded inside a tenant)."""
     scoped = principal.scope(tenant)
     key = mod_id if scoped is None else f"{scoped}/{mod_id}"
-    report = await network.unload_mod(key, confine_to=principal.tenant)
+    report = await network.unload_mod(key, confine_to=principal.tenant, verify=verify)
     return ModUnloadResponse.of(report)
