@@ -33,8 +33,10 @@ class ServerProcess:
         config: Path | None = None,
         data_dir: Path | None = None,
         env: dict[str, str] | None = None,
+        args: list[str] | None = None,
     ) -> None:
         self.cwd = cwd
+        self.args = args or []
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.admin_token = admin_token
@@ -50,6 +52,7 @@ class ServerProcess:
             command += ["--config", str(self.config)]
         if self.data_dir is not None:
             command += ["--data-dir", str(self.data_dir)]
+        command += self.args
         env = {k: v for k, v in os.environ.items() if not k.startswith("PLUGHOST_")}
         if self.admin_token is not None:
             env["PLUGHOST_ADMIN_TOKEN"] = self.admin_token

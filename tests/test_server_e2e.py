@@ -10,6 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
+import pytest
+
 from plughost.client import Client
 
 from .server import ServerProcess
@@ -173,3 +176,27 @@ def test_robots_in_worker_processes_through_the_cli(tmp_path: Path) -> None:
 
 def _env_without_plughost() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("PLUGHOST_")}
+
+
+@pytest.mark.parametrize("flag", [None, "--no-access-log"])
+def test_the_server_logs_each_request_unless_told_not_to(tmp_path: Path, flag: str | None) -> None:
+    server = ServerProcess(tmp_path, args=[flag] if flag else []).start()
+    try:
+        with httpx.Client(base_url=server.url) as http:
+            assert http.get("/api/health").status_code == 200
+            assert (
+                http.get("/api/tenants?x=1", headers={"authorization": "Bearer no"}).status_code
+                == 401
+            )
+    finally:
+        assert server.stop()
+    log = server.log.read_text()
+    assert "HTTP: the httptools parser on the uvloop event loop" in log
+    lines = [line for line in log.splitlines() if '"GET /api/' in line]
+    if flag:
+        assert lines == []
+    else:
+        lines = lines[-2:]  # before them, the readiness checks of ServerProcess.start
+        assert lines[0].split()[1:5] == ["127.0.0.1", '"GET', "/api/health", 'HTTP/1.1"']
+        assert lines[0].split()[5] == "200" and lines[0].endswith("ms")
+        assert '"GET /api/tenants?x=1 HTTP/1.1" 401' in lines[1]

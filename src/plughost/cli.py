@@ -7,8 +7,10 @@ with ``--json``, and on failure print one line and exit 1.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import socket
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -135,6 +137,13 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Address to listen on [127.0.0.1].")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on [8700].")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="The data folder [.plughost].")] = None,
+    access_log: Annotated[
+        bool | None,
+        typer.Option(
+            "--access-log/--no-access-log",
+            help="One line per request on standard error [on; config access_log].",
+        ),
+    ] = None,
 ) -> None:
     """Run the server until SIGINT or SIGTERM."""
     import uvicorn
@@ -153,6 +162,8 @@ def serve(
         raise typer.Exit(1) from None
     if data_dir is not None:
         settings.data_dir = data_dir
+    if access_log is not None:
+        settings.access_log = access_log
     listen = (host or settings.host, port if port is not None else settings.port)
     # Before anything is created: a server that cannot start leaves nothing behind.
     _check_free(*listen)
@@ -173,16 +184,33 @@ def serve(
         settings.network(),
         admin_token_hash=admin.token_hash,
         max_request_bytes=settings.max_request_bytes,
+        access_log=sys.stderr if settings.access_log else None,
     )
+    loop, parser = _http_parts()
+    typer.echo(f"HTTP: the {parser} parser on the {loop} event loop")
     uvicorn.run(
         api,
         host=listen[0],
         port=listen[1],
+        loop=loop,
+        http=parser,
         log_level="info",
+        access_log=False,  # the app writes its own, cheaper one
         timeout_graceful_shutdown=30,
         timeout_keep_alive=settings.http_keep_alive_timeout,
         limit_concurrency=settings.http_max_connections,
     )
+
+
+def _http_parts() -> tuple[str, str]:
+    """The event loop and HTTP parser to serve with: the compiled ones where installed.
+
+    They are dependencies of the package except where they do not build
+    (uvloop has no Windows build); there, the pure-Python ones serve.
+    """
+    loop = "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
+    parser = "httptools" if importlib.util.find_spec("httptools") is not None else "h11"
+    return loop, parser
 
 
 def _check_free(host: str, port: int) -> None:

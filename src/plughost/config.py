@@ -84,6 +84,8 @@ class NetworkConfig(BaseModel):
     """Seconds an idle keep-alive connection stays open (uvicorn's ``timeout_keep_alive``)."""
     http_max_connections: int | None = Field(default=None, ge=1)
     """Connections served at once; past it, 503 (uvicorn's ``limit_concurrency``)."""
+    access_log: bool = True
+    """One line per request on standard error, written in batches."""
     bundle_limits: LimitsEntry = Field(default_factory=LimitsEntry)
     mod_roots: list[str] | None = None
     mods: list[ModEntry] = Field(default_factory=list)

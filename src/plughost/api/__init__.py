@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TextIO
 
 from fastapi import FastAPI
 
@@ -21,6 +22,7 @@ from .. import __version__
 from .._body_limit import BodyLimit
 from ..network import Network
 from . import agents, docs, events, health, instances, mods, snapshots, state, tenants
+from .access_log import AccessLog
 from .admin_token import admin_token_for
 from .errors import EXCEPTION_HANDLERS, body_too_large
 
@@ -44,6 +46,7 @@ def create_app(
     admin_token_hash: str,
     max_upload_bytes: int | None = None,
     max_request_bytes: int = 1 << 20,
+    access_log: TextIO | None = None,
 ) -> FastAPI:
     """The ASGI app over ``network``; starting the app starts the network.
 
@@ -52,7 +55,8 @@ def create_app(
 
     ``max_upload_bytes`` bounds a bundle upload (default: the network's
     ``BundleLimits.max_total_bytes``), ``max_request_bytes`` every other
-    request body; a larger body gets 413.
+    request body; a larger body gets 413. With ``access_log``, one line per
+    request is written there (see :mod:`.access_log`).
     """
     app = FastAPI(
         title="plughost",
@@ -76,6 +80,9 @@ def create_app(
         too_large=body_too_large,
         streams=tenants.is_bundle_upload,
     )
+    if access_log is not None:
+        # Added last, so it is the outermost: a 413 or an error answer is logged too.
+        app.add_middleware(AccessLog, stream=access_log)
     for router in _ROUTERS:
         app.include_router(router)
     docs.serve(app)
