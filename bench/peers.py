@@ -146,7 +146,7 @@ def _peer_cli() -> Path:
 
 
 def _rel(path: Path) -> str:
-    return str(path.relative_to(ROOT))
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 # -- servers ---------------------------------------------------------------------
@@ -727,7 +727,10 @@ def warm_cycle() -> Outcome:
     installed = peer()
     if installed.python is None:
         return _skipped(name, title, goal, installed.note)
-    ours, theirs = _in_process("cycle", str(CYCLES))
+    try:
+        ours, theirs = _in_process("cycle", str(CYCLES))
+    except Exception as exc:  # reported as a miss, not a crash of the run
+        return _skipped(name, title, goal, f"a side failed: {exc}")
     plug, other = statistics.median(ours["cycles_ns"]), statistics.median(theirs["cycles_ns"])
     plug_load, other_load = (
         statistics.median(ours["loads_ns"]),
@@ -768,8 +771,11 @@ def cold_load() -> Outcome:
     installed = peer()
     if installed.python is None:
         return _skipped(name, title, goal, installed.note)
-    plug_cold, peer_cold = _alternating("cold", COLD_SAMPLES, "load_ns")
-    plug_import, peer_import = _alternating("import", IMPORT_SAMPLES, "import_ns")
+    try:
+        plug_cold, peer_cold = _alternating("cold", COLD_SAMPLES, "load_ns")
+        plug_import, peer_import = _alternating("import", IMPORT_SAMPLES, "import_ns")
+    except Exception as exc:  # reported as a miss, not a crash of the run
+        return _skipped(name, title, goal, f"a side failed: {exc}")
     ours, theirs = statistics.median(plug_cold), statistics.median(peer_cold)
     ratio = ours / theirs
     imp_ours, imp_theirs = statistics.median(plug_import), statistics.median(peer_import)
