@@ -151,32 +151,6 @@ def _rel(path: Path) -> str:
 
 # -- servers ---------------------------------------------------------------------
 
-# `plughost serve` has no switch for its access log (yet): when its --help names none,
-# the log-off server is the same `serve` command with uvicorn's access log turned off.
-_QUIET_SERVE = textwrap.dedent(
-    """
-    import functools, sys
-    import uvicorn
-    uvicorn.run = functools.partial(uvicorn.run, access_log=False)
-    from plughost.cli import app
-    app(["serve", *sys.argv[1:]], prog_name="plughost")
-    """
-)
-
-
-@cache
-def _plughost_log_switch() -> str | None:
-    help_text = subprocess.run(
-        [sys.executable, "-m", "plughost", "serve", "--help"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "COLUMNS": "200"},
-    ).stdout
-    for switch in ("--no-access-log", "--quiet", "--no-log"):
-        if re.search(rf"(^|[\s/]){re.escape(switch)}\b", help_text):
-            return switch
-    return None
-
 
 @contextmanager
 def _server(command: list[str], cwd: Path, url: str, env: dict[str, str]) -> Iterator[None]:
@@ -455,18 +429,13 @@ def _session(quiet: bool) -> Session:
         env = {**os.environ, "PLUGHOST_ADMIN_TOKEN": TOKEN}
         plug_url = f"http://127.0.0.1:{_free_port()}"
         plug_args = ["--port", plug_url.rsplit(":", 1)[1], "--data-dir", str(folder / "data")]
-        switch = _plughost_log_switch()
-        if not quiet:
-            plug_command = [sys.executable, "-m", "plughost", "serve", *plug_args]
-            session.notes.append("plughost: `plughost serve` (uvicorn access log on stdout)")
-        elif switch is not None:
-            plug_command = [sys.executable, "-m", "plughost", "serve", switch, *plug_args]
-            session.notes.append(f"plughost: `plughost serve {switch}`")
+        if quiet:
+            plug_command = [sys.executable, "-m", "plughost", "serve", "--no-access-log"]
+            session.notes.append("plughost: `plughost serve --no-access-log`")
         else:
-            plug_command = [sys.executable, "-c", _QUIET_SERVE, *plug_args]
-            session.notes.append(
-                "plughost: `plughost serve` has no log switch; run with uvicorn's access_log=False"
-            )
+            plug_command = [sys.executable, "-m", "plughost", "serve"]
+            session.notes.append("plughost: `plughost serve` (its access line per request)")
+        plug_command += plug_args
         peer_port = _free_port()
         peer_url = f"http://127.0.0.1:{peer_port}"
         workspace = folder / "peer"

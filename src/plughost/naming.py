@@ -46,9 +46,12 @@ _SHORT_UNESCAPES = {code: char for char, code in _SHORT_ESCAPES.items()}
 TENANT_NAME_RULE = "1-64 characters of [A-Za-z0-9_.-], not starting with '.'"
 TENANT_NAME_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$"
 _TENANT_NAME = re.compile(TENANT_NAME_PATTERN)
+_PLAIN = re.compile(r"[A-Za-z0-9]*")
 
 
 def _escape(text: str) -> str:
+    if _PLAIN.fullmatch(text):
+        return text
     out: list[str] = []
     for char in text:
         if char.isascii() and char.isalnum():
@@ -142,11 +145,12 @@ class Namespace:
         TypeError: the tenant or a dimension value is not a string (or int).
     """
 
-    __slots__ = ("_dimensions", "_hash", "_tenant")
+    __slots__ = ("_dimensions", "_hash", "_package_name", "_tenant")
 
     _tenant: str
     _dimensions: tuple[tuple[str, str], ...]
     _hash: int
+    _package_name: str
 
     def __init__(
         self,
@@ -178,6 +182,12 @@ class Namespace:
         object.__setattr__(self, "_tenant", tenant)
         object.__setattr__(self, "_dimensions", dimensions)
         object.__setattr__(self, "_hash", hash((tenant, dimensions)))
+        fields = [tenant]
+        for key, value in dimensions:
+            fields += [key, value]
+        component = _NAMESPACE_MARK + _FIELD_SEPARATOR.join(_escape(f) for f in fields)
+        # Every import and every load asks for it: worked out once.
+        object.__setattr__(self, "_package_name", f"{ROOT_PACKAGE}.{component}")
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("Namespace is immutable")
@@ -213,11 +223,7 @@ class Namespace:
     @property
     def package_name(self) -> str:
         """The ``sys.modules`` key of this namespace's synthetic package."""
-        fields = [self._tenant]
-        for key, value in self._dimensions:
-            fields += [key, value]
-        component = _NAMESPACE_MARK + _FIELD_SEPARATOR.join(_escape(f) for f in fields)
-        return f"{ROOT_PACKAGE}.{component}"
+        return self._package_name
 
     def module_name(self, stem: str) -> str:
         """Return the ``sys.modules`` key of bundle module ``stem`` in this namespace.
