@@ -269,7 +269,7 @@ CASES: dict[str, Case] = {
         JSON,
         400,
         "invalid_json",
-        "parsing the body",
+        "not valid JSON: recursion limit exceeded",
         method="POST",
         path="/api/events",
     ),

@@ -44,16 +44,18 @@ class Principal:
 
 async def _principal(request: Request) -> Principal:
     # Async on purpose: FastAPI runs a plain-def dependency in a thread, on every request.
-    return _principal_of(request)
+    return principal_of(request)
 
 
-async def _principal_if_any(request: Request) -> Principal | None:
+def principal_if_any(request: Request) -> Principal | None:
+    """Who asks, or ``None`` without an ``Authorization`` header; a bad token is a 401."""
     if "authorization" not in request.headers:
         return None
-    return _principal_of(request)
+    return principal_of(request)
 
 
-def _principal_of(request: Request) -> Principal:
+def principal_of(request: Request) -> Principal:
+    """Who asks, from the bearer token; no valid token is a 401."""
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise ApiError(401, "unauthorized", "an 'Authorization: Bearer <token>' header is needed")
@@ -67,5 +69,3 @@ def _principal_of(request: Request) -> Principal:
 
 
 Auth = Annotated[Principal, Depends(_principal)]
-MaybeAuth = Annotated[Principal | None, Depends(_principal_if_any)]
-"""Who is asking, or ``None`` without an ``Authorization`` header; a bad token is still a 401."""

@@ -136,8 +136,11 @@ async def _plughost_error(request: Request, exc: PlughostError) -> JSONResponse:
 
 async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
     errors = exc.errors()
-    if any(error.get("type") == "json_invalid" for error in errors):
-        return error_response(400, "invalid_json", "the request body is not valid JSON")
+    for error in errors:
+        if error.get("type") == "json_invalid":
+            why = (error.get("ctx") or {}).get("error")
+            message = "the request body is not valid JSON" + (f": {why}" if why else "")
+            return error_response(400, "invalid_json", message)
     problems = "; ".join(
         f"{'.'.join(str(p) for p in error.get('loc', ()))}: {error.get('msg')}" for error in errors
     )
