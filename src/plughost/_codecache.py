@@ -31,13 +31,15 @@ class CodeCache:
         self.hits = 0
         self.misses = 0
 
-    def code_for(self, source: bytes, filename: str) -> CodeType:
+    def code_for(self, source: bytes, filename: str, sha256: bytes | None = None) -> CodeType:
         """Return the module code of ``source`` as compiled from ``filename``.
+
+        ``sha256`` is the digest of ``source``, if the caller has it already.
 
         Raises:
             SyntaxError: ``source`` does not compile (nothing is cached).
         """
-        key = hashlib.sha256(source).digest()
+        key = sha256 if sha256 is not None else hashlib.sha256(source).digest()
         with self._lock:
             code = self._entries.get(key)
             if code is not None:

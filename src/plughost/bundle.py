@@ -17,8 +17,8 @@ import stat
 import tarfile
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
@@ -72,6 +72,9 @@ class BundleIndex:
     modules: dict[str, ModuleEntry]
     init: Path | None
     digest: str
+    sources: dict[str, tuple[bytes, bytes]] = field(default_factory=dict, repr=False)
+    """Each ``.py`` file as read for the digest, by path: its content and sha256, so
+    that a load reads and hashes each file once. A load empties it when done."""
 
     @property
     def top_names(self) -> frozenset[str]:
@@ -93,24 +96,40 @@ def index_bundle(root: Path) -> BundleIndex:
     """
     if root.is_file() and root.suffix == ".py":
         stem = _checked_part(root.name[:-3], root)
-        manifest = {root.name: hashlib.sha256(root.read_bytes()).hexdigest()}
+        digest, sources = _read([(root.name, root)])
         return BundleIndex(
             root=root.parent,
             modules={stem: ModuleEntry(stem, root, False)},
             init=None,
-            digest=manifest_digest(manifest),
+            digest=digest,
+            sources=sources,
         )
     if not root.is_dir():
         raise BundleRejectedError("a bundle must be a folder, a .zip or a .tar.gz", str(root))
     modules: dict[str, ModuleEntry] = {}
     _index_package(root, (), modules)
     init = root / "__init__.py"
+    digest, sources = _read(iter_bundle_files(root))
     return BundleIndex(
         root=root,
         modules=dict(sorted(modules.items())),
         init=init if init.is_file() else None,
-        digest=folder_digest(root),
+        digest=digest,
+        sources=sources,
     )
+
+
+def _read(files: Iterable[tuple[str, Path]]) -> tuple[str, dict[str, tuple[bytes, bytes]]]:
+    """The digest of ``(relative path, path)`` files, and the ``.py`` ones' content and sha256."""
+    manifest: dict[str, str] = {}
+    sources: dict[str, tuple[bytes, bytes]] = {}
+    for relative, path in files:
+        data = path.read_bytes()
+        sha = hashlib.sha256(data).digest()
+        manifest[relative] = sha.hex()
+        if relative.endswith(".py"):
+            sources[str(path)] = (data, sha)
+    return manifest_digest(manifest), sources
 
 
 def _index_package(folder: Path, prefix: tuple[str, ...], into: dict[str, ModuleEntry]) -> None:

@@ -180,11 +180,21 @@ class _PackageLoader(importlib.abc.Loader):
 class _ModuleLoader(importlib.machinery.SourceFileLoader):
     """Executes one bundle file with its namespace's ``__builtins__`` and the shared code cache."""
 
-    def __init__(self, fullname: str, path: str, namespace_builtins: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        fullname: str,
+        path: str,
+        namespace_builtins: dict[str, Any],
+        sources: Mapping[str, tuple[bytes, bytes]],
+    ) -> None:
         super().__init__(fullname, path)
         self._builtins = namespace_builtins
+        self._sources = sources
 
     def get_code(self, fullname: str) -> CodeType:
+        known = self._sources.get(self.path)
+        if known is not None:
+            return code_cache.code_for(known[0], self.path, known[1])
         return code_cache.code_for(self.get_data(self.path), self.path)
 
     def exec_module(self, module: ModuleType) -> None:
@@ -262,7 +272,7 @@ class _NamespaceImports:
         return importlib.util.spec_from_file_location(
             fullname,
             str(path),
-            loader=_ModuleLoader(fullname, str(path), self.builtins),
+            loader=_ModuleLoader(fullname, str(path), self.builtins, self.index.sources),
             submodule_search_locations=[str(package_dir)] if package_dir else None,
         )
 
@@ -700,6 +710,8 @@ def _load_index(
         imports.error = exc
         imports.done.set()
         raise
+    # A module imported later, in a call, reads its file then; a namespace keeps no copy.
+    index.sources.clear()
     loaded = LoadedBundle(imports, modules, workdir)
     imports.loaded = loaded
     imports.done.set()
