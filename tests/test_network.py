@@ -491,7 +491,13 @@ def test_health_has_the_established_fields(tmp_path: Path) -> None:
 
     health = asyncio.run(scenario())
     assert health["status"] == "healthy" and health["network_id"] == "my_network"
-    assert health["mods"] == {"loaded": [], "count": 0, "failed": [], "details": {}}
+    assert health["mods"] == {
+        "loaded": [],
+        "count": 0,
+        "failed": [],
+        "details": {},
+        "unloaded": [],
+    }
     assert health["tenants"] == {"count": 1}
     assert isinstance(health["uptime"], int)
 

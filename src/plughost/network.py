@@ -31,6 +31,7 @@ from .dispatch import Dispatcher
 from .errors import NotStartedError, OutsideTenantError
 from .events import Event, EventResponse, resolve_topic, topic_allowed
 from .instances import Instances
+from .loader import code_cache
 from .manifest import Placement
 from .metrics import Metrics
 from .mod import (
@@ -202,6 +203,8 @@ class Network:
         self._store.open()
         self._catalog.load()
         self._tokens.load()
+        # A namespace's first load in a new process reads compiled code, not source.
+        await asyncio.to_thread(code_cache.keep_on_disk, self._store.compiled)
         self._threads.start()
         self._started_at = time.time()
         self._gc_task = asyncio.get_running_loop().create_task(
@@ -234,6 +237,8 @@ class Network:
             await placement.close()
         await self._deadlines.stop()
         self._threads.stop()
+        if code_cache.folder == self._store.compiled:
+            code_cache.keep_on_disk(None)
         self._store.close()
         self._started_at = None
 

@@ -7,6 +7,7 @@ Layout of a data folder::
     bundles/<digest>/      a bundle's files laid out for import, one per bundle digest
     tenants/<tenant>/      what mods keep for one tenant; removed with the tenant
     tmp/                   uploads and archives being read (``plughost-upload-*``, ...)
+    code/ab/abcdef...      compiled bundle code by source digest (plughost._codecache)
     lock                   held (flock) by the one process that has the folder open
     admin_token.sha256     the admin token's hash (plughost.api.admin_token); never the token
 
@@ -181,6 +182,8 @@ class Store:
         self._bundles = data_dir / "bundles"
         self.scratch = data_dir / "tmp"
         """Where uploads and archives are read; emptied by :meth:`open`."""
+        self.compiled = data_dir / "code"
+        """Where compiled bundle code is kept, named by the source's digest; may be removed."""
         self._lock = threading.RLock()
         # Two loads of one changed folder must not both rebuild it: the second
         # would move aside the folder the first just put in place.
