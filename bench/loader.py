@@ -16,6 +16,7 @@ import dataclasses
 import gc
 import importlib.util
 import json
+import py_compile
 import statistics
 import subprocess
 import sys
@@ -176,6 +177,74 @@ def cold_load(rounds: int = COLD_ROUNDS) -> Outcome:
         ),
         goal=f"<= {COLD_GOAL:.2f}x",
         met=ratio <= COLD_GOAL,
+    )
+
+
+def _plughost_from_disk(namespace: Namespace, source: Path) -> int:
+    """Time one load with an empty memory cache over a filled disk cache; then unload."""
+    code_cache.clear()
+    disk_hits = code_cache.disk_hits
+    start = time.perf_counter_ns()
+    loaded = load_bundle(namespace, source)
+    elapsed = time.perf_counter_ns() - start
+    read = code_cache.disk_hits - disk_hits
+    loaded.unload(verify=False)
+    if read != BUNDLE_MODULES:
+        raise RuntimeError(f"a load read {read} modules from disk, not {BUNDLE_MODULES}")
+    return elapsed
+
+
+def cold_load_compiled(rounds: int = COLD_ROUNDS) -> Outcome:
+    """A new process's first load, where compiled code is on disk: plughost's code
+    cache against bare importlib reading the ``__pycache__`` that Python writes."""
+    preload_imports()
+    saved = code_cache.folder
+    with _temp_root() as tmp:
+        folder = Path(tmp, "bundle")
+        paths = write_bundle(folder, modules=BUNDLE_MODULES)
+        for path in paths:
+            py_compile.compile(str(path), doraise=True)
+        code_cache.keep_on_disk(Path(tmp, "code"))
+        try:
+            code_cache.clear()
+            load_bundle(Namespace("warm"), folder).unload(verify=False)  # fills the disk cache
+            arms: list[tuple[list[int], Callable[[int], int]]] = [
+                ([], lambda r: _plughost_from_disk(Namespace(f"disk{r}"), folder)),
+                ([], lambda r: _bare_timed(paths, f"bench_bare_pyc{r}")),
+            ]
+            for round_ in range(rounds):
+                for offset in range(len(arms)):
+                    samples, measure = arms[(round_ + offset) % len(arms)]
+                    gc.collect()
+                    samples.append(measure(round_))
+        finally:
+            code_cache.keep_on_disk(saved)
+    gc.collect()
+    plughost_ns, bare_ns = (samples for samples, _ in arms)
+    ratio = statistics.median(plughost_ns) / statistics.median(bare_ns)
+    return Outcome(
+        name="loader.cold_load_compiled",
+        title=(
+            f"first load of a {BUNDLE_MODULES}-file bundle in a new process, compiled code "
+            "on disk: plughost vs bare importlib"
+        ),
+        notes=[
+            SIBLING_NOTE,
+            "plughost: code_cache.clear() before each load, its disk cache filled once; "
+            "bare: the same import as the cold benchmark, reading the __pycache__ that "
+            "py_compile wrote (what a plain Python host, the peer included, runs from)",
+        ],
+        figures=[
+            ("plughost, code cache on disk", spread(plughost_ns)),
+            ("bare importlib, __pycache__", spread(bare_ns)),
+        ],
+        verdict=(
+            f"plughost {ms(statistics.median(plughost_ns))} vs bare "
+            f"{ms(statistics.median(bare_ns))} (medians of {rounds}) "
+            f"-> {ratio:.3f}x plughost/bare"
+        ),
+        goal="<= 1.00x",
+        met=ratio <= 1.0,
     )
 
 
@@ -462,7 +531,12 @@ def load_unload_cycles(cycles: int = CYCLES) -> Outcome:
     )
 
 
-BENCHMARKS: tuple[Callable[[], Outcome], ...] = (cold_load, many_namespaces, load_unload_cycles)
+BENCHMARKS: tuple[Callable[[], Outcome], ...] = (
+    cold_load,
+    cold_load_compiled,
+    many_namespaces,
+    load_unload_cycles,
+)
 
 
 if __name__ == "__main__":
