@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from . import http, loader, mods, network, peers, placements, workers
+from . import http, loader, mods, network, peers, placements, scale, workers
 from .report import Outcome
 
 GROUPS: dict[str, tuple[Callable[[], Outcome], ...]] = {
@@ -20,6 +20,7 @@ GROUPS: dict[str, tuple[Callable[[], Outcome], ...]] = {
     "workers": workers.BENCHMARKS,
     "placements": placements.BENCHMARKS,
     "peers": peers.BENCHMARKS,
+    "scale": scale.BENCHMARKS,
 }
 
 
