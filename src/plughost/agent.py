@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import contextlib
 import inspect
 import warnings
 from collections.abc import Callable, Mapping
@@ -11,6 +12,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, ClassVar
 
+import fastjsonschema
 import jsonschema
 from jsonschema.protocols import Validator
 
@@ -108,21 +110,58 @@ class AgentInstance:
     instance: Agent
     is_async: bool
     handlers: list[tuple[str, Callable[..., Any]]]
-    arguments: Validator | None = None
+    arguments: ArgumentsSchema | None = None
 
     def check(self, args: Mapping[str, Any]) -> str | None:
         """What is wrong with ``args`` for this agent (the first problem), or ``None``."""
-        if self.arguments is None:
-            return None
-        error = jsonschema.exceptions.best_match(self.arguments.iter_errors(dict(args)))
+        return None if self.arguments is None else self.arguments.problem(args)
+
+
+# The drafts the compiled check implements; a schema of a later one is checked by jsonschema.
+_COMPILED_DRAFTS = ("draft-04", "draft-06", "draft-07")
+
+
+class ArgumentsSchema:
+    """An agent's ``parameters`` schema, ready to check the arguments of every call.
+
+    A call's arguments are checked by code compiled from the schema once
+    (fastjsonschema: about a microsecond); only arguments it refuses are
+    checked again by jsonschema, whose verdict is the one that counts and
+    whose best match names the problem.
+
+    Raises:
+        jsonschema.SchemaError: the schema itself is not valid.
+    """
+
+    def __init__(self, schema: dict[str, Any]) -> None:
+        kind = jsonschema.validators.validator_for(schema)
+        kind.check_schema(schema)
+        self._full: Validator = kind(schema)
+        self._fast: Callable[[Any], Any] | None = None
+        declared = schema.get("$schema", "draft-07")
+        if isinstance(declared, str) and any(draft in declared for draft in _COMPILED_DRAFTS):
+            # One it cannot compile (a pattern in another regex dialect) is checked
+            # by jsonschema alone.
+            with contextlib.suppress(Exception):
+                self._fast = fastjsonschema.compile(schema)
+
+    def problem(self, args: Mapping[str, Any]) -> str | None:
+        """The first thing wrong with ``args``, or ``None``."""
+        if self._fast is not None:
+            try:
+                self._fast(args)
+                return None
+            except fastjsonschema.JsonSchemaValueException:
+                pass
+        error = jsonschema.exceptions.best_match(self._full.iter_errors(dict(args)))
         if error is None:
             return None
         where = "".join(f"[{part!r}]" for part in error.absolute_path)
         return f"arguments{where}: {error.message}"
 
 
-def arguments_validator(agent: Agent) -> Validator | None:
-    """A validator of the keyword arguments ``agent``'s ``parameters`` schema describes.
+def arguments_validator(agent: Agent) -> ArgumentsSchema | None:
+    """The check of the keyword arguments ``agent``'s ``parameters`` schema describes.
 
     An object schema that lists ``properties`` and says nothing of
     ``additionalProperties`` refuses other names: ``perform(**kwargs)`` would
@@ -136,10 +175,7 @@ def arguments_validator(agent: Agent) -> Validator | None:
         return None
     if "properties" in schema and "additionalProperties" not in schema:
         schema = {**schema, "additionalProperties": False}
-    kind = jsonschema.validators.validator_for(schema)
-    kind.check_schema(schema)
-    validator: Validator = kind(schema)
-    return validator
+    return ArgumentsSchema(schema)
 
 
 @dataclass(eq=False)

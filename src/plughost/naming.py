@@ -272,7 +272,8 @@ class Namespace:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Namespace):
             return NotImplemented
-        return self._key() == other._key()
+        # The package name encodes tenant and dimensions one to one; one string compare.
+        return self is other or self._package_name == other._package_name
 
     def __lt__(self, other: object) -> bool:
         if not isinstance(other, Namespace):
