@@ -265,6 +265,8 @@ class Runtime:
 
     def _evict(self, keep: Namespace | None = None) -> None:
         excess = len(self._entries) - self.max_loaded
+        if excess <= 0:  # the usual case: no copy of every entry for each load
+            return
         for namespace, unit in list(self._entries.items()):
             if excess <= 0:
                 return
