@@ -105,6 +105,9 @@ code_cache = CodeCache()
 
 _lock = threading.Lock()
 _active: dict[str, _NamespaceImports] = {}  # package name -> namespace being or staying loaded
+_events = itertools.count()
+"""Orders load starts and ends (taken under ``_lock``): a namespace settled before a load
+began when its load ended at a lower number than that load began."""
 
 
 @dataclass
@@ -234,6 +237,7 @@ class _NamespaceImports:
         # Its own copy, so that what one bundle writes into its ``__builtins__`` stays its own.
         self.builtins: dict[str, Any] = {**vars(builtins), "__import__": _bundle_import}
         self.watch: _LoadWatch | None = None
+        self.settled_at: int | None = None  # where its load finished, in the order of _events
         # Its sys.modules keys, in the order they appeared: what an unload removes.
         self.keys: dict[str, None] = {}
         self.done = threading.Event()
@@ -475,13 +479,14 @@ class _LoadWatch:
     """What one load compares ``sys.modules`` with once its modules have run.
 
     ``modules_before`` is a copy of ``sys.modules`` from when the load began,
-    corrected for what other loads put back since; ``settled`` holds the
-    namespaces that had finished loading then; ``changed_meanwhile`` the keys
+    corrected for what other loads put back since; ``began`` is where it
+    began in the order of load events (:data:`_events`): a namespace whose
+    load finished earlier was settled then; ``changed_meanwhile`` the keys
     that other loads found changed, and put back, while this one was under way.
     """
 
     modules_before: dict[str, object]
-    settled: dict[str, _NamespaceImports]
+    began: int
     changed_meanwhile: set[str] = field(default_factory=set)
 
 
@@ -528,7 +533,7 @@ def _put_back(now: dict[str, object], before: Mapping[str, object], keys: list[s
 
 
 def _is_foreign_change(
-    key: str, was: object, now: object, own_package: str, settled: Mapping[str, _NamespaceImports]
+    key: str, was: object, now: object, own_package: str, began: int
 ) -> bool:
     """Whether a changed key is not the loading namespace's to change.
 
@@ -550,7 +555,8 @@ def _is_foreign_change(
     imports = _active.get(package)
     if imports is None:
         return now is not _MISSING
-    return settled.get(package) is imports
+    # The same load object is still active: unloaded and loaded again, it would be another.
+    return imports.settled_at is not None and imports.settled_at < began
 
 
 def _undo_foreign_writes(imports: _NamespaceImports, watch: _LoadWatch) -> list[str]:
@@ -590,7 +596,7 @@ def _undo_foreign_writes(imports: _NamespaceImports, watch: _LoadWatch) -> list[
             before.get(key, _MISSING),
             after.get(key, _MISSING),
             imports.package_name,
-            watch.settled,
+            watch.began,
         )
     )
     if not foreign:
@@ -667,8 +673,7 @@ def _load_index(
             own_keys = [package_name, *(namespace.module_name(stem) for stem in index.modules)]
             planted = [key for key in own_keys if sys.modules.pop(key, None) is not None]
             watch = imports.watch = _LoadWatch(
-                cast("dict[str, object]", sys.modules.copy()),
-                {p: i for p, i in _active.items() if i.loaded is not None},
+                cast("dict[str, object]", sys.modules.copy()), next(_events)
             )
         if planted:
             warnings.warn(
@@ -713,7 +718,9 @@ def _load_index(
     # A module imported later, in a call, reads its file then; a namespace keeps no copy.
     index.sources.clear()
     loaded = LoadedBundle(imports, modules, workdir)
-    imports.loaded = loaded
+    with _lock:
+        imports.settled_at = next(_events)
+        imports.loaded = loaded
     imports.done.set()
     return loaded
 
