@@ -85,7 +85,7 @@ class _Worker:
     def __init__(self, sock: socket.socket, spec: WorkerSpec) -> None:
         self.sock = sock
         self.spec = spec
-        self.writer: asyncio.StreamWriter | None = None
+        self.connection: protocol.Connection | None = None
         self.link = _HostLink(self, spec.data_dir)
         self.control = LocalControl(self.link)
         self.mods: dict[str, LoadedMod] = {}
@@ -99,9 +99,9 @@ class _Worker:
     async def _send(self, message: list[Any]) -> None:
         # Encoded at once, however large: only this tenant's own requests wait meanwhile,
         # and the host decodes a large frame off its loop.
-        assert self.writer is not None
-        self.writer.write(protocol.encode(message))
-        await self.writer.drain()
+        assert self.connection is not None
+        self.connection.write(protocol.encode(message))
+        await self.connection.drain()
 
     async def ask(self, kind: str, *args: Any) -> Any:
         message, future = self.requests.open(kind, *args)
@@ -112,20 +112,18 @@ class _Worker:
             raise RemoteError("encode", type(exc).__name__, f"cannot send: {exc}") from None
         return await future
 
-    async def _read_loop(self, reader: asyncio.StreamReader) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            while True:
-                message = await protocol.read(reader)
-                kind, request_id = message[0], message[1]
-                if kind == "reply":
-                    self.requests.settle(message)
-                    continue
-                task = loop.create_task(self._answer(kind, request_id, tuple(message[2:])))
-                self.tasks.add(task)
-                task.add_done_callback(self.tasks.discard)
-        except (asyncio.IncompleteReadError, ConnectionError, protocol.WireError):
-            pass
+    def _on_message(self, message: list[Any]) -> None:
+        kind, request_id = message[0], message[1]
+        if kind == "reply":
+            self.requests.settle(message)
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._answer(kind, request_id, tuple(message[2:]))
+        )
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def _on_closed(self, error: protocol.WireError | None) -> None:
         self._close()
 
     def _close(self) -> None:
@@ -252,8 +250,7 @@ class _Worker:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         self.closed = loop.create_future()
-        reader, self.writer = await asyncio.open_connection(sock=self.sock)
-        reading = loop.create_task(self._read_loop(reader))
+        self.connection = await protocol.connect(self.sock, self._on_message, self._on_closed)
         try:
             tenant, snapshot = self.spec.tenant, self.spec.snapshot
             # One namespace a process: its name only has to be right, not unique across workers.
@@ -278,7 +275,6 @@ class _Worker:
         }
         await self._send(["ready", 0, agents, [describe_instance(m) for m in self.mods.values()]])
         await self.closed
-        reading.cancel()
         await self._shutdown()
 
     async def _shutdown(self) -> None:
