@@ -35,12 +35,15 @@ from typing import Any
 
 from .. import protocol
 from ..agent import LoadedNamespace, load_namespace
+from ..agent_threads import AgentThreads
 from ..errors import PlughostError
 from ..events import Event, as_response, matches, topic_allowed
 from ..mod import LoadedMod, LocalControl, ResolvedModPath, stop_mod
 from ..naming import Namespace
 from ..protocol import InstanceSpecTuple, RemoteError, WorkerSpec
 from .process_group import kill_session
+
+_THREADS = 32  # sync calls a worker runs at once, as many as a host's agent threads
 
 
 def describe_instance(mod: LoadedMod) -> dict[str, Any]:
@@ -93,6 +96,7 @@ class _Worker:
         self.requests = protocol.Requests()
         self.closed: asyncio.Future[None] | None = None
         self.tasks: set[asyncio.Task[None]] = set()
+        self.threads = AgentThreads(_THREADS)
 
     # -- messages ----------------------------------------------------------------------
 
@@ -161,7 +165,7 @@ class _Worker:
             if function is None:
                 raise RemoteError("unknown_rpc", "UnknownRpcError", method)
             try:
-                return await _invoke(mod, function, *call_args, **call_kwargs)
+                return await _invoke(self.threads, mod, function, *call_args, **call_kwargs)
             except Exception as exc:
                 # A refusal by the host, met inside the method, keeps its own name.
                 error_type = exc.error_type if isinstance(exc, RemoteError) else type(exc).__name__
@@ -172,14 +176,16 @@ class _Worker:
             event = Event.model_validate(event_data)
             for pattern, handler in mod.handlers:
                 if matches(pattern, event.event_name):
-                    return as_response(await _invoke(mod, handler, event)).model_dump()
+                    return as_response(
+                        await _invoke(self.threads, mod, handler, event)
+                    ).model_dump()
             raise RemoteError("no_handler", "LookupError", event.event_name)
         if kind == "topic":
             name, topic, event_data = args
             mod = self._mod(name)
             event = Event.model_validate(event_data)
             for handler in mod.topics.get(topic, []):
-                await _invoke(mod, handler, event)
+                await _invoke(self.threads, mod, handler, event)
             return None
         if kind == "restart":
             return await self._restart(*args)
@@ -212,8 +218,7 @@ class _Worker:
             if slot.is_async:
                 return await slot.instance.perform(**args)
             call = functools.partial(slot.instance.perform, **args)
-            result = await asyncio.get_running_loop().run_in_executor(None, call)
-            return await result if inspect.isawaitable(result) else result
+            return await self.threads.run(call, lambda: None)
         except Exception as exc:
             raise RemoteError("agent", type(exc).__name__, str(exc)) from exc
 
@@ -285,19 +290,25 @@ class _Worker:
             self.entry.unload()
 
 
-async def _invoke(mod: LoadedMod, function: Any, *args: Any, **kwargs: Any) -> Any:
+async def _invoke(
+    threads: AgentThreads, mod: LoadedMod, function: Any, *args: Any, **kwargs: Any
+) -> Any:
+    """Run a handler or RPC method of ``mod``, counted so that its unload waits for it (for
+    a sync one, until its thread returns)."""
     mod.in_flight += 1
     mod.idle.clear()
-    try:
-        if inspect.iscoroutinefunction(function):
-            return await function(*args, **kwargs)
-        call = functools.partial(function, *args, **kwargs)
-        result = await asyncio.get_running_loop().run_in_executor(None, call)
-        return await result if inspect.isawaitable(result) else result
-    finally:
+
+    def finished() -> None:
         mod.in_flight -= 1
         if mod.in_flight == 0:
             mod.idle.set()
+
+    if not inspect.iscoroutinefunction(function):
+        return await threads.run(functools.partial(function, *args, **kwargs), finished)
+    try:
+        return await function(*args, **kwargs)
+    finally:
+        finished()
 
 
 def main(descriptor: int) -> None:
