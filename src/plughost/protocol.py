@@ -57,7 +57,7 @@ import reprlib
 import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 MAX_FRAME = 64 * 1024 * 1024
 MAX_DEPTH = 200
@@ -320,8 +320,8 @@ class Connection(asyncio.Protocol):
     # -- asyncio's side ------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # A stream transport, whatever its class: uvloop's do not derive from asyncio's.
+        self._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         if self._large_missing:
