@@ -1,7 +1,10 @@
-"""Network benchmarks: warm call overhead, namespace density, call latency during hot swaps.
+"""Network benchmarks: warm call overhead, the sync hop, namespace density, call latency during
+hot swaps.
 
 Baselines, measured in the same run:
 * warm calls: ``perform()`` called directly on the same agent instance;
+* the sync hop: the hand-off it replaced, ``run_in_executor`` on a ``ThreadPoolExecutor``
+  of the same size, shielded, with a done callback, in a copy of the caller's context;
 * density: the resident memory of one Python process that holds one tenant's
   bundle, i.e. what one-process-per-tenant would cost;
 * hot swap: the same callers with no redeploys.
@@ -10,17 +13,23 @@ Baselines, measured in the same run:
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import gc
+import inspect
 import statistics
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from plughost import Network
+from plughost.agent_threads import AgentThreads
 from plughost.placements.inprocess import InProcessUnit
 
 from .memory import rss_kb
@@ -31,6 +40,10 @@ WARM_ROUNDS = 7
 WARM_GOAL_US = 5.0
 DENSITY_TENANTS = 10_000
 DENSITY_GOAL_KB = 100.0
+HOP_CALLS = 5_000
+HOP_ROUNDS = 9
+HOP_THREADS = 32  # the network's default agent threads
+HOP_GOAL = 0.5
 SWAP_SECONDS = 3.0
 SWAP_CALLERS = 8
 SWAP_EVERY = 0.02
@@ -129,6 +142,84 @@ async def _warm_calls(network: Network) -> Outcome:
         goal=f"under {WARM_GOAL_US:.0f} us added in process",
         met=added_async < WARM_GOAL_US,
         notes=[f"median of {WARM_ROUNDS} rounds of {WARM_CALLS} calls"],
+    )
+
+
+async def _executor_hop(
+    executor: ThreadPoolExecutor, call: Callable[[], Any], finished: Callable[[], None]
+) -> Any:
+    """The hand-off AgentThreads.run made before its own pool: the baseline."""
+    context = contextvars.copy_context()
+    future = asyncio.get_running_loop().run_in_executor(executor, context.run, call)
+
+    def done(completed: asyncio.Future[Any]) -> None:
+        if not completed.cancelled():
+            completed.exception()
+        finished()
+
+    future.add_done_callback(done)
+    result = await asyncio.shield(future)
+    return await result if inspect.isawaitable(result) else result
+
+
+async def _sync_hop() -> Outcome:
+    def perform(message: str) -> str:
+        return f"1:{message}"
+
+    call = functools.partial(perform, "m")
+    executor = ThreadPoolExecutor(HOP_THREADS, "bench-executor")
+    threads = AgentThreads(HOP_THREADS)
+    threads.start()
+
+    async def hop_us(hop: Callable[[], Awaitable[Any]]) -> float:
+        start = time.perf_counter_ns()
+        for _ in range(HOP_CALLS):
+            await hop()
+        return (time.perf_counter_ns() - start) / HOP_CALLS / 1000
+
+    def direct_us() -> float:
+        start = time.perf_counter_ns()
+        for _ in range(HOP_CALLS):
+            call()
+        return (time.perf_counter_ns() - start) / HOP_CALLS / 1000
+
+    def old() -> Awaitable[Any]:
+        return _executor_hop(executor, call, lambda: None)
+
+    def new() -> Awaitable[Any]:
+        return threads.run(call, lambda: None)
+
+    samples: dict[str, list[float]] = {"direct": [], "old": [], "new": []}
+    try:
+        await old()
+        await new()
+        for _ in range(HOP_ROUNDS):
+            samples["direct"].append(direct_us())
+            samples["old"].append(await hop_us(old))
+            samples["new"].append(await hop_us(new))
+    finally:
+        executor.shutdown()
+        threads.stop()
+    med = {k: statistics.median(v) for k, v in samples.items()}
+    added_old, added_new = med["old"] - med["direct"], med["new"] - med["direct"]
+    ratio = added_new / added_old
+    return Outcome(
+        name="sync_hop",
+        title="a sync call run in the agent threads vs the run_in_executor hand-off it replaced",
+        figures=[
+            ("direct call", f"{med['direct']:.2f} us/call"),
+            ("run_in_executor hand-off (before)", f"{med['old']:.1f} us/call"),
+            ("AgentThreads.run", f"{med['new']:.1f} us/call"),
+            ("added by the hop, before / now", f"{added_old:.1f} / {added_new:.1f} us/call"),
+        ],
+        verdict=f"the sync hop adds {added_new:.1f} us/call, {ratio:.2f}x the {added_old:.1f} us "
+        "of run_in_executor",
+        goal=f"at most {HOP_GOAL}x the run_in_executor hand-off",
+        met=ratio <= HOP_GOAL,
+        notes=[
+            f"median of {HOP_ROUNDS} interleaved rounds of {HOP_CALLS} sequential calls, "
+            f"{HOP_THREADS} threads each"
+        ],
     )
 
 
@@ -281,6 +372,11 @@ def warm_call() -> Outcome:
     return _run(scenario)
 
 
+def sync_hop() -> Outcome:
+    outcome: Outcome = asyncio.run(_sync_hop())
+    return outcome
+
+
 def density() -> Outcome:
     async def scenario(tmp: Path) -> Outcome:
         scratch = tmp / "process"
@@ -294,4 +390,4 @@ def hot_swap() -> Outcome:
     return _run(lambda tmp: _hot_swap(tmp / "data"))
 
 
-BENCHMARKS = (warm_call, hot_swap, density)
+BENCHMARKS = (warm_call, sync_hop, hot_swap, density)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import json
 import math
@@ -24,6 +23,7 @@ from plughost.protocol import (
     MAX_DEPTH,
     MAX_FRAME,
     OFF_LOOP_BYTES,
+    Connection,
     ProtocolError,
     RemoteError,
     Requests,
@@ -32,33 +32,48 @@ from plughost.protocol import (
     check_message,
     encode,
     encode_async,
-    read,
     write,
 )
 
 from .conftest import STALL_ATTEMPTS
 
 
+class Inbox:
+    """What one connection read, in order: messages, then None (closed) or the error."""
+
+    def __init__(self) -> None:
+        self.items: asyncio.Queue[list[Any] | WireError | None] = asyncio.Queue()
+
+    def received(self, message: list[Any]) -> None:
+        self.items.put_nowait(message)
+
+    def closed(self, error: WireError | None) -> None:
+        self.items.put_nowait(error)
+
+
 @dataclass
 class Pipe:
-    """Both ends of a socket pair as asyncio streams: the host's and the worker's."""
+    """Both ends of a socket pair as connections: the host's and the worker's."""
 
-    host_in: asyncio.StreamReader
-    host_out: asyncio.StreamWriter
-    worker_in: asyncio.StreamReader
-    worker_out: asyncio.StreamWriter
+    host_in: Inbox
+    host_out: Connection
+    worker_in: Inbox
+    worker_out: Connection
+
+
+async def connected(sock: socket.socket) -> tuple[Inbox, Connection]:
+    inbox = Inbox()
+    return inbox, await protocol.connect(sock, inbox.received, inbox.closed)
 
 
 @pytest.fixture
 async def pipe() -> AsyncIterator[Pipe]:
     host_end, worker_end = socket.socketpair()
-    host_in, host_out = await asyncio.open_connection(sock=host_end)
-    worker_in, worker_out = await asyncio.open_connection(sock=worker_end)
+    host_in, host_out = await connected(host_end)
+    worker_in, worker_out = await connected(worker_end)
     yield Pipe(host_in, host_out, worker_in, worker_out)
-    for writer in (host_out, worker_out):
-        writer.close()
-        with contextlib.suppress(ConnectionError):
-            await writer.wait_closed()
+    host_out.close()
+    worker_out.close()
 
 
 def frame_of(payload: bytes) -> bytes:
@@ -77,8 +92,15 @@ def deep_text(depth: int) -> str:
     return "[" * depth + "]" * depth
 
 
-async def read_soon(reader: asyncio.StreamReader) -> list[Any]:
-    return await asyncio.wait_for(read(reader), 10)
+async def read_soon(inbox: Inbox, seconds: float = 10) -> list[Any]:
+    """The next message read; raises the error that ended the connection, or EOFError
+    if the peer closed it."""
+    item = await asyncio.wait_for(inbox.items.get(), seconds)
+    if item is None:
+        raise EOFError("the connection closed")
+    if isinstance(item, WireError):
+        raise item
+    return item
 
 
 # -- requests and replies ------------------------------------------------------------------
@@ -131,11 +153,30 @@ async def test_a_dropped_request_ignores_its_reply_and_fail_all_fails_the_rest(
     dropped_future.cancel()
 
 
-async def test_a_closed_peer_is_an_incomplete_read(pipe: Pipe) -> None:
+async def test_a_closed_peer_ends_the_connection_midway_through_a_frame(pipe: Pipe) -> None:
     pipe.worker_out.write(b"\x00\x00")
     pipe.worker_out.close()
-    with pytest.raises(asyncio.IncompleteReadError):
+    with pytest.raises(EOFError):
         await read_soon(pipe.host_in)
+    with pytest.raises(ConnectionResetError):
+        pipe.host_out.write(encode(["stop", 1]))
+
+
+async def test_frames_sent_in_one_write_are_read_in_order(pipe: Pipe) -> None:
+    messages = [["call", n, "notifier", {"n": n}] for n in range(1, 101)]
+    pipe.worker_out.write(b"".join(encode(message) for message in messages))
+    assert [await read_soon(pipe.host_in) for _ in messages] == messages
+
+
+async def test_frames_after_a_large_frame_wait_for_it(pipe: Pipe) -> None:
+    # The large frame is decoded in a thread; the small ones, sent in the same write,
+    # are not handed on before it.
+    large = ["reply", 1, True, ["x" * 100 for _ in range(OFF_LOOP_BYTES // 50)]]
+    small = [["reply", n, True, n] for n in range(2, 12)]
+    frames = [encode(small[0]), encode(large), *(encode(message) for message in small[1:])]
+    pipe.worker_out.write(b"".join(frames))
+    got = [await read_soon(pipe.host_in) for _ in range(len(small) + 1)]
+    assert got == [small[0], large, *small[1:]]
 
 
 # -- frames that break the protocol ---------------------------------------------------------
@@ -144,8 +185,9 @@ async def test_a_closed_peer_is_an_incomplete_read(pipe: Pipe) -> None:
 async def test_a_frame_over_max_frame_is_refused_before_it_is_read(pipe: Pipe) -> None:
     pipe.worker_out.write((MAX_FRAME + 1).to_bytes(4, "big") + b"abc")
     with pytest.raises(WireError, match="over the"):
-        await read_soon(pipe.host_in)
-    assert await pipe.host_in.readexactly(3) == b"abc"  # the body was left alone
+        await read_soon(pipe.host_in)  # at once: its body never came
+    with pytest.raises(ConnectionResetError):  # the peer broke the protocol: no more of it
+        pipe.host_out.write(encode(["stop", 1]))
 
 
 @pytest.mark.parametrize(
@@ -278,7 +320,7 @@ async def test_a_30_mb_frame_is_decoded_in_a_thread_while_the_loop_keeps_running
 
     async def longest_stall() -> tuple[float, list[Any]]:
         host_end, worker_end = socket.socketpair()
-        reader, writer = await asyncio.open_connection(sock=host_end)
+        inbox, connection = await connected(host_end)
         gaps: list[float] = []
         reading = True
 
@@ -299,12 +341,12 @@ async def test_a_30_mb_frame_is_decoded_in_a_thread_while_the_loop_keeps_running
         await asyncio.sleep(0.01)
         sending = asyncio.create_task(asyncio.to_thread(worker_end.sendall, frame))
         try:
-            message = await asyncio.wait_for(read(reader), 60)
+            message = await read_soon(inbox, 60)
         finally:
             reading = False
             await ticker
             await sending
-            writer.close()
+            connection.close()
             worker_end.close()
             gc.unfreeze()
         return max(gaps), message
@@ -353,7 +395,7 @@ def outcome(read_it: Callable[[], Any]) -> tuple[str, str]:
     damage=st.none() | st.tuples(st.integers(0, 10**6), st.sampled_from(list(',]}["x 1\\:'))),
     large=st.booleans(),
     slice_size=st.integers(2, 64),
-    read_step=st.integers(1, 16),
+    read_size=st.integers(1, 16),
 )
 def test_frames_decode_as_json_loads_decodes_them(
     value: Any,
@@ -363,11 +405,11 @@ def test_frames_decode_as_json_loads_decodes_them(
     damage: tuple[int, str] | None,
     large: bool,
     slice_size: int,
-    read_step: int,
+    read_size: int,
 ) -> None:
     """Both decoders, the one on the loop and the one in slices, against json.loads.
 
-    Tiny slices and read steps make every item straddle a slice and every character
+    Tiny slices and reads make every item straddle a slice and every character
     of UTF-16 a read; ``large`` sends even small frames down the large path.
     """
     text = json.dumps(["reply", 1, True, value], indent=indent, ensure_ascii=ensure_ascii)
@@ -378,16 +420,15 @@ def test_frames_decode_as_json_loads_decodes_them(
     expected = outcome(lambda: check_message(json.loads(payload)))
 
     async def send_and_read() -> list[Any]:
-        host_end, worker_end = socket.socketpair()
-        reader, writer = await asyncio.open_connection(sock=host_end)
-        with worker_end:
-            worker_end.sendall(frame_of(payload))
-            try:
-                return await read_soon(reader)
-            finally:
-                writer.close()
+        inbox = Inbox()
+        connection = Connection(inbox.received, inbox.closed)
+        connection.connection_made(mock.Mock(spec=asyncio.Transport))
+        frame = frame_of(payload)
+        for start in range(0, len(frame), read_size):
+            connection.data_received(frame[start : start + read_size])
+        return await read_soon(inbox)
 
-    patches: dict[str, Any] = {"_SLICE": slice_size, "_READ_STEP": read_step}
+    patches: dict[str, Any] = {"_SLICE": slice_size}
     if large:
         patches["OFF_LOOP_BYTES"] = 0
     with mock.patch.multiple(protocol, **patches):
@@ -479,10 +520,13 @@ def test_worker_spec_keeps_its_positional_fields_and_defaults() -> None:
     "spec",
     [SPEC, WorkerSpec("acme", 3, "/f", "/d", (), 1.0, 2.0, 0.5, snapshot="jan")],
 )
-async def test_worker_spec_round_trips_through_a_frame(pipe: Pipe, spec: WorkerSpec) -> None:
-    pipe.host_out.write(encode(spec.to_message()))
-    size = int.from_bytes(await pipe.worker_in.readexactly(4), "big")
-    fields = json.loads(await pipe.worker_in.readexactly(size))
+def test_worker_spec_round_trips_through_a_frame(spec: WorkerSpec) -> None:
+    # As the worker reads it: at its start, before it has an event loop.
+    host_end, worker_end = socket.socketpair()
+    with host_end, worker_end, worker_end.makefile("rb") as stream:
+        host_end.sendall(encode(spec.to_message()))
+        size = int.from_bytes(stream.read(4), "big")
+        fields = json.loads(stream.read(size))
     assert WorkerSpec.from_message(fields) == spec
 
 

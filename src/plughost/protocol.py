@@ -3,26 +3,27 @@
 Both ends use this module, so what one side sends is what the other accepts.
 A frame is a 4-byte length, then that many bytes of JSON. JSON, not pickle:
 the worker runs tenant code, and nothing it sends may run code in the host.
-Streams are asyncio's, so a slow or silent peer never blocks the event loop,
-and a frame larger than ``MAX_FRAME`` is refused before it is read.
+Each end is a :class:`Connection`, an asyncio protocol, so a slow or silent peer
+never blocks the event loop, and a frame larger than ``MAX_FRAME`` is refused
+before it is read.
 
 Both sides send requests ``[kind, id, *args]`` and answer each with
 ``["reply", id, ok, value]``, where ``value`` is the result when ``ok`` and
 ``[kind, error type, message]`` when not; :class:`Requests` keeps one side's
-account of them. :func:`read` returns only messages of that shape
+account of them. A connection hands on only messages of that shape
 (:func:`check_message`), so a peer that breaks the protocol is a
 :class:`ProtocolError` at the boundary, not an ``IndexError`` deep in a handler.
 
 Nesting is bounded by ``MAX_DEPTH``: json's C decoder recurses, so a frame of
 100,000 brackets would otherwise end in ``RecursionError``, which no caller
 expects, and anything that walks a message recursively has the same limit.
-:func:`encode` refuses what :func:`read` would refuse, so a sender gets a
+:func:`encode` refuses what a connection would refuse, so a sender gets a
 ``ValueError`` it can answer with, rather than the peer dropping the connection.
 
 Large frames are decoded in a thread, but a thread alone would not help: the C
 decoder holds the GIL from the first byte to the last, so the loop would stall
 as long as it runs (about a second for 25 MB of small objects). A frame over
-``OFF_LOOP_BYTES`` is read in 1 MiB pieces and decoded in a thread that hands
+``OFF_LOOP_BYTES`` is gathered as it arrives and decoded in a thread that hands
 the C scanner a slice of a few thousand characters at a time (a run of items
 in one call; what does not fit, item by item), so the GIL changes hands between
 calls and the loop keeps running, for some 10-50% more time in all. Small
@@ -53,15 +54,15 @@ import json.scanner
 import math
 import re
 import reprlib
-from collections.abc import Iterable
+import socket
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 MAX_FRAME = 64 * 1024 * 1024
 MAX_DEPTH = 200
 OFF_LOOP_BYTES = 256 * 1024
 
-_READ_STEP = 1024 * 1024  # bytes of a large frame read at a time
 _SLICE = 8 * 1024  # characters the C scanner gets at a time in a large frame
 _INLINE_ITEMS = 512  # items of a message write() encodes on the loop at most...
 _ONE_CALL_ITEMS = 32 * 1024  # ...and in one C call in a thread (else with pure Python)
@@ -217,15 +218,15 @@ async def dumps_async(value: Any) -> bytes:
     return (await encode_async(value))[4:]
 
 
-async def write(writer: asyncio.StreamWriter, message: Any) -> None:
+async def write(connection: Connection, message: Any) -> None:
     """Send ``message`` as one frame (encoded in a thread if large) and wait for the buffer.
 
     Raises:
         TypeError, ValueError: as :func:`encode`; nothing was sent.
         ConnectionError: the peer is gone.
     """
-    writer.write(await encode_async(message))
-    await writer.drain()
+    connection.write(await encode_async(message))
+    await connection.drain()
 
 
 def _encode_off_loop(message: Any) -> bytes:
@@ -287,27 +288,174 @@ def _small(message: Any, most_items: int, most_chars: int) -> bool:
 
 # -- reading ---------------------------------------------------------------------------
 
+MessageHandler = Callable[[list[Any]], None]
+"""Takes each message a connection reads, in order; it may raise :class:`WireError` to
+say that the message breaks the protocol, and the connection then closes."""
+ClosedHandler = Callable[[WireError | None], None]
+"""Told once that a connection ended: None when the peer closed it (or :meth:`Connection.close`
+did), else the error of the frame or message that broke the protocol."""
 
-async def read(reader: asyncio.StreamReader) -> list[Any]:
-    """Read one frame and return its message, checked by :func:`check_message`.
 
-    Raises:
-        asyncio.IncompleteReadError: the peer closed the connection.
-        WireError: the frame is too large or not JSON.
-        ProtocolError: the frame is nested too deeply or is not a message.
+class Connection(asyncio.Protocol):
+    """One end of a stream of frames: the messages read, in order; the frames written.
+
+    asyncio hands it what the socket holds, and every complete frame of one read is
+    decoded and handed on in that one callback: no task, no stream reader and no
+    loop iteration a frame. A frame over ``OFF_LOOP_BYTES`` is gathered as it comes
+    and decoded in a thread; reading pauses meanwhile, so the frames after it wait
+    and are handed on after it, in order.
     """
-    size = int.from_bytes(await reader.readexactly(4), "big")
-    if size > MAX_FRAME:
-        raise WireError(f"frame of {size} bytes is over the {MAX_FRAME}-byte limit")
-    if size <= OFF_LOOP_BYTES:
-        return check_message(_decode(await reader.readexactly(size)))
-    parts = []
-    for start in range(0, size, _READ_STEP):
-        parts.append(await reader.readexactly(min(_READ_STEP, size - start)))
-    return check_message(await asyncio.to_thread(decode_large, parts))
+
+    def __init__(self, on_message: MessageHandler, on_closed: ClosedHandler) -> None:
+        self._on_message = on_message
+        self._on_closed = on_closed
+        self._transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._large: list[bytes] = []  # the parts of a large frame read so far...
+        self._large_missing = 0  # ...and the bytes still to come
+        self._decoding = False  # a large frame is being decoded in a thread
+        self._writable: asyncio.Future[None] | None = None  # set while the peer's buffer is full
+        self._ended = False
+
+    # -- asyncio's side ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # A stream transport, whatever its class: uvloop's do not derive from asyncio's.
+        self._transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._large_missing:
+            data = self._gather(data)
+        self._buffer += data
+        self._take_frames()
+
+    def eof_received(self) -> bool:
+        return False  # the transport closes; connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+        self._end(None)
+
+    def pause_writing(self) -> None:
+        self._writable = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+        self._writable = None
+
+    # -- the user's side -----------------------------------------------------------------
+
+    def write(self, frame: bytes) -> None:
+        """Send ``frame`` (made by :func:`encode`); frames written while the peer's buffer
+        is full are sent together when it has room.
+
+        Raises:
+            ConnectionResetError: the connection has ended.
+        """
+        if self._transport is None or self._ended:
+            raise ConnectionResetError("the connection has ended")
+        self._transport.write(frame)
+
+    async def drain(self) -> None:
+        """Wait while the peer's buffer is full.
+
+        Raises:
+            ConnectionResetError: the connection has ended.
+        """
+        if self._writable is not None:
+            await self._writable
+        if self._transport is None or self._ended:
+            raise ConnectionResetError("the connection has ended")
+
+    def close(self) -> None:
+        """End the connection; frames written already are still sent."""
+        if self._transport is not None:
+            self._transport.close()
+        self._end(None)
+
+    # -- frames --------------------------------------------------------------------------
+
+    def _take_frames(self) -> None:
+        buffer, start = self._buffer, 0
+        try:
+            while not self._ended and not self._decoding and len(buffer) - start >= 4:
+                size = int.from_bytes(buffer[start : start + 4], "big")
+                if size > MAX_FRAME:
+                    raise WireError(f"frame of {size} bytes is over the {MAX_FRAME}-byte limit")
+                end = start + 4 + size
+                if size > OFF_LOOP_BYTES:
+                    first = bytes(buffer[start + 4 : end])
+                    self._large = [first] if first else []  # decode_large reads 4 parts' bytes
+                    self._large_missing = size - len(first)
+                    start = min(end, len(buffer))
+                    if not self._large_missing:
+                        self._decode_large()
+                    break
+                if len(buffer) < end:
+                    break
+                message = check_message(_decode(buffer[start + 4 : end]))
+                start = end
+                self._on_message(message)
+        except WireError as exc:
+            self._fail(exc)
+        finally:
+            del buffer[:start]
+
+    def _gather(self, data: bytes) -> bytes:
+        """Add what ``data`` holds of the large frame to it; return the rest."""
+        part, rest = data[: self._large_missing], data[self._large_missing :]
+        self._large.append(part)
+        self._large_missing -= len(part)
+        if not self._large_missing:
+            self._decode_large()
+        return rest
+
+    def _decode_large(self) -> None:
+        assert self._transport is not None
+        self._decoding = True
+        self._transport.pause_reading()
+        parts, self._large = self._large, []
+        decoding = asyncio.ensure_future(asyncio.to_thread(decode_large, parts))
+        decoding.add_done_callback(self._decoded)
+
+    def _decoded(self, decoding: asyncio.Future[Any]) -> None:
+        self._decoding = False
+        if self._ended:
+            return
+        try:
+            self._on_message(check_message(decoding.result()))
+        except WireError as exc:
+            self._fail(exc)
+            return
+        self.data_received(b"")  # the frames that came after it
+        if not self._decoding and self._transport is not None:
+            self._transport.resume_reading()
+
+    def _fail(self, error: WireError) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+        self._end(error)
+
+    def _end(self, error: WireError | None) -> None:
+        if not self._ended:
+            self._ended = True
+            self._on_closed(error)
 
 
-def _decode(data: bytes) -> Any:
+async def connect(
+    sock: socket.socket, on_message: MessageHandler, on_closed: ClosedHandler
+) -> Connection:
+    """A :class:`Connection` over the connected socket ``sock``."""
+    _, connection = await asyncio.get_running_loop().create_connection(
+        lambda: Connection(on_message, on_closed), sock=sock
+    )
+    return connection
+
+
+def _decode(data: bytes | bytearray) -> Any:
     try:
         try:
             # What json.loads does, less its Python steps, for UTF-8 text of a list.
@@ -328,7 +476,7 @@ def _decode(data: bytes) -> Any:
     return value
 
 
-def _may_be_deep(data: bytes) -> bool:
+def _may_be_deep(data: bytes | bytearray) -> bool:
     """Whether ``data`` has room for more than ``MAX_DEPTH`` levels: cheap, often enough.
 
     Short frames have no room (a level is two bytes), and neither have frames with

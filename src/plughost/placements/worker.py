@@ -89,8 +89,7 @@ class _Process:
         self._ready: asyncio.Future[Ready] | None = None
         self._stopping = False
         self._lost_already = False
-        self._writer: asyncio.StreamWriter | None = None
-        self._reading: asyncio.Task[None] | None = None
+        self._connection: protocol.Connection | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.process: subprocess.Popen[bytes] | None = None
         self.started_at = time.monotonic()
@@ -111,9 +110,8 @@ class _Process:
                 start_new_session=True,
                 env=_worker_environment(),
             )
-        reader, self._writer = await asyncio.open_connection(sock=host_end)
         self._ready = loop.create_future()
-        self._reading = loop.create_task(self._read_loop(reader))
+        self._connection = await protocol.connect(host_end, self._on_message, self._on_closed)
         try:
             await self._send(self.spec.to_message())
             return await asyncio.wait_for(asyncio.shield(self._ready), timeout)
@@ -130,44 +128,40 @@ class _Process:
     async def _send(self, message: Any) -> None:
         """Send one message, sized up first: a large one (an RPC argument from another
         instance, an answer) is encoded off the loop."""
-        if self._writer is None:
+        if self._connection is None:
             raise WorkerCrashed(self.spec.tenant, self.pid)
         try:
-            await protocol.write(self._writer, message)
+            await protocol.write(self._connection, message)
         except ConnectionError:
             self._lost("the connection closed")
             raise WorkerCrashed(self.spec.tenant, self.pid) from None
 
-    async def _read_loop(self, reader: asyncio.StreamReader) -> None:
-        loop = asyncio.get_running_loop()
-        reason = _EXITED
-        try:
-            while True:
-                message = await protocol.read(reader)
-                kind, request_id = message[0], message[1]
-                if kind == "reply":
-                    self._requests.settle(message)
-                elif kind == "ready" and self._ready is not None and not self._ready.done():
-                    agents, instances = protocol.check_ready(message)
-                    self._ready.set_result((agents, instances))
-                elif kind == "failed" and self._ready is not None and not self._ready.done():
-                    failure, error_type, text = protocol.check_failed(message)
-                    self._ready.set_exception(
-                        WorkerStartFailed(self.spec.tenant, failure, error_type, text)
-                    )
-                else:
-                    task = loop.create_task(self._answer(kind, request_id, tuple(message[2:])))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            # The worker broke the protocol: whatever it is doing, it cannot be trusted on.
-            reason = f"protocol error: {type(exc).__name__}: {exc}"
-            self.kill()
-        self._lost(reason)
+    def _on_message(self, message: list[Any]) -> None:
+        kind, request_id = message[0], message[1]
+        if kind == "reply":
+            self._requests.settle(message)
+        elif kind == "ready" and self._ready is not None and not self._ready.done():
+            agents, instances = protocol.check_ready(message)
+            self._ready.set_result((agents, instances))
+        elif kind == "failed" and self._ready is not None and not self._ready.done():
+            failure, error_type, text = protocol.check_failed(message)
+            self._ready.set_exception(
+                WorkerStartFailed(self.spec.tenant, failure, error_type, text)
+            )
+        else:
+            task = asyncio.get_running_loop().create_task(
+                self._answer(kind, request_id, tuple(message[2:]))
+            )
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _on_closed(self, error: protocol.WireError | None) -> None:
+        if error is None:
+            self._lost(_EXITED)
+            return
+        # The worker broke the protocol: whatever it is doing, it cannot be trusted on.
+        self.kill()
+        self._lost(f"protocol error: {type(error).__name__}: {error}")
 
     async def _answer(self, kind: str, request_id: int, args: tuple[Any, ...]) -> None:
         try:
@@ -190,9 +184,9 @@ class _Process:
             return
         self._lost_already = True
         self.kill()  # what the worker's code started goes with it, even if its keeper died
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
         self._requests.fail_all(WorkerCrashed(self.spec.tenant, self.pid, reason))
         for task in self._tasks:
             task.cancel()
@@ -248,7 +242,7 @@ class _Process:
     async def stop(self, timeout: float) -> None:
         """Ask the worker to finish and exit; then kill its process group (what it started)."""
         self._stopping = True
-        if self._writer is not None:
+        if self._connection is not None:
             with contextlib.suppress(PlughostError, TimeoutError, RemoteError, TypeError):
                 await self.request("stop", timeout=timeout)
         if self.process is not None:
@@ -257,8 +251,6 @@ class _Process:
             self.kill()  # also what the worker's code may have started
             await asyncio.to_thread(self.process.wait)
         self._lost("stopped")
-        if self._reading is not None:
-            self._reading.cancel()
 
 
 class WorkerProcess(Protocol):
@@ -390,16 +382,25 @@ class Supervisor:
             RemoteError: the request failed in the worker.
             TimeoutError: no answer within ``timeout`` (default: the call deadline).
         """
+        deadline = self.spec.call_timeout if timeout is None else timeout
+        return await self._deadlines.run(self.request_in_deadline(kind, *args), deadline)
+
+    async def request_in_deadline(self, kind: str, *args: Any) -> Any:
+        """Send a request whose deadline the caller keeps already, and return its answer:
+        one deadline a request, not one here as well.
+
+        Raises:
+            WorkerCrashed, RemoteError: as :meth:`request`.
+        """
         if self._process is None or self.state is not WorkerState.READY:
             raise WorkerCrashed(self.spec.tenant, self.pid, self.lifecycle.error)
-        deadline = self.spec.call_timeout if timeout is None else timeout
         work = kind not in _CONTROL_REQUESTS
         if work and self._in_flight >= self._max_inflight:
             raise WorkerBusyError(self.spec.tenant, self._max_inflight)
         # Control requests pass the cap: a busy worker must still be stoppable.
         self._in_flight += work
         try:
-            return await self._deadlines.run(self._process.request(kind, *args), deadline)
+            return await self._process.request(kind, *args)
         finally:
             self._in_flight -= work
 
@@ -572,11 +573,8 @@ class RemoteControl:
 
         def rpc_method(method: str) -> Callable[..., Awaitable[Any]]:
             async def call(*args: Any, **kwargs: Any) -> Any:
-                try:
-                    return await supervisor.request("rpc", name, method, args, kwargs)
-                except TimeoutError:
-                    seconds = supervisor.spec.call_timeout
-                    raise CallTimeoutError(tenant, f"{name}.{method}", seconds) from None
+                # Dispatcher.rpc, the only caller of RPC methods, keeps their call deadline.
+                return await supervisor.request_in_deadline("rpc", name, method, args, kwargs)
 
             return call
 

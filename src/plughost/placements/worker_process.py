@@ -35,12 +35,15 @@ from typing import Any
 
 from .. import protocol
 from ..agent import LoadedNamespace, load_namespace
+from ..agent_threads import AgentThreads
 from ..errors import PlughostError
 from ..events import Event, as_response, matches, topic_allowed
 from ..mod import LoadedMod, LocalControl, ResolvedModPath, stop_mod
 from ..naming import Namespace
 from ..protocol import InstanceSpecTuple, RemoteError, WorkerSpec
 from .process_group import kill_session
+
+_THREADS = 32  # sync calls a worker runs at once, as many as a host's agent threads
 
 
 def describe_instance(mod: LoadedMod) -> dict[str, Any]:
@@ -85,7 +88,7 @@ class _Worker:
     def __init__(self, sock: socket.socket, spec: WorkerSpec) -> None:
         self.sock = sock
         self.spec = spec
-        self.writer: asyncio.StreamWriter | None = None
+        self.connection: protocol.Connection | None = None
         self.link = _HostLink(self, spec.data_dir)
         self.control = LocalControl(self.link)
         self.mods: dict[str, LoadedMod] = {}
@@ -93,15 +96,16 @@ class _Worker:
         self.requests = protocol.Requests()
         self.closed: asyncio.Future[None] | None = None
         self.tasks: set[asyncio.Task[None]] = set()
+        self.threads = AgentThreads(_THREADS)
 
     # -- messages ----------------------------------------------------------------------
 
     async def _send(self, message: list[Any]) -> None:
         # Encoded at once, however large: only this tenant's own requests wait meanwhile,
         # and the host decodes a large frame off its loop.
-        assert self.writer is not None
-        self.writer.write(protocol.encode(message))
-        await self.writer.drain()
+        assert self.connection is not None
+        self.connection.write(protocol.encode(message))
+        await self.connection.drain()
 
     async def ask(self, kind: str, *args: Any) -> Any:
         message, future = self.requests.open(kind, *args)
@@ -112,20 +116,18 @@ class _Worker:
             raise RemoteError("encode", type(exc).__name__, f"cannot send: {exc}") from None
         return await future
 
-    async def _read_loop(self, reader: asyncio.StreamReader) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            while True:
-                message = await protocol.read(reader)
-                kind, request_id = message[0], message[1]
-                if kind == "reply":
-                    self.requests.settle(message)
-                    continue
-                task = loop.create_task(self._answer(kind, request_id, tuple(message[2:])))
-                self.tasks.add(task)
-                task.add_done_callback(self.tasks.discard)
-        except (asyncio.IncompleteReadError, ConnectionError, protocol.WireError):
-            pass
+    def _on_message(self, message: list[Any]) -> None:
+        kind, request_id = message[0], message[1]
+        if kind == "reply":
+            self.requests.settle(message)
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._answer(kind, request_id, tuple(message[2:]))
+        )
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def _on_closed(self, error: protocol.WireError | None) -> None:
         self._close()
 
     def _close(self) -> None:
@@ -163,7 +165,7 @@ class _Worker:
             if function is None:
                 raise RemoteError("unknown_rpc", "UnknownRpcError", method)
             try:
-                return await _invoke(mod, function, *call_args, **call_kwargs)
+                return await _invoke(self.threads, mod, function, *call_args, **call_kwargs)
             except Exception as exc:
                 # A refusal by the host, met inside the method, keeps its own name.
                 error_type = exc.error_type if isinstance(exc, RemoteError) else type(exc).__name__
@@ -174,14 +176,16 @@ class _Worker:
             event = Event.model_validate(event_data)
             for pattern, handler in mod.handlers:
                 if matches(pattern, event.event_name):
-                    return as_response(await _invoke(mod, handler, event)).model_dump()
+                    return as_response(
+                        await _invoke(self.threads, mod, handler, event)
+                    ).model_dump()
             raise RemoteError("no_handler", "LookupError", event.event_name)
         if kind == "topic":
             name, topic, event_data = args
             mod = self._mod(name)
             event = Event.model_validate(event_data)
             for handler in mod.topics.get(topic, []):
-                await _invoke(mod, handler, event)
+                await _invoke(self.threads, mod, handler, event)
             return None
         if kind == "restart":
             return await self._restart(*args)
@@ -214,8 +218,7 @@ class _Worker:
             if slot.is_async:
                 return await slot.instance.perform(**args)
             call = functools.partial(slot.instance.perform, **args)
-            result = await asyncio.get_running_loop().run_in_executor(None, call)
-            return await result if inspect.isawaitable(result) else result
+            return await self.threads.run(call, lambda: None)
         except Exception as exc:
             raise RemoteError("agent", type(exc).__name__, str(exc)) from exc
 
@@ -252,8 +255,7 @@ class _Worker:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         self.closed = loop.create_future()
-        reader, self.writer = await asyncio.open_connection(sock=self.sock)
-        reading = loop.create_task(self._read_loop(reader))
+        self.connection = await protocol.connect(self.sock, self._on_message, self._on_closed)
         try:
             tenant, snapshot = self.spec.tenant, self.spec.snapshot
             # One namespace a process: its name only has to be right, not unique across workers.
@@ -278,7 +280,6 @@ class _Worker:
         }
         await self._send(["ready", 0, agents, [describe_instance(m) for m in self.mods.values()]])
         await self.closed
-        reading.cancel()
         await self._shutdown()
 
     async def _shutdown(self) -> None:
@@ -289,19 +290,25 @@ class _Worker:
             self.entry.unload()
 
 
-async def _invoke(mod: LoadedMod, function: Any, *args: Any, **kwargs: Any) -> Any:
+async def _invoke(
+    threads: AgentThreads, mod: LoadedMod, function: Any, *args: Any, **kwargs: Any
+) -> Any:
+    """Run a handler or RPC method of ``mod``, counted so that its unload waits for it (for
+    a sync one, until its thread returns)."""
     mod.in_flight += 1
     mod.idle.clear()
-    try:
-        if inspect.iscoroutinefunction(function):
-            return await function(*args, **kwargs)
-        call = functools.partial(function, *args, **kwargs)
-        result = await asyncio.get_running_loop().run_in_executor(None, call)
-        return await result if inspect.isawaitable(result) else result
-    finally:
+
+    def finished() -> None:
         mod.in_flight -= 1
         if mod.in_flight == 0:
             mod.idle.set()
+
+    if not inspect.iscoroutinefunction(function):
+        return await threads.run(functools.partial(function, *args, **kwargs), finished)
+    try:
+        return await function(*args, **kwargs)
+    finally:
+        finished()
 
 
 def main(descriptor: int) -> None:
