@@ -532,9 +532,7 @@ def _put_back(now: dict[str, object], before: Mapping[str, object], keys: list[s
     return keys
 
 
-def _is_foreign_change(
-    key: str, was: object, now: object, own_package: str, began: int
-) -> bool:
+def _is_foreign_change(key: str, was: object, now: object, own_package: str, began: int) -> bool:
     """Whether a changed key is not the loading namespace's to change.
 
     Under ``plughost_ns.``, a change is foreign when it touches a namespace
