@@ -108,17 +108,21 @@ def _bundle_description(paths: list[Path]) -> str:
     )
 
 
-def _plughost_cold(namespace: Namespace, source: Path) -> int:
-    """Time one load with an empty code cache, so that every module compiles; then unload."""
+def _plughost_cold(namespace: Namespace, source: Path, source_of_code: str = "misses") -> int:
+    """Time one load with an empty memory cache; then unload.
+
+    Every module must come from ``source_of_code``: the code cache's counter of
+    compiles (``misses``) or of reads from its disk entries (``disk_hits``).
+    """
     code_cache.clear()
-    misses = code_cache.misses
+    before = getattr(code_cache, source_of_code)
     start = time.perf_counter_ns()
     loaded = load_bundle(namespace, source)
     elapsed = time.perf_counter_ns() - start
-    compiled = code_cache.misses - misses
+    counted = getattr(code_cache, source_of_code) - before
     loaded.unload(verify=False)
-    if compiled != BUNDLE_MODULES:
-        raise RuntimeError(f"a cold load compiled {compiled} modules, not {BUNDLE_MODULES}")
+    if counted != BUNDLE_MODULES:
+        raise RuntimeError(f"{counted} modules of a load were {source_of_code}, not all")
     return elapsed
 
 
@@ -180,20 +184,6 @@ def cold_load(rounds: int = COLD_ROUNDS) -> Outcome:
     )
 
 
-def _plughost_from_disk(namespace: Namespace, source: Path) -> int:
-    """Time one load with an empty memory cache over a filled disk cache; then unload."""
-    code_cache.clear()
-    disk_hits = code_cache.disk_hits
-    start = time.perf_counter_ns()
-    loaded = load_bundle(namespace, source)
-    elapsed = time.perf_counter_ns() - start
-    read = code_cache.disk_hits - disk_hits
-    loaded.unload(verify=False)
-    if read != BUNDLE_MODULES:
-        raise RuntimeError(f"a load read {read} modules from disk, not {BUNDLE_MODULES}")
-    return elapsed
-
-
 def cold_load_compiled(rounds: int = COLD_ROUNDS) -> Outcome:
     """A new process's first load, where compiled code is on disk: plughost's code
     cache against bare importlib reading the ``__pycache__`` that Python writes."""
@@ -209,7 +199,7 @@ def cold_load_compiled(rounds: int = COLD_ROUNDS) -> Outcome:
             code_cache.clear()
             load_bundle(Namespace("warm"), folder).unload(verify=False)  # fills the disk cache
             arms: list[tuple[list[int], Callable[[int], int]]] = [
-                ([], lambda r: _plughost_from_disk(Namespace(f"disk{r}"), folder)),
+                ([], lambda r: _plughost_cold(Namespace(f"disk{r}"), folder, "disk_hits")),
                 ([], lambda r: _bare_timed(paths, f"bench_bare_pyc{r}")),
             ]
             for round_ in range(rounds):
