@@ -530,4 +530,10 @@ async def test_an_unload_returns_before_the_proof_that_the_code_was_freed_which_
         ("leaky", True, True),
         ("tidy", True, False),
     ]
+    # What holds a global mod's code is the admin's to see; others learn how many modules.
+    for view in (network.health(counts_only=True), network.health(confine_to="someone")):
+        assert [(e["mod_id"], e["leaked"]) for e in view["mods"]["unloaded"]] == [
+            ("leaky", 1),
+            ("tidy", 0),
+        ]
     kept.clear()

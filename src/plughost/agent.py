@@ -134,6 +134,11 @@ class ArgumentsSchema:
     """
 
     def __init__(self, schema: dict[str, Any]) -> None:
+        remote = _remote_ref(schema)
+        if remote is not None:
+            # Both libraries would fetch it, at load or at a call: the host reaches out for
+            # a tenant, and may hang on it.
+            raise jsonschema.SchemaError(f"$ref {remote!r} points outside the schema")
         kind = jsonschema.validators.validator_for(schema)
         kind.check_schema(schema)
         self._full: Validator = kind(schema)
@@ -158,6 +163,21 @@ class ArgumentsSchema:
             return None
         where = "".join(f"[{part!r}]" for part in error.absolute_path)
         return f"arguments{where}: {error.message}"
+
+
+def _remote_ref(schema: object) -> str | None:
+    """The first ``$ref`` of ``schema`` that is not a pointer into the schema itself."""
+    pending = [schema]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, dict):
+            ref = value.get("$ref")
+            if isinstance(ref, str) and not ref.startswith("#"):
+                return ref
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+    return None
 
 
 def arguments_validator(agent: Agent) -> ArgumentsSchema | None:

@@ -10,9 +10,7 @@ change to it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -45,13 +43,6 @@ MOD_ID_RULE = "1-64 characters of [A-Za-z0-9_.-], not starting with '.'"
 
 Lookup = Callable[[str, str | None], LoadedMod]
 """Finds a mod by name, inside a tenant first: ``(name, tenant)``."""
-
-
-async def _take_back(recorded: asyncio.Future[None], store: Store, key: str) -> None:
-    """Delete a mod's record once its write is done (if it was done at all)."""
-    with contextlib.suppress(Exception):
-        await asyncio.shield(recorded)
-        await asyncio.to_thread(store.delete_mod, key)
 
 
 class Instances:
@@ -113,36 +104,21 @@ class Instances:
             holder = self._mods.get(key)
             if holder is not None:
                 raise ModAlreadyLoadedError(key, holder.mod_path)
-            # The record is written (and fsynced) while the code loads, and taken back if
-            # the load fails: a crash between the two leaves a mod that shows as failed.
-            recorded = (
-                asyncio.ensure_future(
-                    asyncio.to_thread(
-                        self._store.save_mod,
-                        StoredMod(key, chosen_id, mod_path, tenant, config, time.time()),
-                    )
-                )
-                if persist
-                else None
-            )
-            try:
-                loaded = await self._control.start(resolved, chosen_id, config, tenant)
-            except BaseException:
-                if recorded is not None:
-                    await _take_back(recorded, self._store, key)
-                raise
+            loaded = await self._control.start(resolved, chosen_id, config, tenant)
             try:
                 self.check_topics(loaded)
-                if recorded is not None:
-                    try:
-                        await recorded
-                    except Exception as exc:
-                        raise ModLoadError(mod_path, "record", str(exc), exc) from exc
-            except BaseException:
+            except ModLoadError:
                 await stop_mod(loaded, self.unload_timeout)
-                if recorded is not None:
-                    await _take_back(recorded, self._store, key)
                 raise
+            if persist:
+                # Recorded once it runs: a mod whose load crashes the process is not
+                # loaded again at every start.
+                stored = StoredMod(key, chosen_id, mod_path, tenant, config, loaded.loaded_at)
+                try:
+                    await asyncio.to_thread(self._store.save_mod, stored)
+                except Exception as exc:
+                    await stop_mod(loaded, self.unload_timeout)
+                    raise ModLoadError(mod_path, "record", str(exc), exc) from exc
             self._mods.register(loaded)
         return loaded
 

@@ -466,9 +466,9 @@ def _remove_modules(imports: _NamespaceImports) -> list[tuple[str, ModuleType]]:
     ``_active`` entry change together, which is what lets
     :func:`_undo_foreign_writes` tell an unload from another bundle's meddling.
     """
-    removed = [
-        (key, module) for key in imports.keys if (module := sys.modules.pop(key, None)) is not None
-    ]
+    # A copy: a thread of the namespace's code may still import (and record) meanwhile.
+    keys = list(imports.keys)
+    removed = [(key, module) for key in keys if (module := sys.modules.pop(key, None)) is not None]
     imports.keys.clear()
     _root.__dict__.pop(imports.package_name.partition(".")[2], None)
     return removed
