@@ -137,9 +137,10 @@ class UnloadReport:
     def check_freed(self) -> list[Leak]:
         """Confirm that every module and its globals were freed; return what survived.
 
-        Reads weak references taken at the unload, after a full garbage
-        collection if anything is still alive then (which blocks the calling
-        thread for milliseconds on a large heap: run it off the event loop).
+        Reads weak references taken at the unload, after a garbage collection
+        if anything is still alive then: a young one, and a full one only if
+        something survives that (which blocks the calling thread for
+        milliseconds on a large heap: run it off the event loop).
         What survived is listed in ``leaked`` with what holds it. Never raises
         for a leak; checking twice gives the same answer.
         """
