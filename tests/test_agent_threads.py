@@ -122,3 +122,15 @@ async def test_stop_ends_the_threads_once_their_calls_are_done() -> None:
         assert not thread.is_alive()
     assert await pool.run(lambda: "again", lambda: None) == "again"  # a later call starts anew
     pool.stop()
+
+
+async def test_a_call_that_raises_stopiteration_fails_instead_of_hanging(
+    threads: AgentThreads,
+) -> None:
+    def stops() -> None:
+        raise StopIteration("done early")
+
+    finished: list[bool] = []
+    with pytest.raises(RuntimeError, match="raised StopIteration: done early"):
+        await asyncio.wait_for(threads.run(stops, lambda: finished.append(True)), 10)
+    assert finished == [True]

@@ -99,6 +99,11 @@ class _Job:
             if not self.answer.done():  # else the caller was cancelled and is gone
                 if error is None:
                     self.answer.set_result(result)
+                elif isinstance(error, StopIteration):
+                    # A future refuses it (it would end the awaiting coroutine silently).
+                    failure = RuntimeError(f"the call raised StopIteration: {error}")
+                    failure.__cause__ = error
+                    self.answer.set_exception(failure)
                 else:
                     self.answer.set_exception(error)
 
