@@ -48,7 +48,8 @@ class CodeCache:
 
     Args:
         max_entries: code objects kept in memory.
-        max_files: entries kept on disk; :meth:`keep_on_disk` trims the oldest past it.
+        max_files: entries kept on disk; past it, the least recently written half
+            goes, when the folder is given and after every ``max_files // 2`` writes.
     """
 
     def __init__(self, max_entries: int = 4096, max_files: int = 50_000) -> None:
@@ -57,6 +58,7 @@ class CodeCache:
         self._entries: OrderedDict[bytes, CodeType] = OrderedDict()
         self._lock = threading.Lock()
         self._folder: Path | None = None
+        self._written = 0  # entries written since the folder was last trimmed
         self.hits = 0
         self.disk_hits = 0
         self.misses = 0
@@ -75,6 +77,7 @@ class CodeCache:
             folder.mkdir(parents=True, exist_ok=True)
             _trim(folder, self.max_files)
         self._folder = folder
+        self._written = 0
 
     def code_for(self, source: bytes, filename: str, sha256: bytes | None = None) -> CodeType:
         """Return the module code of ``source`` as compiled from ``filename``.
@@ -97,6 +100,7 @@ class CodeCache:
                 code = compile(source, filename, "exec", dont_inherit=True)
                 if folder is not None:
                     _write(folder, key, code)
+                    self._note_written(folder)
                 self.misses += 1
             else:
                 self.disk_hits += 1
@@ -105,6 +109,15 @@ class CodeCache:
                 while len(self._entries) > self.max_entries:
                     self._entries.popitem(last=False)
         return code if code.co_filename == filename else _with_filename(code, filename)
+
+    def _note_written(self, folder: Path) -> None:
+        with self._lock:
+            self._written += 1
+            due = self._written >= max(1, self.max_files // 2)
+            if due:
+                self._written = 0
+        if due:  # a long-running host that keeps deploying new code stays bounded
+            _trim(folder, self.max_files)
 
     def clear(self) -> None:
         """Drop every code object kept in memory (the disk keeps its entries)."""
