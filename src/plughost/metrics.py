@@ -6,10 +6,18 @@ gauges and the runtime's own counts are read at each scrape.
 
 from __future__ import annotations
 
+import bisect
+import itertools
+import math
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 Sampler = Callable[[], dict[str, float]]
@@ -31,6 +39,37 @@ class _Sampled(Collector):
             )
 
 
+class _Latency(Collector):
+    """A latency histogram observed without a lock, given to Prometheus at each scrape.
+
+    Every agent call observes one, on the event loop. prometheus_client's
+    ``Histogram`` takes a lock and walks its buckets at each observation, about
+    1.3 µs: a quarter of what a warm call adds. This one counts per bucket in a
+    list (only the event loop's thread may call :meth:`observe`) and yields the
+    same histogram, with the same default buckets, when scraped.
+    """
+
+    def __init__(self, name: str, documentation: str) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._bounds = [bound for bound in Histogram.DEFAULT_BUCKETS if bound != math.inf]
+        self._counts = [0] * (len(self._bounds) + 1)  # the last one: past every bound
+        self._sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self._counts[bisect.bisect_left(self._bounds, seconds)] += 1
+        self._sum += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self._name, self._documentation)
+        cumulative = list(itertools.accumulate(self._counts))
+        buckets = [
+            (str(bound), count) for bound, count in zip(self._bounds, cumulative, strict=False)
+        ]
+        family.add_metric([], [*buckets, ("+Inf", cumulative[-1])], sum_value=self._sum)
+        yield family
+
+
 class Metrics:
     """The metrics of one network; :meth:`render` gives the Prometheus text format."""
 
@@ -39,9 +78,8 @@ class Metrics:
         self.calls = Counter(
             "plughost_agent_calls", "agent calls by outcome", ["outcome"], registry=self.registry
         )
-        self.call_seconds = Histogram(
-            "plughost_agent_call_seconds", "agent call latency", registry=self.registry
-        )
+        self.call_seconds = _Latency("plughost_agent_call_seconds", "agent call latency")
+        self.registry.register(self.call_seconds)
         self.deploys = Counter(
             "plughost_deploys", "deploys by outcome", ["outcome"], registry=self.registry
         )

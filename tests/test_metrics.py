@@ -1,0 +1,40 @@
+"""The call-latency histogram reads as prometheus_client's own Histogram would."""
+
+from __future__ import annotations
+
+import prometheus_client
+
+from plughost.metrics import Metrics
+
+SAMPLED = dict.fromkeys(
+    [
+        "loaded_namespaces",
+        "loaded_mods",
+        "failed_mods",
+        "tenants",
+        "namespace_loads",
+        "namespace_unloads",
+        "namespace_evictions",
+    ],
+    0,
+)
+
+
+def _samples(text: str, name: str) -> list[str]:
+    return [
+        line.replace(name, "NAME")
+        for line in text.splitlines()
+        if line.startswith(name) and not line.startswith(f"{name}_created")
+    ]
+
+
+def test_call_latency_matches_a_prometheus_histogram_of_the_same_values() -> None:
+    metrics = Metrics(lambda: SAMPLED)
+    registry = prometheus_client.CollectorRegistry()
+    reference = prometheus_client.Histogram("reference_seconds", "x", registry=registry)
+    for seconds in (0.0, 0.0001, 0.005, 0.0050001, 0.3, 2.5, 10.0, 99.0):
+        metrics.call_seconds.observe(seconds)
+        reference.observe(seconds)
+    ours = _samples(metrics.render().decode(), "plughost_agent_call_seconds")
+    theirs = _samples(prometheus_client.generate_latest(registry).decode(), "reference_seconds")
+    assert ours == theirs and len(ours) == 17  # 15 buckets with +Inf, count and sum
