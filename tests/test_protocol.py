@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from plughost import protocol
+from plughost import bounded_json, protocol
 from plughost.protocol import (
     MAX_DEPTH,
     MAX_FRAME,
@@ -235,8 +235,8 @@ async def test_nesting_is_allowed_up_to_max_depth(pipe: Pipe, large: bool) -> No
     # The message is a level, and so is the list that holds the padding.
     allowed = ["reply", 1, True, [*padding, nested(MAX_DEPTH - 2, 7)]]
     too_deep = ["reply", 2, True, [*padding, nested(MAX_DEPTH - 1, 7)]]
-    assert protocol._too_deep(allowed) is False
-    assert protocol._too_deep(too_deep) is True
+    assert bounded_json.too_deep(allowed) is False
+    assert bounded_json.too_deep(too_deep) is True
 
     pipe.worker_out.write(encode(allowed))
     assert await read_soon(pipe.host_in) == allowed
@@ -428,10 +428,11 @@ def test_frames_decode_as_json_loads_decodes_them(
             connection.data_received(frame[start : start + read_size])
         return await read_soon(inbox)
 
-    patches: dict[str, Any] = {"_SLICE": slice_size}
-    if large:
-        patches["OFF_LOOP_BYTES"] = 0
-    with mock.patch.multiple(protocol, **patches):
+    off_loop = 0 if large else protocol.OFF_LOOP_BYTES
+    with (
+        mock.patch.object(bounded_json, "_SLICE", slice_size),
+        mock.patch.object(protocol, "OFF_LOOP_BYTES", off_loop),
+    ):
         got = outcome(lambda: asyncio.run(send_and_read()))
     assert got == expected
 
