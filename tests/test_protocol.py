@@ -445,13 +445,13 @@ async def test_write_encodes_large_messages_in_a_thread(
     pipe: Pipe, monkeypatch: pytest.MonkeyPatch, items: int
 ) -> None:
     encoded_in: list[int] = []
-    encode_off_loop = protocol._encode_off_loop
+    encode_off_loop = bounded_json._dumps_off_loop
 
     def spy(message: Any) -> bytes:
         encoded_in.append(threading.get_ident())
         return encode_off_loop(message)
 
-    monkeypatch.setattr(protocol, "_encode_off_loop", spy)
+    monkeypatch.setattr(bounded_json, "_dumps_off_loop", spy)
     message = ["reply", 1, True, [{"n": n, "s": "é" * (n % 5)} for n in range(items)]]
     assert await encode_async(message) == encode(message)
     reading = asyncio.create_task(read_soon(pipe.worker_in))  # a large frame fills the socket

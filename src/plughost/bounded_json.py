@@ -3,24 +3,31 @@
 json's C decoder and encoder recurse, so 100,000 brackets would end in
 ``RecursionError``; and the C decoder holds the GIL from the first byte to
 the last, so a large text decoded in a thread would still stall the event
-loop. :func:`parse_in_slices` decodes as ``json.loads`` does, but hands the C
+loop. :func:`loads_in_parts` decodes as ``json.loads`` does, but hands the C
 scanner a slice of a few thousand characters at a time (a run of items in
 one call; what does not fit, item by item), so the GIL changes hands between
-calls. :func:`too_deep` and :func:`may_be_deep` tell, cheaply, whether a value
-or its text nests too deeply. The worker protocol (:mod:`plughost.protocol`)
-is built on them.
+calls. :func:`dumps_async` encodes a large value in a thread with json's
+pure-Python encoder, which gives up the GIL as it goes. :func:`too_deep` and
+:func:`may_be_deep` tell, cheaply, whether a value or its text nests too
+deeply. The worker protocol (:mod:`plughost.protocol`) frames what these
+encode, and the HTTP API answers with it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import codecs
 import contextlib
 import itertools
 import json
 import json.scanner
 import re
+from collections.abc import Iterable
 from typing import Any
 
 MAX_DEPTH = 200
+OFF_LOOP_BYTES = 256 * 1024
+"""Text past this size is encoded or decoded off the event loop."""
 
 _SLICE = 8 * 1024  # characters the C scanner gets at a time in a large text
 _CONTAINERS = (list, tuple, dict)
@@ -33,6 +40,10 @@ _SCAN = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
 _WHITESPACE = re.compile(r"[ \t\n\r]+")
 _SPACE = " \t\n\r"
 _TOO_DEEP = f"nested deeper than {MAX_DEPTH} levels"
+_INLINE_ITEMS = 512  # items of a value dumps_async() encodes on the loop at most...
+_ONE_CALL_ITEMS = 32 * 1024  # ...and in one C call in a thread (else with pure Python)
+_JOIN_RUN = 16 * 1024  # pieces of encoded text joined in one C call
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
 class TooDeepError(ValueError):
@@ -250,12 +261,109 @@ def _skip(text: str, pos: int) -> int:
 _closed = object()  # no value decoded: the container is opened instead
 
 
-def parse_in_slices(text: str) -> Any:
-    """Decode ``text`` as ``json.loads`` does, giving up the GIL between slices of it:
-    call it in a thread, and the event loop keeps running.
+def loads_in_parts(parts: list[bytes]) -> Any:
+    """Decode JSON text read in ``parts`` (emptied as they are decoded, to free them early),
+    giving up the GIL between slices of it: call it in a thread, and the event loop keeps
+    running.
 
     Raises:
-        ValueError: it is not JSON (a ``json.JSONDecodeError``).
+        ValueError: it is not JSON.
         TooDeepError: it is nested deeper than ``MAX_DEPTH``.
     """
+    encoding = json.detect_encoding(b"".join(parts[:4])[:4])  # it looks at 4 bytes
+    decoder = codecs.getincrementaldecoder(encoding)("surrogatepass")
+    pieces = []
+    parts.reverse()
+    while parts:
+        pieces.append(decoder.decode(parts.pop()))
+    pieces.append(decoder.decode(b"", True))
+    text = "".join(pieces)
+    del pieces
     return _parse(text, _SLICE)
+
+
+# -- writing ---------------------------------------------------------------------------
+
+
+def dumps(value: Any) -> bytes:
+    """``value`` as compact UTF-8 JSON, encoded at once.
+
+    Raises:
+        TypeError, ValueError: it holds something JSON cannot carry (NaN included)
+            or is nested deeper than ``MAX_DEPTH``.
+    """
+    try:
+        text = _ENCODER.encode(value)  # C; one encoder, not one a call as json.dumps makes
+    except RecursionError:
+        raise ValueError(f"the value is {_TOO_DEEP}") from None
+    return _checked(value, text)
+
+
+async def dumps_async(value: Any) -> bytes:
+    """``value`` as :func:`dumps` encodes it; a large one in a thread, giving up the GIL
+    as it goes. The value must not change until this returns.
+
+    A value's size is not known before it is encoded, so its items and characters
+    are counted first, stopping at 512 items or ``OFF_LOOP_BYTES`` characters.
+
+    Raises:
+        TypeError, ValueError: as :func:`dumps`.
+    """
+    if _small(value, _INLINE_ITEMS, OFF_LOOP_BYTES):
+        return dumps(value)
+    return await asyncio.to_thread(_dumps_off_loop, value)
+
+
+def _dumps_off_loop(value: Any) -> bytes:
+    if _small(value, _ONE_CALL_ITEMS, 4 * OFF_LOOP_BYTES):
+        return dumps(value)  # a few milliseconds of GIL at most
+    try:
+        text = _join_in_runs(_ENCODER.iterencode(value))  # pure Python: not one-shot
+    except RecursionError:
+        raise ValueError(f"the value is {_TOO_DEEP}") from None
+    except RuntimeError as exc:  # a dict changed size while it was encoded
+        raise ValueError(f"the value changed while it was encoded: {exc}") from None
+    return _checked(value, text)
+
+
+def _checked(value: Any, text: str) -> bytes:
+    data = text.encode("utf-8")
+    if may_be_deep(data) and too_deep(value):
+        raise ValueError(f"the value is {_TOO_DEEP}")
+    return data
+
+
+def _join_in_runs(pieces: Iterable[str]) -> str:
+    # One join of millions of pieces would hold the GIL for tens of milliseconds.
+    runs: list[str] = []
+    run: list[str] = []
+    for piece in pieces:
+        run.append(piece)
+        if len(run) == _JOIN_RUN:
+            runs.append("".join(run))
+            run.clear()
+    runs.append("".join(run))
+    return "".join(runs)
+
+
+def _small(message: Any, most_items: int, most_chars: int) -> bool:
+    """Whether ``message`` holds at most ``most_items`` items and ``most_chars`` of text.
+
+    It stops at the first item over, so it costs what the message costs, up to a bound.
+    """
+    items = chars = 0
+    pending = [message]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, str):
+            chars += len(value)
+            if chars > most_chars:
+                return False
+        elif isinstance(value, (list, tuple, dict)):
+            items += len(value)
+            if items > most_items:
+                return False
+            pending.extend(value)
+            if isinstance(value, dict):
+                pending.extend(value.values())
+    return True

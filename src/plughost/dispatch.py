@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from . import protocol
+from . import bounded_json
 from .agent_threads import AgentThreads
 from .deadlines import DeadlineExceeded, Deadlines
 from .errors import (
@@ -94,7 +94,7 @@ class Dispatcher:
         finally:
             calling_tenant_var.reset(token)
         try:
-            await protocol.encode_async(response.data)  # large data off the loop
+            await bounded_json.dumps_async(response.data)  # large data off the loop
         except (TypeError, ValueError) as exc:
             response = EventResponse(success=False, message=f"the answer is not JSON: {exc}")
         self._metrics.events.labels("ok" if response.success else "failed").inc()

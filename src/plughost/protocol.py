@@ -45,7 +45,6 @@ always encodes at once.
 from __future__ import annotations
 
 import asyncio
-import codecs
 import dataclasses
 import itertools
 import json
@@ -53,22 +52,25 @@ import json.scanner
 import math
 import reprlib
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
-from .bounded_json import MAX_DEPTH, TooDeepError, may_be_deep, parse_in_slices, too_deep
+from .bounded_json import (
+    MAX_DEPTH,
+    OFF_LOOP_BYTES,
+    TooDeepError,
+    dumps,
+    dumps_async,
+    loads_in_parts,
+    may_be_deep,
+    too_deep,
+)
 
 MAX_FRAME = 64 * 1024 * 1024
-OFF_LOOP_BYTES = 256 * 1024
-
-_INLINE_ITEMS = 512  # items of a message write() encodes on the loop at most...
-_ONE_CALL_ITEMS = 32 * 1024  # ...and in one C call in a thread (else with pure Python)
-_JOIN_RUN = 16 * 1024  # pieces of encoded text joined in one C call
 # The C scanner (typeshed asks for a scanner as its context; a decoder is what it reads).
 _SCAN = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
 _SPACE = " \t\n\r"
-_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 _TOO_DEEP = f"nested deeper than {MAX_DEPTH} levels"
 
 
@@ -180,11 +182,7 @@ def encode(message: Any) -> bytes:
         TypeError, ValueError: the message holds something JSON cannot carry, is
             nested deeper than ``MAX_DEPTH`` or is over ``MAX_FRAME``.
     """
-    try:
-        text = _ENCODER.encode(message)  # C; one encoder, not one a call as json.dumps makes
-    except RecursionError:
-        raise ValueError(f"the message is {_TOO_DEEP}") from None
-    return _frame(message, text)
+    return _frame(dumps(message))
 
 
 async def encode_async(message: Any) -> bytes:
@@ -195,19 +193,7 @@ async def encode_async(message: Any) -> bytes:
     Raises:
         TypeError, ValueError: as :func:`encode`.
     """
-    if _small(message, _INLINE_ITEMS, OFF_LOOP_BYTES):
-        return encode(message)
-    return await asyncio.to_thread(_encode_off_loop, message)
-
-
-async def dumps_async(value: Any) -> bytes:
-    """``value`` as JSON text, encoded as :func:`encode_async` encodes (a large one in a
-    thread, giving up the GIL as it goes): for answers a server sends, not only frames.
-
-    Raises:
-        TypeError, ValueError: as :func:`encode`.
-    """
-    return (await encode_async(value))[4:]
+    return _frame(await dumps_async(message))
 
 
 async def write(connection: Connection, message: Any) -> None:
@@ -221,61 +207,10 @@ async def write(connection: Connection, message: Any) -> None:
     await connection.drain()
 
 
-def _encode_off_loop(message: Any) -> bytes:
-    if _small(message, _ONE_CALL_ITEMS, 4 * OFF_LOOP_BYTES):
-        return encode(message)  # a few milliseconds of GIL at most
-    try:
-        text = _join_in_runs(_ENCODER.iterencode(message))  # pure Python: not one-shot
-    except RecursionError:
-        raise ValueError(f"the message is {_TOO_DEEP}") from None
-    except RuntimeError as exc:  # a dict changed size while it was encoded
-        raise ValueError(f"the message changed while it was encoded: {exc}") from None
-    return _frame(message, text)
-
-
-def _join_in_runs(pieces: Iterable[str]) -> str:
-    # One join of millions of pieces would hold the GIL for tens of milliseconds.
-    runs: list[str] = []
-    run: list[str] = []
-    for piece in pieces:
-        run.append(piece)
-        if len(run) == _JOIN_RUN:
-            runs.append("".join(run))
-            run.clear()
-    runs.append("".join(run))
-    return "".join(runs)
-
-
-def _frame(message: Any, text: str) -> bytes:
-    data = text.encode("utf-8")
+def _frame(data: bytes) -> bytes:
     if len(data) > MAX_FRAME:
         raise ValueError(f"message of {len(data)} bytes is over the {MAX_FRAME}-byte limit")
-    if may_be_deep(data) and too_deep(message):
-        raise ValueError(f"the message is {_TOO_DEEP}")
     return len(data).to_bytes(4, "big") + data
-
-
-def _small(message: Any, most_items: int, most_chars: int) -> bool:
-    """Whether ``message`` holds at most ``most_items`` items and ``most_chars`` of text.
-
-    It stops at the first item over, so it costs what the message costs, up to a bound.
-    """
-    items = chars = 0
-    pending = [message]
-    while pending:
-        value = pending.pop()
-        if isinstance(value, str):
-            chars += len(value)
-            if chars > most_chars:
-                return False
-        elif isinstance(value, (list, tuple, dict)):
-            items += len(value)
-            if items > most_items:
-                return False
-            pending.extend(value)
-            if isinstance(value, dict):
-                pending.extend(value.values())
-    return True
 
 
 # -- reading ---------------------------------------------------------------------------
@@ -469,24 +404,15 @@ def _decode(data: bytes | bytearray) -> Any:
 
 
 def decode_large(parts: list[bytes]) -> Any:
-    """Decode JSON text read in ``parts`` (emptied as they are decoded, to free them early),
-    giving up the GIL as it goes: call it in a thread, and the event loop keeps running.
+    """Decode a large frame's text read in ``parts``, giving up the GIL as it goes
+    (:func:`~plughost.bounded_json.loads_in_parts`): call it in a thread.
 
     Raises:
         WireError: it is not JSON.
         ProtocolError: it is nested deeper than ``MAX_DEPTH``.
     """
     try:
-        encoding = json.detect_encoding(b"".join(parts[:4])[:4])  # it looks at 4 bytes
-        decoder = codecs.getincrementaldecoder(encoding)("surrogatepass")
-        pieces = []
-        parts.reverse()
-        while parts:
-            pieces.append(decoder.decode(parts.pop()))
-        pieces.append(decoder.decode(b"", True))
-        text = "".join(pieces)
-        del pieces
-        return parse_in_slices(text)
+        return loads_in_parts(parts)
     except TooDeepError:
         raise ProtocolError(f"frame is {_TOO_DEEP}") from None
     except ValueError as exc:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from ..protocol import dumps_async
+from ..bounded_json import dumps_async
 from .auth import Auth
 from .errors import ERRORS
 from .models import AgentModel, CallRequest, CallResponse

@@ -13,8 +13,8 @@ from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
+from ..bounded_json import dumps_async
 from ..events import Event, EventResponse
-from ..protocol import dumps_async
 from .auth import principal_of
 from .errors import ERRORS
 from .state import network_of_app

@@ -17,9 +17,9 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.encoders import jsonable_encoder
 from starlette.types import Scope
 
+from ..bounded_json import OFF_LOOP_BYTES, TooDeepError, loads_in_parts
 from ..manifest import Placement
 from ..network import Network
-from ..protocol import OFF_LOOP_BYTES, ProtocolError, WireError, decode_large
 from .auth import Auth
 from .errors import ERRORS, ApiError
 from .models import DeploymentModel, Removed, TenantModel, TenantToken
@@ -195,10 +195,10 @@ async def _parse_json(chunks: list[bytes]) -> Any:
     try:
         if sum(map(len, chunks)) <= OFF_LOOP_BYTES:
             return json.loads(b"".join(chunks))
-        return await asyncio.to_thread(decode_large, chunks)
-    except (RecursionError, ProtocolError):
+        return await asyncio.to_thread(loads_in_parts, chunks)
+    except (RecursionError, TooDeepError):
         raise ApiError(400, "invalid_json", "the request body is nested too deeply") from None
-    except (UnicodeDecodeError, ValueError, WireError):
+    except (UnicodeDecodeError, ValueError):
         raise ApiError(400, "invalid_json", "the request body is not valid JSON") from None
 
 

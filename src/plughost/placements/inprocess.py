@@ -13,7 +13,7 @@ import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .. import protocol
+from .. import bounded_json
 from ..agent import AgentInfo, LoadedNamespace, load_namespace
 from ..agent_threads import AgentThreads
 from ..deadlines import DeadlineExceeded, Deadlines
@@ -85,7 +85,7 @@ class InProcessUnit(Unit):
         if type(result) not in _PLAIN:
             # What a worker could not send back is refused here too: one contract everywhere.
             try:
-                await protocol.encode_async(result)  # a large answer off the loop
+                await bounded_json.dumps_async(result)  # a large answer off the loop
             except (TypeError, ValueError) as exc:
                 message = f"the answer is not JSON: {exc}"
                 raise AgentError(tenant, agent, type(exc).__name__, message) from None
