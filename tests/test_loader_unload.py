@@ -72,6 +72,25 @@ def test_unload_takes_the_keys_a_load_added_by_hand_and_leaves_every_other(
     other.unload()
 
 
+def test_a_key_its_code_set_by_hand_during_a_call_goes_at_the_next_sweep(
+    write_bundle: WriteBundle,
+) -> None:
+    late = {
+        "agent.py": """
+            import sys, types
+            def plant():
+                sys.modules[__package__ + ".late"] = types.ModuleType("late")
+        """
+    }
+    ns = Namespace("late_planter")
+    loaded = load_bundle(ns, write_bundle(late))
+    loaded.modules["agent"].plant()
+    loaded.unload()
+    for n in range(32):  # the sweep comes after as many unloads (32 at least)
+        load_bundle(Namespace(f"passer{n}"), write_bundle({"a.py": "X = 1\n"})).unload()
+    assert namespace_keys() == set()
+
+
 def test_unloading_twice_returns_an_empty_report(write_bundle: WriteBundle) -> None:
     loaded = load_bundle(Namespace("twice"), write_bundle(BUNDLE))
     assert loaded.unload().modules

@@ -49,8 +49,9 @@ Loads are tamper-evident:
   the one that did it always is. A load that began after the change is not.
   Imports elsewhere in the host meanwhile only add keys. The host removes
   keys only when it unloads a namespace (a tenant's code, a mod), under
-  ``_lock`` and with that namespace's ``_active`` entry, and never a key
-  outside the namespaces, so no removal of its own is taken for tampering.
+  ``_lock`` and with that namespace's ``_active`` entry, or when it sweeps
+  away keys of namespaces that are not loaded, and never a key outside the
+  namespaces, so no removal of its own is taken for tampering.
 
 Code that runs later, in a call, is not watched: in-process namespaces
 separate names and make loads tamper-evident, they do not sandbox hostile
@@ -105,6 +106,9 @@ code_cache = CodeCache()
 
 _lock = threading.Lock()
 _active: dict[str, _NamespaceImports] = {}  # package name -> namespace being or staying loaded
+_unloads_since_sweep = 0
+_SWEEP_AFTER = 32
+"""Unloads, at least, between two sweeps of ``sys.modules`` for keys of unloaded namespaces."""
 _events = itertools.count()
 """Orders load starts and ends (taken under ``_lock``): a namespace settled before a load
 began when its load ended at a lower number than that load began."""
@@ -423,6 +427,7 @@ class LoadedBundle:
                 return UnloadReport(self.namespace, [], verified=True)
             del _active[self.package_name]
             removed = _remove_modules(self._imports)
+            _sweep_now_and_then()
         self.modules.clear()
         self._imports.loaded = None
         report = UnloadReport(
@@ -473,6 +478,27 @@ def _remove_modules(imports: _NamespaceImports) -> list[tuple[str, ModuleType]]:
     imports.keys.clear()
     _root.__dict__.pop(imports.package_name.partition(".")[2], None)
     return removed
+
+
+def _sweep_now_and_then() -> None:
+    """Remove, once in a while, keys of namespaces that are not loaded; call it holding ``_lock``.
+
+    An unload removes the keys its namespace is known to have; a key its code
+    put into ``sys.modules`` by hand during a call is not among them. One scan
+    of ``sys.modules`` after as many unloads as there are namespaces loaded (32
+    at least) finds those: its cost, spread over those unloads, is that of the
+    namespaces' own keys, so unloading many stays linear.
+    """
+    global _unloads_since_sweep
+    _unloads_since_sweep += 1
+    if _unloads_since_sweep < max(_SWEEP_AFTER, len(_active)):
+        return
+    _unloads_since_sweep = 0
+    for key in [k for k in list(sys.modules) if isinstance(k, str) and k.startswith(_PREFIX)]:
+        package = _package_of(key)
+        if package not in _active:
+            sys.modules.pop(key, None)
+            _root.__dict__.pop(package.partition(".")[2], None)
 
 
 @dataclass
