@@ -16,7 +16,7 @@ from plughost.naming import ROOT_PACKAGE
 
 WriteBundle = Callable[..., Path]
 
-PLACEMENTS = ["inprocess", "process"]
+PLACEMENTS = ["inprocess", "process", "sandbox"]
 """Every placement: each guarantee's test runs in each. A new placement joins by its name."""
 STALL_ATTEMPTS = 3
 """Runs a fairness check may take to see no stall over 100 ms. A stall the code causes shows in
@@ -116,3 +116,27 @@ async def network(tmp_path: Path) -> AsyncIterator[Network]:
 settings.register_profile("default", max_examples=100, stateful_step_count=25, deadline=None)
 settings.register_profile("soak", max_examples=400, stateful_step_count=80, deadline=None)
 settings.load_profile("default")
+
+
+class SharedFolder:
+    """A folder that a tenant's code and the test both use, in every placement.
+
+    ``inside`` is the folder as the tenant's code sees it. A sandbox shows
+    nothing of the host's files, so there it is the sandbox's own ``/tmp``,
+    which the test, as root on the host, reaches through ``/proc/<pid>/root``
+    of a process inside (:meth:`on_host`); elsewhere it is the test's
+    ``tmp_path``.
+    """
+
+    def __init__(self, placement: str, tmp_path: Path) -> None:
+        self.placement = placement
+        self._tmp_path = tmp_path
+        self.inside = "/tmp" if placement == "sandbox" else str(tmp_path)
+
+    def on_host(self, network: Network, tenant: str) -> Path:
+        """The folder as the host sees it, for the tenant's live worker as it runs now."""
+        if self.placement != "sandbox":
+            return self._tmp_path
+        bwrap = network.health()["workers"][tenant]["pid"]
+        children = Path(f"/proc/{bwrap}/task/{bwrap}/children").read_text().split()
+        return Path(f"/proc/{children[0]}/root/tmp")

@@ -31,7 +31,7 @@ from plughost import (
     WorkerStartFailed,
 )
 
-from .conftest import PLACEMENTS, agent_bundle, namespace_keys
+from .conftest import PLACEMENTS, SharedFolder, agent_bundle, namespace_keys
 from .test_instances import STATUS_WATCHER, robot_bundle
 
 # What a deploy whose code fails to load raises, by placement: both answer HTTP 422
@@ -339,11 +339,12 @@ class AsyncSlow(BasicAgent):
 async def test_a_call_in_flight_during_a_redeploy_finishes_on_the_old_code(
     network: Network, placement: str, agent: str, tmp_path: Path
 ) -> None:
-    entered, release = tmp_path / "entered", tmp_path / "release"
+    shared = SharedFolder(placement, tmp_path)
     await network.deploy("slow", agent_bundle("v1", extra=SLOW_AGENT), placement=placement)
-    in_flight = asyncio.create_task(
-        network.call_agent("slow", agent, {"entered": str(entered), "release": str(release)})
-    )
+    folder = shared.on_host(network, "slow")  # the old code's, after the redeploy too
+    entered, release = folder / "entered", folder / "release"
+    paths = {"entered": f"{shared.inside}/entered", "release": f"{shared.inside}/release"}
+    in_flight = asyncio.create_task(network.call_agent("slow", agent, paths))
     redeploy: asyncio.Task[Any] | None = None
     try:
         await _until(lambda: entered.exists() or in_flight.done(), "the slow call started")

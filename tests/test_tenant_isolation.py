@@ -25,7 +25,7 @@ from plughost import (
     RpcError,
 )
 
-from .conftest import PLACEMENTS, STALL_ATTEMPTS, agent_bundle
+from .conftest import PLACEMENTS, STALL_ATTEMPTS, SharedFolder, agent_bundle
 from .server import ServerProcess
 from .test_instances import robot_bundle
 from .test_placements import FAILING_AGENTS
@@ -668,7 +668,8 @@ FICKLE = """
 from pathlib import Path
 from plughost import Mod, on, rpc
 
-TOPIC = Path({path!r}).read_text()
+CHOSEN = Path({path!r})
+TOPIC = CHOSEN.read_text() if CHOSEN.exists() else "mine"
 
 
 class FickleMod(Mod):
@@ -686,16 +687,15 @@ class FickleMod(Mod):
 async def test_a_restart_refused_for_its_topics_keeps_the_instance_running(
     network: Network, tmp_path: Path, placement: str
 ) -> None:
-    chosen = tmp_path / "topic.txt"
-    chosen.write_text("mine")
+    shared = SharedFolder(placement, tmp_path)
     bundle = {
         "files": [
-            {"filename": "fickle.py", "source": FICKLE.format(path=str(chosen))},
+            {"filename": "fickle.py", "source": FICKLE.format(path=f"{shared.inside}/topic.txt")},
             {"filename": "plughost.toml", "source": '[[mods]]\npath = "fickle"\nname = "f"\n'},
         ]
     }
     await network.deploy("bob", bundle, placement=placement)  # type: ignore[arg-type]
-    chosen.write_text("/alice/secret")
+    (shared.on_host(network, "bob") / "topic.txt").write_text("/alice/secret")
     with pytest.raises(ModLoadError, match="/alice/secret"):
         await network.restart("bob/f")
     assert await network.rpc("bob/f", "topic") == "mine"

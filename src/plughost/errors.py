@@ -245,6 +245,42 @@ class AgentError(PlughostError):
         super().__init__(f"agent {agent!r} of tenant {tenant!r} raised {error_type}: {message}")
 
 
+class LimitExceededError(PlughostError):
+    """Tenant code reached a limit of its sandbox; its worker is restarted.
+
+    Attributes:
+        tenant: whose sandbox it was.
+        limit: the limit's name, as it is configured (``memory_mb``, ``processes``, ...).
+        value: the limit.
+    """
+
+    def __init__(self, tenant: str, limit: str, value: int | None, detail: str) -> None:
+        self.tenant = tenant
+        self.limit = limit
+        self.value = value
+        super().__init__(
+            f"the sandbox of tenant {tenant!r} reached its {limit} limit ({limit} = {value}):"
+            f" {detail}; it is restarting"
+        )
+
+
+class PlacementUnavailableError(PlughostError):
+    """A placement cannot run here (a sandbox where bubblewrap is missing, say).
+
+    Attributes:
+        placement: its name.
+        reason: why not.
+    """
+
+    def __init__(self, placement: str, reason: str) -> None:
+        self.placement = placement
+        self.reason = reason
+        super().__init__(
+            f"the {placement!r} placement is unavailable here: {reason};"
+            " nothing was deployed (a weaker placement is never used instead)"
+        )
+
+
 class DataFolderInUseError(PlughostError):
     """Another process has the data folder open.
 

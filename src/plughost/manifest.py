@@ -2,7 +2,10 @@
 
 Example::
 
-    placement = "process"            # or "inprocess"; unset: as the tenant runs now
+    placement = "process"            # or "inprocess", "sandbox"; unset: as the tenant runs now
+
+    [sandbox]                        # with placement = "sandbox": lower limits than the
+    memory_mb = 256                  # network gives the tenant (never higher)
 
     [[mods]]
     path = "camera_module"           # a module of the bundle, optionally "module:Class"
@@ -26,7 +29,8 @@ from .errors import BundleRejectedError
 from .naming import TENANT_NAME_PATTERN
 
 MANIFEST = "plughost.toml"
-Placement = Literal["inprocess", "process"]
+Placement = Literal["inprocess", "process", "sandbox"]
+_MIB = 1 << 20
 _TOPIC_SEGMENT = r"^[A-Za-z0-9_.-]+$"  # an exposed topic is one segment: /<it>
 
 
@@ -59,6 +63,55 @@ class InstanceSpec(BaseModel):
         return self.path.partition(":")[2] or None
 
 
+class SandboxLimits(BaseModel):
+    """The limits of one sandbox (the ``sandbox`` placement), with safe defaults.
+
+    The network's config sets them for every tenant and for one tenant; a
+    bundle's ``[sandbox]`` table may only lower its tenant's.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    memory_mb: int = Field(default=1024, ge=128)
+    """Address space of each of its processes (what it maps, not only what it touches)."""
+    cpu_seconds: int = Field(default=3600, ge=1)
+    """CPU time each of its processes may use in all; a call's own budget is its deadline."""
+    processes: int = Field(default=128, ge=48)
+    """Processes and threads, its worker's own (about 40) included."""
+    open_files: int = Field(default=256, ge=32)
+    file_size_mb: int = Field(default=16, ge=1)
+    """The largest file it may write."""
+    tmp_mb: int = Field(default=64, ge=1)
+    """Its private, writable ``/tmp``, in memory."""
+
+    @property
+    def memory_bytes(self) -> int:
+        return self.memory_mb * _MIB
+
+    @property
+    def file_size_bytes(self) -> int:
+        return self.file_size_mb * _MIB
+
+    @property
+    def tmp_bytes(self) -> int:
+        return self.tmp_mb * _MIB
+
+    def lowered_to(self, asked: SandboxLimits) -> SandboxLimits:
+        """These limits with the ones ``asked`` sets (and only those) in their place.
+
+        Raises:
+            BundleRejectedError: one asked for is above these.
+        """
+        wanted = {name: getattr(asked, name) for name in asked.model_fields_set}
+        above = sorted(name for name, value in wanted.items() if value > getattr(self, name))
+        if above:
+            limits = ", ".join(f"{n} = {wanted[n]} (at most {getattr(self, n)})" for n in above)
+            raise BundleRejectedError(
+                f"[sandbox] asks for more than the network gives this tenant: {limits}", MANIFEST
+            )
+        return self.model_copy(update=wanted)
+
+
 class Manifest(BaseModel):
     """What ``plughost.toml`` says; a bundle without one gets these defaults.
 
@@ -69,6 +122,8 @@ class Manifest(BaseModel):
 
     placement: Placement | None = None
     mods: list[InstanceSpec] = Field(default_factory=list)
+    sandbox: SandboxLimits = Field(default_factory=SandboxLimits)
+    """Only what the table sets counts (see :meth:`SandboxLimits.lowered_to`)."""
 
     @field_validator("mods")
     @classmethod

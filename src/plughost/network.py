@@ -32,7 +32,7 @@ from .errors import NotStartedError, OutsideTenantError
 from .events import Event, EventResponse, resolve_topic, topic_allowed
 from .instances import Instances
 from .loader import code_cache
-from .manifest import Placement
+from .manifest import Placement, SandboxLimits
 from .metrics import Metrics
 from .mod import (
     FreedChecks,
@@ -46,6 +46,7 @@ from .mod import (
 from .naming import Namespace
 from .placements.base import Placement as PlacementImpl
 from .placements.inprocess import InProcess
+from .placements.sandbox import Sandbox
 from .placements.worker import Worker
 from .runtime import Runtime
 from .store import Deployment, GarbageReport, Snapshot, Store
@@ -93,6 +94,9 @@ class Network:
             RPC); past it a request fails at once with ``WorkerBusyError`` (HTTP 429).
         shared_topics: absolute topics (``/clock``) every tenant's mods and events may
             use besides their own tenant's; a tenant reaches no other topic.
+        sandbox_limits: the limits of every tenant's sandbox (``sandbox`` placement).
+        sandbox_tenant_limits: a tenant's own sandbox limits: those each sets replace
+            ``sandbox_limits``'.
 
     Use as ``async with Network(...) as network:`` or ``start()`` / ``stop()``.
     """
@@ -114,6 +118,8 @@ class Network:
         call_timeout: float = 60.0,
         shared_topics: list[str] | None = None,
         worker_max_inflight: int = 64,
+        sandbox_limits: SandboxLimits | None = None,
+        sandbox_tenant_limits: Mapping[str, SandboxLimits] | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.network_id = network_id
@@ -158,6 +164,14 @@ class Network:
             unload_timeout,
             self._dispatch.shared_topics,
         )
+        workers: dict[str, Any] = {
+            "data_dir": self.data_dir,
+            "unload_timeout": unload_timeout,
+            "start_timeout": worker_start_timeout,
+            "call_timeout": call_timeout,
+            "max_inflight": worker_max_inflight,
+            "shared_topics": self._dispatch.shared_topics,
+        }
         placements: list[PlacementImpl] = [
             InProcess(
                 control,
@@ -166,16 +180,14 @@ class Network:
                 unload_timeout=unload_timeout,
                 call_timeout=call_timeout,
             ),
-            Worker(
+            Worker(self._dispatch, self._dispatch.answer_worker, self._deadlines, **workers),
+            Sandbox(
                 self._dispatch,
                 self._dispatch.answer_worker,
                 self._deadlines,
-                data_dir=self.data_dir,
-                unload_timeout=unload_timeout,
-                start_timeout=worker_start_timeout,
-                call_timeout=call_timeout,
-                max_inflight=worker_max_inflight,
-                shared_topics=self._dispatch.shared_topics,
+                limits=sandbox_limits or SandboxLimits(),
+                tenant_limits=sandbox_tenant_limits or {},
+                **workers,
             ),
         ]
         self._placements = {placement.name: placement for placement in placements}
@@ -205,6 +217,8 @@ class Network:
         self._tokens.load()
         # A namespace's first load in a new process reads compiled code, not source.
         await asyncio.to_thread(code_cache.keep_on_disk, self._store.compiled)
+        for placement in self._placements.values():
+            await asyncio.to_thread(placement.check)
         self._threads.start()
         self._started_at = time.time()
         self._gc_task = asyncio.get_running_loop().create_task(
@@ -795,7 +809,9 @@ class Network:
                 "states": self._runtime.states(confine_to),
             },
             "workers": dict(sorted(workers.items())),
-            "placements": sorted(self._placements),
+            "placements": {
+                name: placement.availability for name, placement in sorted(self._placements.items())
+            },
             **counts,
         }
 

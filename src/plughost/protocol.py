@@ -445,6 +445,7 @@ class WorkerSpec:
     call_timeout: float = 60.0  # the deadline of one request to the worker
     snapshot: str | None = None
     shared_topics: tuple[str, ...] = ()  # besides its tenant's, the topics it may subscribe to
+    limits: tuple[tuple[str, int], ...] = ()  # a sandbox's limits, by name: breaches are named
 
     def to_message(self) -> dict[str, Any]:
         """The spec as a JSON object, the first frame the host sends."""
@@ -459,6 +460,7 @@ class WorkerSpec:
             "call_timeout": self.call_timeout,
             "snapshot": self.snapshot,
             "shared_topics": list(self.shared_topics),
+            "limits": dict(self.limits),
         }
 
     @classmethod
@@ -490,6 +492,11 @@ class WorkerSpec:
             raise ProtocolError(
                 f"worker spec shared_topics should be strings, not {_brief(shared)}"
             )
+        limits = fields.get("limits", {})
+        if not isinstance(limits, dict) or not all(
+            isinstance(value, int) and not isinstance(value, bool) for value in limits.values()
+        ):
+            raise ProtocolError(f"worker spec limits should be whole numbers, not {_brief(limits)}")
         return cls(
             _typed(fields, "tenant", str),
             _typed(fields, "version", int),
@@ -498,6 +505,7 @@ class WorkerSpec:
             tuple(_instance(item, index) for index, item in enumerate(instances)),
             snapshot=snapshot,
             shared_topics=tuple(shared),
+            limits=tuple(sorted(limits.items())),
             **timeouts,
         )
 

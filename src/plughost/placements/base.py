@@ -59,6 +59,15 @@ class Placement(abc.ABC):
     """One way of running tenants' code."""
 
     name: ClassVar[str]
+    availability: str = "available"
+    """``"available"``, or ``"unavailable: <why>"`` (health shows it)."""
+
+    def check(self) -> str:
+        """Find out whether the placement can run here, as :attr:`availability` says.
+
+        It may block (it runs in a thread, once, when the network starts).
+        """
+        return self.availability
 
     @abc.abstractmethod
     async def start(self, launch: Launch) -> Started:

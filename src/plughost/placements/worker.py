@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -26,7 +27,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from .. import protocol
 from ..agent import AgentInfo
@@ -35,6 +36,7 @@ from ..errors import (
     AgentError,
     CallTimeoutError,
     InvalidArgumentsError,
+    LimitExceededError,
     ModLoadError,
     PlughostError,
     UnknownAgentError,
@@ -56,6 +58,7 @@ HostRequest = Callable[[str, str, tuple[Any, ...]], Awaitable[Any]]
 Ready = tuple[dict[str, list[Any]], list[dict[str, Any]]]
 
 _ENTRY = "import sys; from plughost.placements.worker_process import main; main(int(sys.argv[1]))"
+_EXIT_GRACE = 1.0  # how long a closed worker's process may take to exit and tell why
 _FIRST_BACKOFF = 0.05
 _MAX_BACKOFF = 5.0
 _STABLE_AFTER = 10.0
@@ -71,6 +74,25 @@ _SECRET_VARIABLES = frozenset({"PLUGHOST_ADMIN_TOKEN", "PLUGHOST_TOKEN"})
 def _worker_environment() -> dict[str, str]:
     """The host's environment without its secrets (``PYTHONPATH`` and the rest stay)."""
     return {name: value for name, value in os.environ.items() if name not in _SECRET_VARIABLES}
+
+
+def describe_exit(returncode: int | None) -> str:
+    """Why a worker's process ended, from its exit status.
+
+    The worker's keeper exits with the worker's status, a signal ``N`` as
+    ``128 + N`` (as a shell reports it); a negative code is a signal that
+    ended the process the host started itself.
+    """
+    if returncode is None or returncode == 0:
+        return _EXITED
+    number = returncode - 128 if returncode > 128 else -returncode if returncode < 0 else 0
+    if number:
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            name = f"signal {number}"
+        return f"{_EXITED} (killed by {name})"
+    return f"{_EXITED} with code {returncode}"
 
 
 class _Process:
@@ -92,6 +114,7 @@ class _Process:
         self._connection: protocol.Connection | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.process: subprocess.Popen[bytes] | None = None
+        self._exiting: asyncio.Task[None] | None = None
         self.started_at = time.monotonic()
 
     @property
@@ -103,17 +126,15 @@ class _Process:
         loop = asyncio.get_running_loop()
         host_end, worker_end = socket.socketpair()
         with worker_end:
-            self.process = await asyncio.to_thread(
-                subprocess.Popen,
-                [sys.executable, "-c", _ENTRY, str(worker_end.fileno())],
-                pass_fds=[worker_end.fileno()],
-                start_new_session=True,
-                env=_worker_environment(),
-            )
+            try:
+                self.process = await asyncio.to_thread(self._popen, worker_end.fileno())
+            except BaseException:
+                host_end.close()
+                raise
         self._ready = loop.create_future()
         self._connection = await protocol.connect(host_end, self._on_message, self._on_closed)
         try:
-            await self._send(self.spec.to_message())
+            await self._send(self._first_frame())
             return await asyncio.wait_for(asyncio.shield(self._ready), timeout)
         except TimeoutError:
             self._ready.cancel()  # nobody waits for it any more
@@ -124,6 +145,23 @@ class _Process:
         except BaseException:
             await self.stop(timeout=5)
             raise
+
+    def _popen(self, descriptor: int) -> subprocess.Popen[bytes]:
+        """Start the worker's process on the socket ``descriptor`` (runs in a thread)."""
+        return subprocess.Popen(
+            [sys.executable, "-c", _ENTRY, str(descriptor)],
+            pass_fds=[descriptor],
+            start_new_session=True,
+            env=_worker_environment(),
+        )
+
+    def _first_frame(self) -> dict[str, Any]:
+        """The spec as the worker is told it."""
+        return self.spec.to_message()
+
+    def _exit_reason(self, returncode: int | None) -> str:
+        """Why the worker's process ended, as health and the failed requests say it."""
+        return describe_exit(returncode)
 
     async def _send(self, message: Any) -> None:
         """Send one message, sized up first: a large one (an RPC argument from another
@@ -157,7 +195,7 @@ class _Process:
 
     def _on_closed(self, error: protocol.WireError | None) -> None:
         if error is None:
-            self._lost(_EXITED)
+            self._exiting = asyncio.get_running_loop().create_task(self._exited())
             return
         # The worker broke the protocol: whatever it is doing, it cannot be trusted on.
         self.kill()
@@ -178,6 +216,14 @@ class _Process:
         except PlughostError:
             pass
 
+    async def _exited(self) -> None:
+        """The worker closed its end: wait a moment for its process to end, to say why."""
+        returncode = None
+        if self.process is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                returncode = await asyncio.to_thread(self.process.wait, _EXIT_GRACE)
+        self._lost(self._exit_reason(returncode))
+
     def _lost(self, reason: str) -> None:
         """The worker exited, died or broke the protocol: fail what waits for it, once."""
         if self._lost_already:
@@ -191,7 +237,8 @@ class _Process:
         for task in self._tasks:
             task.cancel()
         if self._ready is not None and not self._ready.done():
-            why = "" if reason == _EXITED else f" ({reason})"
+            # "the worker exited with code 3" stays as it is; other reasons are added.
+            why = reason[len(_EXITED) :] if reason.startswith(_EXITED) else f" ({reason})"
             self._ready.set_exception(
                 WorkerStartFailed(
                     self.spec.tenant,
@@ -251,6 +298,8 @@ class _Process:
             self.kill()  # also what the worker's code may have started
             await asyncio.to_thread(self.process.wait)
         self._lost("stopped")
+        if self._exiting is not None:
+            await self._exiting
 
 
 class WorkerProcess(Protocol):
@@ -290,6 +339,8 @@ class Supervisor:
         max_inflight: the tenant's requests (calls, events, topics, RPC) it may have
             in flight at once, and its own requests to the host (publishing, RPC); past
             it, :class:`WorkerBusyError`, on either side.
+        recycle_after_timeout: restart the worker when a request outlives its deadline
+            (code that may still run is stopped the only way it can be).
     """
 
     def __init__(
@@ -302,9 +353,11 @@ class Supervisor:
         first_backoff: float = _FIRST_BACKOFF,
         max_backoff: float = _MAX_BACKOFF,
         max_inflight: int = 64,
+        recycle_after_timeout: bool = False,
     ) -> None:
         self.spec = spec
         self._max_inflight = max_inflight
+        self._recycle_after_timeout = recycle_after_timeout
         self._in_flight = 0
         self._asked = 0  # the worker's requests to the host, being answered
         self._on_request = on_request
@@ -383,7 +436,12 @@ class Supervisor:
             TimeoutError: no answer within ``timeout`` (default: the call deadline).
         """
         deadline = self.spec.call_timeout if timeout is None else timeout
-        return await self._deadlines.run(self.request_in_deadline(kind, *args), deadline)
+        try:
+            return await self._deadlines.run(self.request_in_deadline(kind, *args), deadline)
+        except TimeoutError:
+            if self._recycle_after_timeout:
+                self.renew("a request outlived its deadline")
+            raise
 
     async def request_in_deadline(self, kind: str, *args: Any) -> Any:
         """Send a request whose deadline the caller keeps already, and return its answer:
@@ -401,6 +459,11 @@ class Supervisor:
         self._in_flight += work
         try:
             return await self._process.request(kind, *args)
+        except RemoteError as exc:
+            if exc.kind == "limit":
+                # What the code left behind (processes, memory, files) cannot be trusted on.
+                self.renew(f"its {exc.error_type} limit was reached")
+            raise
         finally:
             self._in_flight -= work
 
@@ -408,6 +471,39 @@ class Supervisor:
         """Kill the worker; the supervisor restarts it (used when it stops answering)."""
         if self._process is not None:
             self._process.kill()
+
+    def renew(self, reason: str) -> None:
+        """Replace a worker that still answers but cannot be trusted on: a new process is
+        started beside it and takes over once ready, then the old one is killed, so
+        requests meanwhile are still answered. If the new one fails to start, the old
+        one is killed and restarted as after a crash."""
+        if self.state is not WorkerState.READY or self._restarting is not None and not (
+            self._restarting.done()
+        ):
+            return
+        self._restarting = asyncio.get_running_loop().create_task(self._renew(reason))
+
+    async def _renew(self, reason: str) -> None:
+        old = self._process
+        try:
+            self.ready = await self._start_process(self._without_forgotten())
+        except Exception as exc:
+            self._restarting = None
+            if old is not None:
+                old.kill()
+            self._crashed(f"{reason}; its replacement failed: {type(exc).__name__}: {exc}")
+            return
+        self.spec = self._without_forgotten()
+        self.restarts += 1
+        self.lifecycle.set(WorkerState.READY, f"renewed: {reason}")
+        if old is not None:
+            await old.stop(timeout=0)
+
+    def _without_forgotten(self) -> WorkerSpec:
+        return replace(
+            self.spec,
+            instances=tuple(i for i in self.spec.instances if i[1] not in self._forgotten),
+        )
 
     def keep_trying(self, error: str) -> None:
         """A start failed: record it and go on trying with backoff."""
@@ -432,10 +528,7 @@ class Supervisor:
             and time.monotonic() - self._process.started_at > _STABLE_AFTER
         ):
             self._backoff = self._first_backoff
-        spec = replace(
-            self.spec,
-            instances=tuple(i for i in self.spec.instances if i[1] not in self._forgotten),
-        )
+        spec = self._without_forgotten()
         for _ in range(MAX_ATTEMPTS):
             await asyncio.sleep(self._backoff)
             self._backoff = min(self._backoff * 2, self._max_backoff)
@@ -492,6 +585,9 @@ class WorkerUnit(Unit):
                 raise UnknownAgentError(tenant, agent, self.namespace.snapshot, known) from None
             if exc.kind == "invalid_arguments":  # the worker names the agent it found
                 raise InvalidArgumentsError(tenant, exc.error_type, exc.message) from None
+            if exc.kind == "limit":  # the worker names the limit
+                value = dict(self.supervisor.spec.limits).get(exc.error_type)
+                raise LimitExceededError(tenant, exc.error_type, value, exc.message) from None
             raise AgentError(tenant, agent, exc.error_type, exc.message) from None
         finally:
             release()
@@ -510,13 +606,15 @@ class WorkerUnit(Unit):
 
 
 class RemoteControl:
-    """Instances that run in a worker: shut down and restarted there."""
+    """Instances that run in a worker: shut down and restarted there.
 
-    placement = "process"
+    ``placement`` names the placement the worker belongs to.
+    """
 
-    def __init__(self, supervisor: Supervisor, host: Host) -> None:
+    def __init__(self, supervisor: Supervisor, host: Host, placement: str) -> None:
         self._supervisor = supervisor
         self._host = host
+        self.placement = placement
         self._replaced: set[int] = set()
 
     async def shutdown(self, mod: LoadedMod) -> str | None:
@@ -536,12 +634,10 @@ class RemoteControl:
         return None
 
     async def restart(self, mod: LoadedMod, source: ResolvedModPath) -> LoadedMod:
+        # The worker runs one deployment: ``source`` is in its own folder, where it looks.
         try:
             described = await self._supervisor.request(
-                "restart",
-                mod.mod_id,
-                str(source.source),
-                timeout=self._supervisor.spec.start_timeout,
+                "restart", mod.mod_id, timeout=self._supervisor.spec.start_timeout
             )
         except RemoteError as exc:
             raise ModLoadError(
@@ -559,7 +655,7 @@ class RemoteControl:
         # What the manifest declares, not what the worker says: exposing widens its reach.
         declared = {entry[1]: entry[3] for entry in supervisor.spec.instances}
         instance.tenant, instance.expose = tenant, tuple(declared.get(name, ()))
-        instance.namespace = Namespace(tenant, mod=name, placement="process")
+        instance.namespace = Namespace(tenant, mod=name, placement=self.placement)
 
         async def on_event(event: Event) -> EventResponse:
             answer = await supervisor.request("event", name, event.model_dump())
@@ -633,8 +729,12 @@ class Worker(Placement):
         self._start_timeout = start_timeout
         self._call_timeout = call_timeout
 
-    def _supervisor(self, launch: Launch) -> Supervisor:
-        spec = WorkerSpec(
+    recycle_after_timeout: ClassVar[bool] = False
+    """Whether a request past its deadline restarts the worker (see :class:`Supervisor`)."""
+
+    def _spec(self, launch: Launch) -> WorkerSpec:
+        """What the worker of ``launch`` runs."""
+        return WorkerSpec(
             launch.tenant,
             launch.version,
             str(launch.folder.resolve()),
@@ -647,10 +747,22 @@ class Worker(Placement):
             shared_topics=self._shared_topics,
         )
 
+    def _process(self, launch: Launch) -> ProcessFactory:
+        """What makes the worker processes of ``launch``."""
+        return _Process
+
+    def _supervisor(self, launch: Launch) -> Supervisor:
         async def answer(kind: str, args: tuple[Any, ...]) -> Any:
             return await self._on_request(launch.tenant, kind, args)
 
-        return Supervisor(spec, answer, self._deadlines, max_inflight=self._max_inflight)
+        return Supervisor(
+            self._spec(launch),
+            answer,
+            self._deadlines,
+            process=self._process(launch),
+            max_inflight=self._max_inflight,
+            recycle_after_timeout=self.recycle_after_timeout,
+        )
 
     async def start(self, launch: Launch) -> Started:
         supervisor = self._supervisor(launch)
@@ -663,13 +775,13 @@ class Worker(Placement):
                 "InstanceCountMismatch",
                 f"{len(launch.instances)} instances declared, {len(described)} came up",
             )
-        control = RemoteControl(supervisor, self._host)
+        control = RemoteControl(supervisor, self._host, self.name)
         return Started(WorkerUnit(launch, supervisor), [control.stub(i) for i in described])
 
     async def resume(self, launch: Launch) -> Started:
         supervisor = self._supervisor(launch)
         unit = WorkerUnit(launch, supervisor)
-        control = RemoteControl(supervisor, self._host)
+        control = RemoteControl(supervisor, self._host, self.name)
         try:
             _, described = await supervisor.start()
         except PlughostError as exc:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import errno
 import functools
 import inspect
 import json
@@ -44,6 +45,7 @@ from ..protocol import InstanceSpecTuple, RemoteError, WorkerSpec
 from .process_group import kill_session
 
 _THREADS = 32  # sync calls a worker runs at once, as many as a host's agent threads
+_KILL_ROUNDS = 1000
 
 
 def describe_instance(mod: LoadedMod) -> dict[str, Any]:
@@ -137,10 +139,15 @@ class _Worker:
     async def _answer(self, kind: str, request_id: int, args: tuple[Any, ...]) -> None:
         try:
             value = await self._handle(kind, args)
-        except RemoteError as exc:
-            reply = ["reply", request_id, False, [exc.kind, exc.error_type, exc.message]]
         except Exception as exc:
-            reply = ["reply", request_id, False, ["error", type(exc).__name__, str(exc)]]
+            limit = _limit_reached(exc) if self.spec.limits else None
+            if limit is not None:
+                failure = ["limit", limit[0], limit[1]]
+            elif isinstance(exc, RemoteError):
+                failure = [exc.kind, exc.error_type, exc.message]
+            else:
+                failure = ["error", type(exc).__name__, str(exc)]
+            reply = ["reply", request_id, False, failure]
         else:
             reply = ["reply", request_id, True, value]
         try:
@@ -233,10 +240,10 @@ class _Worker:
         except PlughostError as exc:
             raise RemoteError("load", type(exc).__name__, str(exc)) from exc
 
-    async def _restart(self, name: str, folder: str) -> dict[str, Any]:
+    async def _restart(self, name: str) -> dict[str, Any]:
         old = self._mod(name)
         spec = (old.mod_path, old.mod_id, old.config, old.instance.expose)
-        new = await self._start_instance(folder, spec)
+        new = await self._start_instance(self.spec.folder, spec)
         # The host would refuse it after the swap, and the instance would be gone: the old
         # one keeps running instead. The host checks again; this only spares the tenant.
         tenant, shared = self.spec.tenant, self.spec.shared_topics
@@ -288,6 +295,33 @@ class _Worker:
         self.mods.clear()
         if self.entry is not None:
             self.entry.unload()
+
+
+# What a sandbox's limits make system calls fail with (``RLIMIT_NPROC`` makes ``fork`` and
+# new threads fail with EAGAIN).
+_LIMIT_ERRNOS = {
+    errno.EMFILE: "open_files",
+    errno.EFBIG: "file_size_mb",
+    errno.ENOSPC: "tmp_mb",
+    errno.EAGAIN: "processes",
+}
+
+
+def _limit_reached(error: BaseException) -> tuple[str, str] | None:
+    """The limit that ``error`` (or what caused it) shows was reached, and what was raised."""
+    seen: set[int] = set()
+    found: BaseException | None = error
+    while found is not None and id(found) not in seen:
+        seen.add(id(found))
+        text = f"{type(found).__name__}: {found}"
+        if isinstance(found, MemoryError):
+            return "memory_mb", text
+        if isinstance(found, OSError) and found.errno in _LIMIT_ERRNOS:
+            return _LIMIT_ERRNOS[found.errno], text
+        if isinstance(found, RuntimeError) and "can't start new thread" in str(found):
+            return "processes", text
+        found = found.__cause__ or found.__context__
+    return None
 
 
 async def _invoke(
@@ -354,14 +388,20 @@ def _keep_the_group(descriptor: int) -> None:
     os.close(descriptor)  # the host must see the socket close when the worker ends
     signal.signal(signal.SIGTERM, _host_died)
     _die_with_parent(signal.SIGTERM)
+    status = 128 + signal.SIGKILL
     try:
         if os.getppid() == host:  # else the host died before the kernel was asked
-            os.waitpid(worker, 0)
+            status = os.waitstatus_to_exitcode(os.waitpid(worker, 0)[1])
     except _HostDied:
         pass
     finally:
-        kill_session(keeper, spare=keeper)
-        os.killpg(0, signal.SIGKILL)
+        # Until none is left (a process can fork while the others are being killed), but
+        # not for ever: one stuck in the kernel cannot die until it returns.
+        for _ in range(_KILL_ROUNDS):
+            if not kill_session(keeper, spare=keeper):
+                break
+        # The worker's status, a signal N as 128 + N: the host names what ended it.
+        os._exit(128 - status if status < 0 else status)
 
 
 def _die_with_parent(signum: int) -> None:

@@ -1,0 +1,444 @@
+"""The ``sandbox`` placement: a tenant's worker in an OS sandbox, for code you do not trust.
+
+The worker is the ``process`` placement's, supervised the same way, but its
+process runs inside bubblewrap (``bwrap``, which makes Linux namespaces):
+
+- files: a read-only view of the system (``/usr``), of the interpreter and
+  of plughost's own code, the tenant's bundle at ``/bundle`` (read-only) and
+  a private ``/tmp`` in memory; nothing of the data folder (no store, no
+  other tenant, no token) and nothing else of the host;
+- network: none, in an empty network namespace of its own (the host is
+  reached through the inherited socket pair only);
+- processes: a pid namespace of its own, whose processes all die with it;
+- user: when the host runs as root, a user id of its own for each sandbox
+  (``setpriv``), without capabilities, with no-new-privileges; otherwise
+  the host's own, mapped to ``nobody`` in a user namespace;
+- limits (``prlimit``): address space, CPU time, processes and threads,
+  open files, file size, and the size of ``/tmp``; a call past its deadline
+  restarts the worker, since its code cannot be stopped any other way.
+
+A breached limit is named: a call that met it fails with
+:class:`~plughost.errors.LimitExceededError` and the worker is restarted
+(what the code left behind cannot be trusted on); a worker killed by one
+(CPU time, file size) is restarted with the limit in its error.
+
+Whether sandboxes can be made here is checked once (:func:`availability`);
+when they cannot, a deploy asking for one fails with
+:class:`~plughost.errors.PlacementUnavailableError`: never a weaker placement.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from ..errors import PlacementUnavailableError, WorkerStartFailed
+from ..manifest import SandboxLimits, read_manifest
+from ..protocol import WorkerSpec
+from .base import Launch, Started
+from .worker import ProcessFactory, Worker, _Process, describe_exit
+
+logger = logging.getLogger("plughost.sandbox")
+
+BUNDLE = "/bundle"
+"""Where the tenant's bundle is, inside its sandbox."""
+_TMP = "/tmp"
+_SYSTEM = ("/usr",)
+_SYSTEM_LINKS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+_CPU_GRACE = 5  # seconds of CPU past the soft limit (SIGXCPU) before SIGKILL
+_UID_RANGE = 1 << 16
+_OUTPUT_BYTES_PER_SECOND = 64 << 10
+_OUTPUT_TAIL = 64  # lines kept of each sandbox's output
+
+
+@dataclass(frozen=True)
+class HostView:
+    """What of the host every sandbox shows, read-only, at the host's own paths.
+
+    Attributes:
+        binds: folders shown (the interpreter's, the packages', plughost's).
+        package_root: the folder that holds ``plughost``, first on the worker's path.
+        python: the interpreter the worker runs.
+        own_uid: sandboxes get user ids of their own (the host runs as root).
+    """
+
+    binds: tuple[str, ...]
+    package_root: str
+    python: str
+    own_uid: bool
+
+
+def host_view(data_dir: Path) -> HostView:
+    """What sandboxes show of this host; none of it may hold the data folder or its token.
+
+    Raises:
+        PlacementUnavailableError: a folder the worker needs holds the data folder.
+    """
+    package_root = Path(__file__).resolve().parents[2]  # the folder that holds plughost/
+    wanted = {Path(sys.prefix), Path(sys.base_prefix), Path(sys.exec_prefix), package_root}
+    wanted |= {Path(entry) for entry in sys.path if entry.endswith(("site-packages", ".zip"))}
+    wanted |= {Path(sys.executable).resolve().parent.parent}
+    folders = sorted(
+        {path.resolve() for path in wanted if path.exists()}, key=lambda p: len(p.parts)
+    )
+    binds: list[Path] = []
+    for folder in folders:
+        if not any(folder.is_relative_to(shown) for shown in [*map(Path, _SYSTEM), *binds]):
+            binds.append(folder)
+    secret = data_dir.resolve()
+    for folder in binds:
+        # The token file lies beside the data folder: showing its parent would show it.
+        if secret.is_relative_to(folder) or secret.parent == folder:
+            raise PlacementUnavailableError(
+                "sandbox", f"the data folder {secret} lies in {folder}, which a sandbox must show"
+            )
+    return HostView(
+        tuple(str(folder) for folder in binds),
+        str(package_root),
+        sys.executable,
+        own_uid=os.geteuid() == 0,
+    )
+
+
+class _Uids:
+    """User ids for sandboxes, one each while it runs: limits on processes count per user.
+
+    Each host process takes its own range (by its pid), so two hosts on one machine
+    seldom share one; ``PLUGHOST_SANDBOX_UID_BASE`` sets the range's start.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._in_use: set[int] = set()
+        self._base: int | None = None
+
+    def take(self) -> int:
+        with self._lock:
+            if self._base is None:
+                configured = os.environ.get("PLUGHOST_SANDBOX_UID_BASE")
+                self._base = (
+                    int(configured) if configured else (1 << 20) + (os.getpid() % 512) * _UID_RANGE
+                )
+            uid = next(
+                u for u in range(self._base, self._base + _UID_RANGE) if u not in self._in_use
+            )
+            self._in_use.add(uid)
+            return uid
+
+    def give_back(self, uid: int) -> None:
+        with self._lock:
+            self._in_use.discard(uid)
+
+
+_uids = _Uids()
+
+
+def _folders_above(path: str, shown: Iterable[str]) -> list[str]:
+    """The folders above ``path`` that the sandbox must make (readable by anyone)."""
+    above = []
+    for parent in reversed(Path(path).parents):
+        text = str(parent)
+        if text != "/" and not any(parent.is_relative_to(each) for each in shown):
+            above.append(text)
+    return above
+
+
+def bwrap_command(
+    view: HostView,
+    bundle: Path,
+    limits: SandboxLimits,
+    uid: int | None,
+    command: list[str],
+) -> list[str]:
+    """The command that runs ``command`` in a sandbox showing ``bundle`` at ``/bundle``.
+
+    ``uid`` is the sandbox's own user id (the host is root), or ``None`` for the host's
+    own, mapped to ``nobody``.
+    """
+    limit_flags = [
+        f"--as={limits.memory_bytes}",
+        f"--cpu={limits.cpu_seconds}:{limits.cpu_seconds + _CPU_GRACE}",
+        f"--nofile={limits.open_files}",
+        f"--fsize={limits.file_size_bytes}",
+        "--core=0",
+    ]
+    if uid is not None:  # counted per user: only a user of its own makes it the sandbox's
+        limit_flags.append(f"--nproc={limits.processes}")
+    argv = ["prlimit", *limit_flags, "--", "bwrap"]
+    argv += ["--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
+    argv += ["--unshare-cgroup-try", "--die-with-parent", "--new-session", "--clearenv"]
+    environment = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": _TMP,
+        "TMPDIR": _TMP,
+        "LANG": "C.UTF-8",
+        "MALLOC_ARENA_MAX": "2",  # each arena reserves address space, which is limited
+    }
+    for name, value in environment.items():
+        argv += ["--setenv", name, value]
+    for folder in _SYSTEM:
+        argv += ["--ro-bind", folder, folder]
+    for link in _SYSTEM_LINKS:
+        if os.path.islink(link):
+            argv += ["--symlink", os.readlink(link), link]
+        elif os.path.isdir(link):
+            argv += ["--ro-bind", link, link]
+    made: list[str] = [*_SYSTEM]
+    for folder in view.binds:
+        for above in _folders_above(folder, made):
+            argv += ["--perms", "0755", "--dir", above]
+            made.append(above)
+        argv += ["--ro-bind", folder, folder]
+        made.append(folder)
+    argv += ["--ro-bind", str(bundle), BUNDLE, "--proc", "/proc", "--dev", "/dev"]
+    argv += ["--perms", "1777", "--size", str(limits.tmp_bytes), "--tmpfs", _TMP, "--chdir", _TMP]
+    argv += ["--cap-drop", "ALL"]
+    if uid is None:
+        argv += ["--unshare-user", "--uid", "65534", "--gid", "65534", "--disable-userns"]
+        return [*argv, "--", *command]
+    # bwrap keeps only what setpriv needs to become the sandbox's user, which drops it all.
+    for capability in ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP"):
+        argv += ["--cap-add", capability]
+    setpriv = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
+    setpriv += ["--no-new-privs", "--inh-caps=-all", "--bounding-set=-all"]
+    return [*argv, "--", *setpriv, *command]
+
+
+def _worker_command(view: HostView, descriptor: int) -> list[str]:
+    entry = (
+        f"import sys; sys.path.insert(0, {view.package_root!r}); "
+        "from plughost.placements.worker_process import main; main(int(sys.argv[1]))"
+    )
+    return [view.python, "-I", "-c", entry, str(descriptor)]
+
+
+@functools.cache
+def _probe(view: HostView) -> str:
+    if shutil.which("bwrap") is None:
+        return "unavailable: bwrap not found (install bubblewrap)"
+    for tool in ("prlimit", "setpriv") if view.own_uid else ("prlimit",):
+        if shutil.which(tool) is None:
+            return f"unavailable: {tool} not found (install util-linux)"
+    empty = Path(view.package_root)  # any folder will do as the bundle
+    uid = _uids.take() if view.own_uid else None
+    try:
+        command = bwrap_command(
+            view, empty, SandboxLimits(), uid, [view.python, "-I", "-S", "-c", ""]
+        )
+        done = subprocess.run(command, capture_output=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unavailable: {type(exc).__name__}: {exc}"
+    finally:
+        if uid is not None:
+            _uids.give_back(uid)
+    if done.returncode != 0:
+        lines = done.stderr.decode(errors="replace").strip().splitlines() or [
+            f"exit status {done.returncode}"
+        ]
+        return f"unavailable: {lines[-1]}"
+    return "available"
+
+
+def availability(data_dir: Path) -> str:
+    """``"available"``, or ``"unavailable: <why>"``: whether sandboxes can be made here.
+
+    Tried once for each view of the host: a sandbox that runs nothing is made
+    with every flag a worker's gets (about 30 ms).
+    """
+    try:
+        view = host_view(data_dir)
+    except PlacementUnavailableError as exc:
+        return f"unavailable: {exc.reason}"
+    return _probe(view)
+
+
+class _Output:
+    """Reads what a sandbox writes to its standard output and error, at a bounded rate.
+
+    Past the rate the sandbox waits on its own writes: a flood costs the host
+    little, and holds nothing but the last lines (logged, and in health).
+    """
+
+    def __init__(self, tenant: str, descriptor: int) -> None:
+        self.tenant = tenant
+        self.lines: deque[str] = deque(maxlen=_OUTPUT_TAIL)
+        self._thread = threading.Thread(
+            target=self._read, args=(descriptor,), name=f"sandbox-output-{tenant}", daemon=True
+        )
+        self._thread.start()
+
+    def _read(self, descriptor: int) -> None:
+        window, used = time.monotonic(), 0
+        partial = b""
+        with open(descriptor, "rb", buffering=0) as stream:
+            while chunk := stream.read(16 << 10):
+                used += len(chunk)
+                if used > _OUTPUT_BYTES_PER_SECOND:
+                    time.sleep(max(0.0, window + 1 - time.monotonic()))
+                    window, used = time.monotonic(), 0
+                *complete, partial = (partial + chunk).split(b"\n")
+                partial = partial[-4096:]
+                for line in complete:
+                    text = line[:1000].decode(errors="replace")
+                    self.lines.append(text)
+                    logger.info("[%s] %s", self.tenant, text)
+
+
+class _SandboxProcess(_Process):
+    """A worker process inside a sandbox."""
+
+    def __init__(
+        self,
+        spec: WorkerSpec,
+        on_request: Callable[[str, tuple[Any, ...]], Awaitable[Any]],
+        on_exit: Callable[[str], None],
+        *,
+        view: HostView | None,
+        availability: str,
+        limits: SandboxLimits,
+        bundle: Path,
+    ) -> None:
+        super().__init__(spec, on_request, on_exit)
+        self._view = view
+        self._availability = availability
+        self._limits = limits
+        self._bundle = bundle
+        self._uid: int | None = None
+        self.output: _Output | None = None
+
+    def _popen(self, descriptor: int) -> subprocess.Popen[bytes]:
+        if self._view is None:  # a tenant of the data folder, at a start where it cannot run
+            raise WorkerStartFailed(
+                self.spec.tenant, "sandbox", "PlacementUnavailableError", self._availability
+            )
+        if self._view.own_uid:
+            self._uid = _uids.take()
+        command = bwrap_command(
+            self._view,
+            self._bundle,
+            self._limits,
+            self._uid,
+            _worker_command(self._view, descriptor),
+        )
+        reader, writer = os.pipe()
+        try:
+            process = subprocess.Popen(
+                command,
+                pass_fds=[descriptor],
+                stdin=subprocess.DEVNULL,
+                stdout=writer,
+                stderr=writer,
+                start_new_session=True,
+                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+            )
+        except BaseException:
+            os.close(reader)
+            raise
+        finally:
+            os.close(writer)
+        self.output = _Output(self.spec.tenant, reader)
+        return process
+
+    def _first_frame(self) -> dict[str, Any]:
+        return replace(self.spec, folder=BUNDLE, data_dir=_TMP).to_message()
+
+    def _exit_reason(self, returncode: int | None) -> str:
+        if returncode is not None and returncode > 128:
+            if returncode - 128 == signal.SIGXCPU:
+                return (
+                    f"the worker reached its cpu_seconds limit"
+                    f" ({self._limits.cpu_seconds} s of CPU time)"
+                )
+            if returncode - 128 == signal.SIGXFSZ:
+                return (
+                    f"the worker reached its file_size_mb limit"
+                    f" (a file of {self._limits.file_size_mb} MiB)"
+                )
+        return describe_exit(returncode)
+
+    def _lost(self, reason: str) -> None:
+        super()._lost(reason)
+        if self._uid is not None:
+            _uids.give_back(self._uid)
+            self._uid = None
+
+
+class Sandbox(Worker):
+    """Runs each namespace in a supervised worker inside an OS sandbox.
+
+    Args:
+        limits: every tenant's limits.
+        tenant_limits: a tenant's own, in place of ``limits`` (only those it sets).
+        Others: as :class:`~plughost.placements.worker.Worker`.
+    """
+
+    name = "sandbox"
+    recycle_after_timeout = True
+
+    def __init__(
+        self,
+        *args: Any,
+        limits: SandboxLimits,
+        tenant_limits: Mapping[str, SandboxLimits],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._limits = limits
+        self._tenant_limits = dict(tenant_limits)
+        self.availability = "unavailable: not checked yet (the network has not started)"
+        self._view: HostView | None = None
+
+    def check(self) -> str:
+        self.availability = availability(self._data_dir)
+        self._view = host_view(self._data_dir) if self.availability == "available" else None
+        return self.availability
+
+    def limits_of(self, tenant: str, asked: SandboxLimits | None = None) -> SandboxLimits:
+        """The limits of ``tenant``'s sandboxes, lowered to what its bundle ``asked``.
+
+        Raises:
+            BundleRejectedError: the bundle asks for more than the tenant is given.
+        """
+        own = self._tenant_limits.get(tenant)
+        ceiling = self._limits
+        if own is not None:
+            ceiling = ceiling.model_copy(
+                update={name: getattr(own, name) for name in own.model_fields_set}
+            )
+        return ceiling if asked is None else ceiling.lowered_to(asked)
+
+    def _launch_limits(self, launch: Launch) -> SandboxLimits:
+        return self.limits_of(launch.tenant, read_manifest(launch.folder).sandbox)
+
+    def _spec(self, launch: Launch) -> WorkerSpec:
+        limits = self._launch_limits(launch)
+        named = tuple(sorted(limits.model_dump().items()))
+        return replace(super()._spec(launch), limits=named)
+
+    def _process(self, launch: Launch) -> ProcessFactory:
+        return functools.partial(
+            _SandboxProcess,
+            view=self._view,
+            availability=self.availability,
+            limits=self._launch_limits(launch),
+            bundle=launch.folder.resolve(),
+        )
+
+    async def start(self, launch: Launch) -> Started:
+        if self._view is None:
+            raise PlacementUnavailableError(
+                self.name, self.availability.removeprefix("unavailable: ")
+            )
+        return await super().start(launch)
