@@ -19,13 +19,18 @@ lint: $(BIN)/plughost
 	$(BIN)/ruff format --check src tests bench examples
 	$(BIN)/mypy --strict src
 
-test: lint /usr/bin/chromium
+test: lint /usr/bin/chromium /usr/bin/bwrap
 	$(BIN)/pytest
 
 # The docs page test drives Debian's Chromium; a fresh machine is given it (as root).
 /usr/bin/chromium:
 	DEBIAN_FRONTEND=noninteractive apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+
+# The sandbox placement is built on bubblewrap; its tests run, never skip, on a fresh machine.
+/usr/bin/bwrap:
+	DEBIAN_FRONTEND=noninteractive apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null
 
 bench: $(BIN)/plughost
 	$(BIN)/pip install --quiet -e '.[test,bench]'

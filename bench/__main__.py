@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from . import http, loader, mods, network, peers, placements, scale, workers
+from . import http, loader, mods, network, peers, placements, sandbox, scale, workers
 from .report import Outcome
 
 GROUPS: dict[str, tuple[Callable[[], Outcome], ...]] = {
@@ -19,6 +19,7 @@ GROUPS: dict[str, tuple[Callable[[], Outcome], ...]] = {
     "http": http.BENCHMARKS,
     "workers": workers.BENCHMARKS,
     "placements": placements.BENCHMARKS,
+    "sandbox": sandbox.BENCHMARKS,
     "peers": peers.BENCHMARKS,
     "scale": scale.BENCHMARKS,
 }

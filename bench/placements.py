@@ -19,7 +19,7 @@ from plughost.manifest import Placement
 from .network import five_agent_bundle
 from .report import Outcome
 
-PLACEMENTS: tuple[Placement, ...] = ("inprocess", "process")
+PLACEMENTS: tuple[Placement, ...] = ("inprocess", "process", "sandbox")
 CALLERS = 32
 REDEPLOYS = 50
 STEADY_CALLS = 200  # per caller, for the baseline

@@ -10,7 +10,7 @@ import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 from unittest import mock
 
@@ -532,8 +532,8 @@ def test_worker_spec_round_trips_through_a_frame(spec: WorkerSpec) -> None:
 
 
 def test_worker_spec_from_message_fills_in_what_an_older_host_left_out() -> None:
-    fields = json.loads(json.dumps(asdict(SPEC)))
-    del fields["call_timeout"], fields["snapshot"], fields["unload_timeout"]
+    fields = json.loads(json.dumps(SPEC.to_message()))
+    del fields["call_timeout"], fields["snapshot"], fields["unload_timeout"], fields["limits"]
     spec = WorkerSpec.from_message(fields)
     assert spec.call_timeout == 60.0
     assert spec.unload_timeout == 10.0
@@ -554,6 +554,8 @@ BAD_SPECS: list[tuple[Any, str]] = [
     (["acme"], "is an object, not list"),
     ({k: v for k, v in SPEC.to_message().items() if k != "tenant"}, "missing .*tenant"),
     (with_field("sandbox", True), "unknown .*sandbox"),
+    (with_field("limits", []), "limits should be whole numbers, not"),
+    (with_field("limits", {"memory_mb": "1"}), "limits should be whole numbers, not"),
     (with_field("tenant", None), "tenant should be str, not NoneType"),
     (with_field("version", "3"), "version should be int, not str"),
     (with_field("version", True), "version should be int, not bool"),

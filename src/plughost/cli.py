@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import socket
 import sys
 from collections.abc import Callable, Iterator
@@ -188,6 +189,11 @@ def serve(
     )
     loop, parser = _http_parts()
     typer.echo(f"HTTP: the {parser} parser on the {loop} event loop")
+    # plughost's own lines (where tenants can run, what sandboxes write) beside uvicorn's.
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
+    logging.getLogger("plughost").addHandler(handler)
+    logging.getLogger("plughost").setLevel(logging.INFO)
     uvicorn.run(
         api,
         host=listen[0],

@@ -14,6 +14,11 @@ Example::
     mods:
       - mod_path: plughost.mods.shared_cache
         config: {max_items: 100}
+    sandbox:                # the limits of tenants' sandboxes (placement "sandbox")
+      memory_mb: 1024
+      cpu_seconds: 3600
+      tenants:
+        acme: {memory_mb: 4096}
 
 Mods named here load at every start; loading or unloading mods at runtime
 never rewrites the file. Relative paths are relative to the file's folder.
@@ -37,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .bundle import BundleLimits
 from .errors import PlughostError
+from .manifest import SandboxLimits
 from .network import ModSpec, Network
 
 
@@ -57,6 +63,12 @@ class LimitsEntry(BaseModel):
     max_file_bytes: int = Field(default=BundleLimits.max_file_bytes, ge=1)
     max_ratio: int = Field(default=BundleLimits.max_ratio, ge=1)
     max_metadata_bytes: int = Field(default=BundleLimits.max_metadata_bytes, ge=2)
+
+
+class SandboxEntry(SandboxLimits):
+    """Every tenant's sandbox limits, and under ``tenants`` one tenant's own."""
+
+    tenants: dict[str, SandboxLimits] = Field(default_factory=dict)
 
 
 class NetworkConfig(BaseModel):
@@ -89,6 +101,7 @@ class NetworkConfig(BaseModel):
     bundle_limits: LimitsEntry = Field(default_factory=LimitsEntry)
     mod_roots: list[str] | None = None
     mods: list[ModEntry] = Field(default_factory=list)
+    sandbox: SandboxEntry = Field(default_factory=SandboxEntry)
 
     def network(self) -> Network:
         """A :class:`Network` with these settings (not yet started)."""
@@ -106,6 +119,8 @@ class NetworkConfig(BaseModel):
             call_timeout=self.call_timeout,
             worker_max_inflight=self.worker_max_inflight,
             shared_topics=list(self.shared_topics),
+            sandbox_limits=SandboxLimits(**self.sandbox.model_dump(exclude={"tenants"})),
+            sandbox_tenant_limits=dict(self.sandbox.tenants),
         )
 
 

@@ -12,6 +12,7 @@ the docs pages (:mod:`.docs`); :func:`create_app` only composes them.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TextIO
@@ -25,6 +26,8 @@ from . import agents, docs, events, health, instances, mods, snapshots, state, t
 from .access_log import AccessLog
 from .admin_token import admin_token_for
 from .errors import EXCEPTION_HANDLERS, body_too_large
+
+log = logging.getLogger("plughost.serve")
 
 __all__ = ["admin_token_for", "create_app"]
 
@@ -93,6 +96,9 @@ def create_app(
 async def _running_network(app: FastAPI) -> AsyncIterator[None]:
     network = state.network_of_app(app)
     await network.start()
+    # Where tenants can run here: a sandbox asked for where none can be made is refused.
+    for name, availability in network.health()["placements"].items():
+        log.info("placement %s: %s", name, availability)
     try:
         yield
     finally:

@@ -477,9 +477,8 @@ class Supervisor:
         started beside it and takes over once ready, then the old one is killed, so
         requests meanwhile are still answered. If the new one fails to start, the old
         one is killed and restarted as after a crash."""
-        if self.state is not WorkerState.READY or self._restarting is not None and not (
-            self._restarting.done()
-        ):
+        busy = self._restarting is not None and not self._restarting.done()
+        if self.state is not WorkerState.READY or busy:
             return
         self._restarting = asyncio.get_running_loop().create_task(self._renew(reason))
 
