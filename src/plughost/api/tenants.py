@@ -91,7 +91,8 @@ async def deploy(
 ) -> DeploymentModel:
     """Deploy a bundle: a zip, a tar.gz or a JSON bundle. The first deploy of a
     tenant (admin only) returns its token, once. ``?placement=process`` runs
-    it in a worker process (default: its ``plughost.toml``, else in process).
+    it in a worker process, ``?placement=sandbox`` in a sandboxed one (default:
+    its ``plughost.toml``, else as it runs now, else in process).
     ``?config=`` is laid over the config its declared instances have, by name."""
     if not principal.is_admin:
         principal.require_tenant(tenant)
