@@ -15,6 +15,7 @@ import pytest
 
 from plughost import Network
 
+from .conftest import PLACEMENTS
 from .server import ServerProcess
 
 ADMIN = "pha_admin-token-from-the-environment"
@@ -34,10 +35,18 @@ class SeekerAgent(Agent):
     metadata = {
         "name": "Seeker",
         "description": "Looks for a secret",
-        "parameters": {"type": "object", "properties": {"needle": {"type": "string"}}},
+        "parameters": {
+            "type": "object",
+            "properties": {"needle": {"type": "string"}, "token_file": {"type": "string"}},
+        },
     }
 
-    def perform(self, needle):
+    def perform(self, needle, token_file=None):
+        if token_file is not None:  # where it lies on the host, beside the data folder
+            try:
+                return {"token_file": needle in Path(token_file).read_text()}
+            except OSError as exc:
+                return {"token_file": type(exc).__name__}
         folder = Path(__file__).resolve().parent
         while not (folder / "plughost.db").exists():
             if folder == folder.parent:
@@ -55,20 +64,22 @@ class SeekerAgent(Agent):
 
 def _seeker_bundle(tmp_path: Path) -> Path:
     folder = tmp_path / "seeker"
-    folder.mkdir()
+    folder.mkdir(exist_ok=True)
     (folder / "seeker_agent.py").write_text(SEEKER)
     return folder
 
 
-def _seek(server: ServerProcess, token: str, needle: str) -> dict[str, dict[str, object]]:
-    """What the seeker finds in process and in a worker."""
+def _seek(
+    server: ServerProcess, token: str, needle: str, **args: str
+) -> dict[str, dict[str, object]]:
+    """What the seeker finds in each placement."""
     bundle = _seeker_bundle(server.cwd)
     found = {}
     with server.client(token) as admin:
-        for placement in ("inprocess", "process"):
+        for placement in PLACEMENTS:
             tenant = f"seeker-{placement}"
             admin.deploy(tenant, bundle, placement=placement)
-            found[placement] = admin.call(tenant, "Seeker", {"needle": needle})
+            found[placement] = admin.call(tenant, "Seeker", {"needle": needle, **args})
     return found
 
 
@@ -95,11 +106,17 @@ def test_tenant_code_finds_no_admin_token_in_the_data_folder(tmp_path: Path) -> 
         assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
         assert server.log.read_text().count(token) == 1  # shown once, at its creation
         found = _seek(server, token, token)
+        beside = _seek(server, token, token, token_file=str(token_file))
     finally:
         assert server.stop()
     for placement in ("inprocess", "process"):
         assert found[placement]["data_folder"] == str(data.resolve()), found
         assert found[placement]["files"] == [], found
+        # Beside the data folder, the file is the operator's to move: these placements reach it.
+        assert beside[placement] == {"token_file": True}, beside
+    # A sandbox sees no data folder above its own files, and nothing beside it.
+    assert found["sandbox"] == {"data_folder": None}, found
+    assert beside["sandbox"] == {"token_file": "FileNotFoundError"}, beside
 
 
 def test_a_token_from_the_environment_is_in_no_tenant_codes_environment(tmp_path: Path) -> None:
@@ -117,6 +134,7 @@ def test_a_token_from_the_environment_is_in_no_tenant_codes_environment(tmp_path
     for placement in ("inprocess", "process"):
         assert found[placement]["variables"] == [], found
         assert found[placement]["files"] == [], found
+    assert found["sandbox"] == {"data_folder": None}, found
     assert ADMIN not in server.log.read_text()
 
 
