@@ -132,6 +132,45 @@ class BigFile(BasicAgent):
                 file.write(b"x" * (1 << 20))
 
 
+class Kernel(BasicAgent):
+    name = "Kernel"
+
+    def perform(self, **kwargs):
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        calls = {
+            "keyctl": (250, 0, -3, 0),           # the session keyring, the host's included
+            "add_key": (248, b"user", b"k", b"v", 1, -3),
+            "unshare": (272, 0x10000000),         # a user namespace of its own
+            "io_uring_setup": (425, 8, 0),
+            "bpf": (321, 0, 0, 0),
+            "ptrace": (101, 16, 1, 0, 0),         # attach to pid 1
+        }
+        found = {}
+        for name, (number, *args) in calls.items():
+            result = libc.syscall(number, *args)
+            found[name] = errno.errorcode.get(ctypes.get_errno()) if result < 0 else "done"
+        found["cmdline"] = open("/proc/1/cmdline", "rb").read().decode(errors="replace")
+        return found
+
+
+class Answer(BasicAgent):
+    name = "Answer"
+
+    def perform(self, **kwargs):
+        return "x" * (kwargs["mib"] << 20)
+
+
+class RawFrame(BasicAgent):
+    name = "RawFrame"
+
+    def perform(self, **kwargs):
+        # Past the worker's own checks: a frame written straight to its socket.
+        link = socket.socket(fileno=os.dup(int(sys.argv[-1])))
+        link.sendall((60 << 20).to_bytes(4, "big") + b'["publish",1,"t",{"x":[')
+        time.sleep(5)
+
+
 class OpenFiles(BasicAgent):
     name = "OpenFiles"
 
@@ -401,3 +440,30 @@ def test_no_sandbox_here_is_a_clear_422_and_never_a_weaker_placement(tmp_path: P
         assert described.status_code == 404, described.text
     finally:
         assert process.stop()
+
+
+def test_the_kernel_calls_a_plugin_has_no_use_for_are_refused(sandboxes: Sandboxes) -> None:
+    found = sandboxes.contained("hostile", "Kernel").json()["output"]
+    cmdline = found.pop("cmdline")
+    assert found == {name: "EPERM" for name in found}, found
+    # The sandbox's first process names none of the host's folders.
+    assert str(sandboxes.data_dir) not in cmdline and "--ro-bind" not in cmdline
+
+
+def test_an_answer_past_the_message_limit_is_refused_by_the_worker(sandboxes: Sandboxes) -> None:
+    assert sandboxes.call("hostile", "Answer", mib=1).status_code == 200
+    before = sandboxes.worker("hostile")
+    answer = sandboxes.contained("hostile", "Answer", renews=True, mib=5)
+    assert answer.status_code == 422, answer.text
+    assert "reached its message_mb limit (message_mb = 4)" in answer.json()["error"]["message"]
+    _renewed(sandboxes, "hostile", before)
+
+
+def test_a_frame_past_the_message_limit_written_past_the_worker_restarts_it(
+    sandboxes: Sandboxes,
+) -> None:
+    before = sandboxes.worker("hostile")
+    answer = sandboxes.contained("hostile", "RawFrame", renews=True)
+    assert answer.status_code == 503, answer.text
+    assert "over the 4194304-byte limit" in answer.json()["error"]["message"]
+    sandboxes.until_ready("hostile", before["restarts"] + 1)

@@ -259,3 +259,30 @@ async def test_a_worker_that_comes_up_after_the_network_started_serves_its_insta
             await asyncio.sleep(0.01)
         assert network.health()["workers"]["moody"]["state"] == "ready"
         assert await network.rpc("moody/m", "ping") == "pong"
+
+
+async def test_a_dead_workers_pid_is_shown_and_signalled_no_more(tmp_path: Path) -> None:
+    # Once reaped, its id may be given to any new process: health shows none, and the host's
+    # kills (on stop, on removal) never reach it.
+    marker = tmp_path / "fail-from-now-on"
+    fragile = f"import os\nif os.path.exists({str(marker)!r}):\n    os._exit(3)\n"
+    crash = "\nclass Crash(BasicAgent):\n    name = 'Crash'\n\n    def perform(self):\n"
+    crash += "        os._exit(4)\n"
+    bundle = agent_bundle("ok", extra=fragile + crash)
+    async with Network(tmp_path / "data", network_id="test") as network:
+        await network.deploy("fragile", bundle, placement="process")
+        first = network.health()["workers"]["fragile"]["pid"]
+        assert first is not None
+        marker.touch()
+        with pytest.raises(WorkerCrashed, match="with code 4"):
+            await network.call_agent("fragile", "Crash")
+        for _ in range(3000):  # bounded: the first restart comes after 50 ms
+            worker = network.health()["workers"]["fragile"]
+            if "before it was ready" in (worker.get("error") or ""):
+                break
+            await asyncio.sleep(0.005)
+        assert worker["state"] == "restarting" and worker["pid"] is None, worker
+        assert "exited before it was ready with code 3" in worker["error"], worker
+        marker.unlink()
+        await _wait_until_ready(network, "fragile", 1)
+        assert network.health()["workers"]["fragile"]["pid"] not in (None, first)

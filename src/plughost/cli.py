@@ -448,7 +448,8 @@ def tenant_deploy(
     tenant: str,
     path: Path,
     placement: Annotated[
-        str | None, typer.Option(help="inprocess, process or sandbox (default: the bundle's choice).")
+        str | None,
+        typer.Option(help="inprocess, process or sandbox (default: the bundle's choice)."),
     ] = None,
     settings: Annotated[
         list[str] | None,

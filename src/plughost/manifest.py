@@ -83,6 +83,8 @@ class SandboxLimits(BaseModel):
     """The largest file it may write."""
     tmp_mb: int = Field(default=64, ge=1)
     """Its private, writable ``/tmp``, in memory."""
+    message_mb: int = Field(default=4, ge=1, le=64)
+    """The largest message its worker may send the host (an answer, a publish)."""
 
     @property
     def memory_bytes(self) -> int:
@@ -95,6 +97,10 @@ class SandboxLimits(BaseModel):
     @property
     def tmp_bytes(self) -> int:
         return self.tmp_mb * _MIB
+
+    @property
+    def message_bytes(self) -> int:
+        return self.message_mb * _MIB
 
     def lowered_to(self, asked: SandboxLimits) -> SandboxLimits:
         """These limits with the ones ``asked`` sets (and only those) in their place.

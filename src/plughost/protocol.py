@@ -233,7 +233,10 @@ class Connection(asyncio.Protocol):
     and are handed on after it, in order.
     """
 
-    def __init__(self, on_message: MessageHandler, on_closed: ClosedHandler) -> None:
+    def __init__(
+        self, on_message: MessageHandler, on_closed: ClosedHandler, max_frame: int = MAX_FRAME
+    ) -> None:
+        self._max_frame = max_frame
         self._on_message = on_message
         self._on_closed = on_closed
         self._transport: asyncio.Transport | None = None
@@ -310,8 +313,10 @@ class Connection(asyncio.Protocol):
         try:
             while not self._ended and not self._decoding and len(buffer) - start >= 4:
                 size = int.from_bytes(buffer[start : start + 4], "big")
-                if size > MAX_FRAME:
-                    raise WireError(f"frame of {size} bytes is over the {MAX_FRAME}-byte limit")
+                if size > self._max_frame:
+                    raise WireError(
+                        f"frame of {size} bytes is over the {self._max_frame}-byte limit"
+                    )
                 end = start + 4 + size
                 if size > OFF_LOOP_BYTES:
                     first = bytes(buffer[start + 4 : end])
@@ -373,11 +378,15 @@ class Connection(asyncio.Protocol):
 
 
 async def connect(
-    sock: socket.socket, on_message: MessageHandler, on_closed: ClosedHandler
+    sock: socket.socket,
+    on_message: MessageHandler,
+    on_closed: ClosedHandler,
+    max_frame: int = MAX_FRAME,
 ) -> Connection:
-    """A :class:`Connection` over the connected socket ``sock``."""
+    """A :class:`Connection` over the connected socket ``sock``, reading frames of up to
+    ``max_frame`` bytes (a larger one is a :class:`WireError`)."""
     _, connection = await asyncio.get_running_loop().create_connection(
-        lambda: Connection(on_message, on_closed), sock=sock
+        lambda: Connection(on_message, on_closed, max_frame), sock=sock
     )
     return connection
 

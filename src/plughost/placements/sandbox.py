@@ -47,6 +47,7 @@ from typing import Any
 from ..errors import PlacementUnavailableError, WorkerStartFailed
 from ..manifest import SandboxLimits, read_manifest
 from ..protocol import WorkerSpec
+from . import seccomp
 from .base import Launch, Started
 from .worker import ProcessFactory, Worker, _Process, describe_exit
 
@@ -89,7 +90,6 @@ def host_view(data_dir: Path) -> HostView:
     package_root = Path(__file__).resolve().parents[2]  # the folder that holds plughost/
     wanted = {Path(sys.prefix), Path(sys.base_prefix), Path(sys.exec_prefix), package_root}
     wanted |= {Path(entry) for entry in sys.path if entry.endswith(("site-packages", ".zip"))}
-    wanted |= {Path(sys.executable).resolve().parent.parent}
     folders = sorted(
         {path.resolve() for path in wanted if path.exists()}, key=lambda p: len(p.parts)
     )
@@ -98,7 +98,9 @@ def host_view(data_dir: Path) -> HostView:
         if not any(folder.is_relative_to(shown) for shown in [*map(Path, _SYSTEM), *binds]):
             binds.append(folder)
     secret = data_dir.resolve()
-    for folder in binds:
+    system = [Path(folder) for folder in _SYSTEM]
+    system += [Path(link).resolve() for link in _SYSTEM_LINKS if os.path.exists(link)]
+    for folder in [*system, *binds]:
         # The token file lies beside the data folder: showing its parent would show it.
         if secret.is_relative_to(folder) or secret.parent == folder:
             raise PlacementUnavailableError(
@@ -115,6 +117,8 @@ def host_view(data_dir: Path) -> HostView:
 class _Uids:
     """User ids for sandboxes, one each while it runs: limits on processes count per user.
 
+    Ids are taken in turn through the range, not the lowest free one: what the kernel
+    keeps for a user id after its last process ends is not found by the next sandbox.
     Each host process takes its own range (by its pid), so two hosts on one machine
     seldom share one; ``PLUGHOST_SANDBOX_UID_BASE`` sets the range's start.
     """
@@ -123,6 +127,7 @@ class _Uids:
         self._lock = threading.Lock()
         self._in_use: set[int] = set()
         self._base: int | None = None
+        self._next = 0
 
     def take(self) -> int:
         with self._lock:
@@ -131,11 +136,13 @@ class _Uids:
                 self._base = (
                     int(configured) if configured else (1 << 20) + (os.getpid() % 512) * _UID_RANGE
                 )
-            uid = next(
-                u for u in range(self._base, self._base + _UID_RANGE) if u not in self._in_use
-            )
-            self._in_use.add(uid)
-            return uid
+            for _ in range(_UID_RANGE):
+                uid = self._base + self._next
+                self._next = (self._next + 1) % _UID_RANGE
+                if uid not in self._in_use:
+                    self._in_use.add(uid)
+                    return uid
+            raise RuntimeError(f"all {_UID_RANGE} sandbox user ids are in use")
 
     def give_back(self, uid: int) -> None:
         with self._lock:
@@ -155,14 +162,55 @@ def _folders_above(path: str, shown: Iterable[str]) -> list[str]:
     return above
 
 
+@dataclass(frozen=True)
+class SandboxCommand:
+    """How to start a sandbox: ``argv``, with ``options`` (bwrap's, NUL-separated) and
+    ``seccomp`` (the filter, if any) each read from a descriptor of its own.
+
+    bwrap reads its options from a descriptor (``--args``), so that the command
+    line a sandbox sees of its first process (``/proc/1/cmdline``) names no
+    folder of the host.
+    """
+
+    argv: list[str]
+    options: bytes
+    seccomp: bytes | None
+
+    def popen(self, pass_fds: Iterable[int], **kwargs: Any) -> subprocess.Popen[bytes]:
+        """Start it, with the descriptors ``pass_fds`` kept open in it."""
+        given: list[int] = []
+        try:
+            flags = []
+            for flag, data in (("--args", self.options), ("--seccomp", self.seccomp)):
+                if data is not None:
+                    given.append(_readable(data))
+                    flags += [flag, str(given[-1])]
+            at = self.argv.index("bwrap") + 1
+            argv = [*self.argv[:at], *flags, *self.argv[at:]]
+            return subprocess.Popen(argv, pass_fds=[*pass_fds, *given], **kwargs)
+        finally:
+            for descriptor in given:
+                os.close(descriptor)
+
+
+def _readable(data: bytes) -> int:
+    """A descriptor to read ``data`` from: a pipe, filled already (``data`` is small)."""
+    reader, writer = os.pipe()
+    try:
+        os.write(writer, data)
+    finally:
+        os.close(writer)
+    return reader
+
+
 def bwrap_command(
     view: HostView,
     bundle: Path,
     limits: SandboxLimits,
     uid: int | None,
     command: list[str],
-) -> list[str]:
-    """The command that runs ``command`` in a sandbox showing ``bundle`` at ``/bundle``.
+) -> SandboxCommand:
+    """How to run ``command`` in a sandbox showing ``bundle`` at ``/bundle``.
 
     ``uid`` is the sandbox's own user id (the host is root), or ``None`` for the host's
     own, mapped to ``nobody``.
@@ -176,8 +224,9 @@ def bwrap_command(
     ]
     if uid is not None:  # counted per user: only a user of its own makes it the sandbox's
         limit_flags.append(f"--nproc={limits.processes}")
-    argv = ["prlimit", *limit_flags, "--", "bwrap"]
-    argv += ["--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
+    # When memory runs out on the host, the kernel's OOM killer takes a sandbox first.
+    launcher = ["prlimit", *limit_flags, "--", "choom", "-n", "1000", "--", "bwrap"]
+    argv = ["--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
     argv += ["--unshare-cgroup-try", "--die-with-parent", "--new-session", "--clearenv"]
     environment = {
         "PATH": "/usr/bin:/bin",
@@ -207,13 +256,14 @@ def bwrap_command(
     argv += ["--cap-drop", "ALL"]
     if uid is None:
         argv += ["--unshare-user", "--uid", "65534", "--gid", "65534", "--disable-userns"]
-        return [*argv, "--", *command]
-    # bwrap keeps only what setpriv needs to become the sandbox's user, which drops it all.
-    for capability in ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP"):
-        argv += ["--cap-add", capability]
-    setpriv = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
-    setpriv += ["--no-new-privs", "--inh-caps=-all", "--bounding-set=-all"]
-    return [*argv, "--", *setpriv, *command]
+    else:
+        # bwrap keeps only what setpriv needs to become the sandbox's user, which drops it.
+        for capability in ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP"):
+            argv += ["--cap-add", capability]
+        setpriv = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
+        command = [*setpriv, "--no-new-privs", "--inh-caps=-all", "--bounding-set=-all", *command]
+    options = b"".join(option.encode() + b"\0" for option in argv)
+    return SandboxCommand([*launcher, "--", *command], options, seccomp.program())
 
 
 def _worker_command(view: HostView, descriptor: int) -> list[str]:
@@ -228,7 +278,7 @@ def _worker_command(view: HostView, descriptor: int) -> list[str]:
 def _probe(view: HostView) -> str:
     if shutil.which("bwrap") is None:
         return "unavailable: bwrap not found (install bubblewrap)"
-    for tool in ("prlimit", "setpriv") if view.own_uid else ("prlimit",):
+    for tool in ("prlimit", "choom", "setpriv") if view.own_uid else ("prlimit", "choom"):
         if shutil.which(tool) is None:
             return f"unavailable: {tool} not found (install util-linux)"
     empty = Path(view.package_root)  # any folder will do as the bundle
@@ -237,15 +287,20 @@ def _probe(view: HostView) -> str:
         command = bwrap_command(
             view, empty, SandboxLimits(), uid, [view.python, "-I", "-S", "-c", ""]
         )
-        done = subprocess.run(command, capture_output=True, timeout=10, check=False)
+        started = command.popen((), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            _, errors = started.communicate(timeout=10)
+        finally:
+            started.kill()
+            started.wait()
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"unavailable: {type(exc).__name__}: {exc}"
     finally:
         if uid is not None:
             _uids.give_back(uid)
-    if done.returncode != 0:
-        lines = done.stderr.decode(errors="replace").strip().splitlines() or [
-            f"exit status {done.returncode}"
+    if started.returncode != 0:
+        lines = errors.decode(errors="replace").strip().splitlines() or [
+            f"exit status {started.returncode}"
         ]
         return f"unavailable: {lines[-1]}"
     return "available"
@@ -334,9 +389,8 @@ class _SandboxProcess(_Process):
         )
         reader, writer = os.pipe()
         try:
-            process = subprocess.Popen(
-                command,
-                pass_fds=[descriptor],
+            process = command.popen(
+                [descriptor],
                 stdin=subprocess.DEVNULL,
                 stdout=writer,
                 stderr=writer,
@@ -345,6 +399,7 @@ class _SandboxProcess(_Process):
             )
         except BaseException:
             os.close(reader)
+            self._give_back_uid()
             raise
         finally:
             os.close(writer)
@@ -353,6 +408,11 @@ class _SandboxProcess(_Process):
 
     def _first_frame(self) -> dict[str, Any]:
         return replace(self.spec, folder=BUNDLE, data_dir=_TMP).to_message()
+
+    def _max_frame(self) -> int:
+        # What the host may have to decode of one message: its objects take some 25 times
+        # the bytes of their JSON.
+        return self._limits.message_bytes
 
     def _exit_reason(self, returncode: int | None) -> str:
         if returncode is not None and returncode > 128:
@@ -370,6 +430,18 @@ class _SandboxProcess(_Process):
 
     def _lost(self, reason: str) -> None:
         super()._lost(reason)
+        if self.process is None or self.process.returncode is not None:
+            self._give_back_uid()  # else once it is reaped: until then its processes may live
+
+    async def _exited(self) -> None:
+        await super()._exited()
+        self._give_back_uid()
+
+    async def stop(self, timeout: float) -> None:
+        await super().stop(timeout)
+        self._give_back_uid()
+
+    def _give_back_uid(self) -> None:
         if self._uid is not None:
             _uids.give_back(self._uid)
             self._uid = None

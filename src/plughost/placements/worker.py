@@ -119,6 +119,14 @@ class _Process:
 
     @property
     def pid(self) -> int | None:
+        """The process's id while it is not reaped: after that the id may be another's."""
+        if self.process is None or self.process.returncode is not None:
+            return None
+        return self.process.pid
+
+    @property
+    def _started_pid(self) -> int | None:
+        """The id the process had, for messages."""
         return self.process.pid if self.process is not None else None
 
     async def start(self) -> Ready:
@@ -132,7 +140,9 @@ class _Process:
                 host_end.close()
                 raise
         self._ready = loop.create_future()
-        self._connection = await protocol.connect(host_end, self._on_message, self._on_closed)
+        self._connection = await protocol.connect(
+            host_end, self._on_message, self._on_closed, self._max_frame()
+        )
         try:
             await self._send(self._first_frame())
             return await asyncio.wait_for(asyncio.shield(self._ready), timeout)
@@ -159,6 +169,10 @@ class _Process:
         """The spec as the worker is told it."""
         return self.spec.to_message()
 
+    def _max_frame(self) -> int:
+        """The largest frame the worker may send."""
+        return protocol.MAX_FRAME
+
     def _exit_reason(self, returncode: int | None) -> str:
         """Why the worker's process ended, as health and the failed requests say it."""
         return describe_exit(returncode)
@@ -167,12 +181,12 @@ class _Process:
         """Send one message, sized up first: a large one (an RPC argument from another
         instance, an answer) is encoded off the loop."""
         if self._connection is None:
-            raise WorkerCrashed(self.spec.tenant, self.pid)
+            raise WorkerCrashed(self.spec.tenant, self._started_pid)
         try:
             await protocol.write(self._connection, message)
         except ConnectionError:
             self._lost("the connection closed")
-            raise WorkerCrashed(self.spec.tenant, self.pid) from None
+            raise WorkerCrashed(self.spec.tenant, self._started_pid) from None
 
     def _on_message(self, message: list[Any]) -> None:
         kind, request_id = message[0], message[1]
@@ -233,7 +247,7 @@ class _Process:
         if self._connection is not None:
             self._connection.close()
             self._connection = None
-        self._requests.fail_all(WorkerCrashed(self.spec.tenant, self.pid, reason))
+        self._requests.fail_all(WorkerCrashed(self.spec.tenant, self._started_pid, reason))
         for task in self._tasks:
             task.cancel()
         if self._ready is not None and not self._ready.done():
@@ -282,9 +296,11 @@ class _Process:
             raise
 
     def kill(self) -> None:
-        """Kill the worker and everything it started (its session)."""
-        if self.process is not None:
-            kill_session(self.process.pid)
+        """Kill the worker and everything it started (its session), unless it was reaped:
+        its keeper killed the session then, and its id may be another process's now."""
+        pid = self.pid
+        if pid is not None:
+            kill_session(pid)
 
     async def stop(self, timeout: float) -> None:
         """Ask the worker to finish and exit; then kill its process group (what it started)."""
@@ -367,6 +383,7 @@ class Supervisor:
         self._max_backoff = max_backoff
         self._process: WorkerProcess | None = None
         self._starting: WorkerProcess | None = None
+        self._retiring: WorkerProcess | None = None  # renewed, being stopped
         self._restarting: asyncio.Task[None] | None = None
         self._backoff = first_backoff
         self._forgotten: set[str] = set()
@@ -483,7 +500,7 @@ class Supervisor:
         self._restarting = asyncio.get_running_loop().create_task(self._renew(reason))
 
     async def _renew(self, reason: str) -> None:
-        old = self._process
+        old, forgotten = self._process, set(self._forgotten)
         try:
             self.ready = await self._start_process(self._without_forgotten())
         except Exception as exc:
@@ -492,11 +509,16 @@ class Supervisor:
                 old.kill()
             self._crashed(f"{reason}; its replacement failed: {type(exc).__name__}: {exc}")
             return
+        self._retiring = old
         self.spec = self._without_forgotten()
         self.restarts += 1
         self.lifecycle.set(WorkerState.READY, f"renewed: {reason}")
         if old is not None:
-            await old.stop(timeout=0)
+            await old.stop(timeout=0)  # if stop() cancels this meanwhile, it stops old itself
+        self._retiring = None
+        for name in self._forgotten - forgotten:  # unloaded while the new one started
+            with contextlib.suppress(PlughostError, RemoteError, TimeoutError):
+                await self.request("unload", name, timeout=self.spec.unload_timeout)
 
     def _without_forgotten(self) -> WorkerSpec:
         return replace(
@@ -550,7 +572,7 @@ class Supervisor:
             self._restarting.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._restarting
-        for process in (self._starting, self._process):
+        for process in (self._starting, self._retiring, self._process):
             if process is not None:
                 await process.stop(timeout)
 

@@ -46,6 +46,7 @@ from .process_group import kill_session
 
 _THREADS = 32  # sync calls a worker runs at once, as many as a host's agent threads
 _KILL_ROUNDS = 1000
+_SPARE_TASKS = 4  # processes the limit may still allow when a thread or a fork was refused
 
 
 def describe_instance(mod: LoadedMod) -> dict[str, Any]:
@@ -60,6 +61,13 @@ def describe_instance(mod: LoadedMod) -> dict[str, Any]:
         "topics": sorted(mod.topics),
         "rpcs": sorted(mod.rpcs),
     }
+
+
+class _TooLarge(ValueError):
+    """A message over the largest frame the host takes from this worker."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"a message of {size} bytes is over the {limit}-byte limit")
 
 
 class _HostLink:
@@ -99,6 +107,10 @@ class _Worker:
         self.closed: asyncio.Future[None] | None = None
         self.tasks: set[asyncio.Task[None]] = set()
         self.threads = AgentThreads(_THREADS)
+        limits = dict(spec.limits)
+        self.max_frame = (
+            limits["message_mb"] << 20 if "message_mb" in limits else protocol.MAX_FRAME
+        )
 
     # -- messages ----------------------------------------------------------------------
 
@@ -106,7 +118,10 @@ class _Worker:
         # Encoded at once, however large: only this tenant's own requests wait meanwhile,
         # and the host decodes a large frame off its loop.
         assert self.connection is not None
-        self.connection.write(protocol.encode(message))
+        frame = protocol.encode(message)
+        if len(frame) > self.max_frame:  # the host would take it for a broken worker
+            raise _TooLarge(len(frame), self.max_frame)
+        self.connection.write(frame)
         await self.connection.drain()
 
     async def ask(self, kind: str, *args: Any) -> Any:
@@ -140,7 +155,7 @@ class _Worker:
         try:
             value = await self._handle(kind, args)
         except Exception as exc:
-            limit = _limit_reached(exc) if self.spec.limits else None
+            limit = _limit_reached(exc, dict(self.spec.limits)) if self.spec.limits else None
             if limit is not None:
                 failure = ["limit", limit[0], limit[1]]
             elif isinstance(exc, RemoteError):
@@ -152,6 +167,9 @@ class _Worker:
             reply = ["reply", request_id, True, value]
         try:
             await self._send(reply)
+        except _TooLarge as exc:
+            failure = ["limit", "message_mb", str(exc)]
+            await self._send(["reply", request_id, False, failure])
         except (TypeError, ValueError) as exc:
             failure = ["encode", type(exc).__name__, f"the answer is not JSON: {exc}"]
             await self._send(["reply", request_id, False, failure])
@@ -307,21 +325,40 @@ _LIMIT_ERRNOS = {
 }
 
 
-def _limit_reached(error: BaseException) -> tuple[str, str] | None:
-    """The limit that ``error`` (or what caused it) shows was reached, and what was raised."""
+def _limit_reached(error: BaseException, limits: Mapping[str, int]) -> tuple[str, str] | None:
+    """The limit that ``error`` (or what caused it) shows was reached, and what was raised.
+
+    EAGAIN counts for the processes limit only when the sandbox's processes and threads
+    are at it: a non-blocking socket raises it too.
+    """
     seen: set[int] = set()
     found: BaseException | None = error
     while found is not None and id(found) not in seen:
         seen.add(id(found))
         text = f"{type(found).__name__}: {found}"
+        limit = None
         if isinstance(found, MemoryError):
-            return "memory_mb", text
-        if isinstance(found, OSError) and found.errno in _LIMIT_ERRNOS:
-            return _LIMIT_ERRNOS[found.errno], text
-        if isinstance(found, RuntimeError) and "can't start new thread" in str(found):
-            return "processes", text
+            limit = "memory_mb"
+        elif isinstance(found, OSError) and found.errno in _LIMIT_ERRNOS:
+            limit = _LIMIT_ERRNOS[found.errno]
+        elif isinstance(found, RuntimeError) and "can't start new thread" in str(found):
+            limit = "processes"
+        if limit == "processes" and _tasks() < limits.get("processes", 0) - _SPARE_TASKS:
+            limit = None
+        if limit is not None:
+            return limit, text
         found = found.__cause__ or found.__context__
     return None
+
+
+def _tasks() -> int:
+    """The processes and threads this process's pid namespace holds (a sandbox's own)."""
+    count = 0
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                count += len(os.listdir(f"/proc/{entry.name}/task"))
+    return count
 
 
 async def _invoke(
@@ -400,8 +437,9 @@ def _keep_the_group(descriptor: int) -> None:
         for _ in range(_KILL_ROUNDS):
             if not kill_session(keeper, spare=keeper):
                 break
-        # The worker's status, a signal N as 128 + N: the host names what ended it.
-        os._exit(128 - status if status < 0 else status)
+        # The worker's status, a signal N as 128 + N: the host names what ended it. An exit
+        # code above 127 would read as a signal, so the worker cannot pose as a limit.
+        os._exit(128 - status if status < 0 else min(status, 127))
 
 
 def _die_with_parent(signum: int) -> None:
