@@ -19,6 +19,8 @@ from typing import Any
 import httpx
 import pytest
 
+from plughost.placements.sandbox import availability
+
 from .conftest import STALL_ATTEMPTS, agent_bundle
 from .server import ServerProcess
 from .test_tenant_isolation import ADMIN, ROOT, _longest_wait_beside
@@ -467,3 +469,12 @@ def test_a_frame_past_the_message_limit_written_past_the_worker_restarts_it(
     assert answer.status_code == 503, answer.text
     assert "over the 4194304-byte limit" in answer.json()["error"]["message"]
     sandboxes.until_ready("hostile", before["restarts"] + 1)
+
+
+@pytest.mark.parametrize("folder", ["/usr/local/plughost-data", "/lib/plughost-data"])
+def test_a_data_folder_inside_what_a_sandbox_shows_makes_sandboxes_unavailable(
+    folder: str,
+) -> None:
+    said = availability(Path(folder))
+    assert said.startswith("unavailable: the data folder /usr/"), said
+    assert said.endswith("lies in /usr, which a sandbox must show"), said

@@ -13,9 +13,12 @@ process runs inside bubblewrap (``bwrap``, which makes Linux namespaces):
 - user: when the host runs as root, a user id of its own for each sandbox
   (``setpriv``), without capabilities, with no-new-privileges; otherwise
   the host's own, mapped to ``nobody`` in a user namespace;
+- kernel calls: a seccomp filter (:mod:`.seccomp`) refuses new user
+  namespaces, the keyrings, ptrace, bpf, io_uring and the like;
 - limits (``prlimit``): address space, CPU time, processes and threads,
-  open files, file size, and the size of ``/tmp``; a call past its deadline
-  restarts the worker, since its code cannot be stopped any other way.
+  open files, file size, the size of ``/tmp``, and of a message to the host;
+  a call past its deadline renews the worker, since its code cannot be
+  stopped any other way.
 
 A breached limit is named: a call that met it fails with
 :class:`~plughost.errors.LimitExceededError` and the worker is restarted
