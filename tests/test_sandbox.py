@@ -187,6 +187,7 @@ sandbox:
   processes: 64
   file_size_mb: 8
   open_files: 128
+  message_mb: 4
   tenants:
     spinner: {cpu_seconds: 2}
 """

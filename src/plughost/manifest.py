@@ -83,7 +83,7 @@ class SandboxLimits(BaseModel):
     """The largest file it may write."""
     tmp_mb: int = Field(default=64, ge=1)
     """Its private, writable ``/tmp``, in memory."""
-    message_mb: int = Field(default=4, ge=1, le=64)
+    message_mb: int = Field(default=16, ge=1, le=64)
     """The largest message its worker may send the host (an answer, a publish)."""
 
     @property

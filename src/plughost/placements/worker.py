@@ -233,10 +233,26 @@ class _Process:
     async def _exited(self) -> None:
         """The worker closed its end: wait a moment for its process to end, to say why."""
         returncode = None
-        if self.process is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                returncode = await asyncio.to_thread(self.process.wait, _EXIT_GRACE)
+        if self.process is not None and await asyncio.to_thread(self._ended, _EXIT_GRACE):
+            # Unreaped, its id is still its own: what its killed keeper left goes now.
+            self.kill()
+            returncode = await asyncio.to_thread(self.process.wait)
         self._lost(self._exit_reason(returncode))
+
+    def _ended(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` for the process to end, without reaping it."""
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                found = os.waitid(os.P_PID, self.process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:  # reaped already
+                return self.process.returncode is not None
+            if found is not None:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
 
     def _lost(self, reason: str) -> None:
         """The worker exited, died or broke the protocol: fail what waits for it, once."""
