@@ -156,7 +156,8 @@ _uids = _Uids()
 
 
 def _folders_above(path: str, shown: Iterable[str]) -> list[str]:
-    """The folders above ``path`` that the sandbox must make (readable by anyone)."""
+    """The folders above ``path`` that the sandbox must make (readable by anyone), but
+    those within a folder it ``shown`` already."""
     above = []
     for parent in reversed(Path(path).parents):
         text = str(parent)
@@ -247,15 +248,18 @@ def bwrap_command(
             argv += ["--symlink", os.readlink(link), link]
         elif os.path.isdir(link):
             argv += ["--ro-bind", link, link]
-    made: list[str] = [*_SYSTEM]
+    # /tmp first: a folder shown below it (an interpreter under /tmp) is mounted on top.
+    argv += ["--perms", "1777", "--size", str(limits.tmp_bytes), "--tmpfs", _TMP]
+    bound: list[str] = [*_SYSTEM]
+    made: set[str] = {_TMP}
     for folder in view.binds:
-        for above in _folders_above(folder, made):
-            argv += ["--perms", "0755", "--dir", above]
-            made.append(above)
+        for above in _folders_above(folder, bound):
+            if above not in made:
+                argv += ["--perms", "0755", "--dir", above]
+                made.add(above)
         argv += ["--ro-bind", folder, folder]
-        made.append(folder)
-    argv += ["--ro-bind", str(bundle), BUNDLE, "--proc", "/proc", "--dev", "/dev"]
-    argv += ["--perms", "1777", "--size", str(limits.tmp_bytes), "--tmpfs", _TMP, "--chdir", _TMP]
+        bound.append(folder)
+    argv += ["--ro-bind", str(bundle), BUNDLE, "--proc", "/proc", "--dev", "/dev", "--chdir", _TMP]
     argv += ["--cap-drop", "ALL"]
     if uid is None:
         argv += ["--unshare-user", "--uid", "65534", "--gid", "65534", "--disable-userns"]
