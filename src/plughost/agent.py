@@ -18,7 +18,7 @@ from jsonschema.protocols import Validator
 
 from .errors import BundleWarning, DuplicateAgentError, PlughostError
 from .events import handlers_of, is_topic_pattern
-from .loader import LoadedBundle, load_bundle, load_error
+from .loader import Libraries, LoadedBundle, load_bundle, load_error
 from .naming import Namespace
 
 
@@ -238,15 +238,18 @@ def _file_of(bundle: LoadedBundle, stem: str) -> str:
     return path.relative_to(bundle.bundle_path).as_posix()
 
 
-def load_namespace(namespace: Namespace, folder: Path) -> LoadedNamespace:
-    """Load the bundle in ``folder`` into ``namespace`` and instantiate its agents.
+def load_namespace(
+    namespace: Namespace, folder: Path, libraries: Libraries | None = None
+) -> LoadedNamespace:
+    """Load the bundle in ``folder`` into ``namespace`` and instantiate its agents;
+    ``libraries`` are the tenant's own (see :func:`plughost.loader.load_bundle`).
 
     Raises:
         BundleRejectedError, BundleLoadError: as :func:`plughost.loader.load_bundle`.
         DuplicateAgentError: two agents share a name (the namespace is unloaded again).
         BundleLoadError: also when an agent's constructor or class attributes fail.
     """
-    bundle = load_bundle(namespace, folder)
+    bundle = load_bundle(namespace, folder, libraries)
     try:
         agents: dict[str, AgentInstance] = {}
         where: dict[str, str] = {}

@@ -12,6 +12,7 @@ import json
 import logging
 import socket
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
@@ -234,13 +236,15 @@ def _check_free(host: str, port: int) -> None:
 def fsck(
     data_dir: Annotated[Path, typer.Option(help="The data folder to check.")] = Path(".plughost"),
 ) -> None:
-    """Check a data folder: every deployment's and snapshot's files present and intact.
+    """Check a data folder: every deployment's and snapshot's files present and intact,
+    and the environments of their dependencies.
 
     Their stored files, and the bundle folders their code loads from: a file
     changed, missing or added there is reported (the server rebuilds such a
     folder from the stored files the next time it loads it). Reads the folder
     only (no code runs); the server must not be running on it.
     """
+    from .environments import Environments
     from .errors import PlughostError
     from .store import Store
 
@@ -257,6 +261,8 @@ def fsck(
         problems = store.check()
     finally:
         store.close()
+    if (data_dir / "envs").is_dir():
+        problems += Environments(data_dir / "envs").check()
     for problem in problems:
         typer.echo(problem)
     typer.echo(f"{len(problems)} problems" if problems else f"{data_dir}: consistent")
@@ -465,15 +471,46 @@ def tenant_deploy(
 ) -> None:
     """Deploy a folder (zipped on the fly), a .zip, a .tar.gz or a .json bundle."""
     config = _instance_settings(settings) if settings else None
-    with _client(url, token) as client, Progress(transient=True, disable=_as_json(as_json)) as bar:
+    quiet = _as_json(as_json)
+    with (
+        _client(url, token) as client,
+        _client(url, token) as watcher,
+        Progress(transient=True, disable=quiet) as bar,
+    ):
         task = bar.add_task(f"uploading {path.name}", total=None)
-        deployment = client.deploy(
-            tenant,
-            path,
-            progress=lambda done, total: bar.update(task, completed=done, total=total),
-            placement=placement,
-            config=config,
-        )
+        outcome: dict[str, Any] = {}
+
+        def deploy() -> None:
+            try:
+                outcome["deployment"] = client.deploy(
+                    tenant,
+                    path,
+                    progress=lambda done, total: bar.update(task, completed=done, total=total),
+                    placement=placement,
+                    config=config,
+                )
+            except ClientError as exc:
+                outcome["error"] = exc
+
+        # The deploy runs in a thread; meanwhile what the server's installer says shows.
+        earlier = _progress_lines(watcher, tenant)
+        running = threading.Thread(target=deploy, daemon=True)
+        running.start()
+        shown = 0
+        while running.is_alive():
+            running.join(0.25)
+            lines = _progress_lines(watcher, tenant)
+            if lines is None or lines == earlier:
+                continue  # the last deploy's, until this one's installer speaks
+            earlier = None
+            for line in lines[shown:]:
+                if not quiet:
+                    bar.console.print(f"[dim]{escape(line)}[/dim]")
+                bar.update(task, description="installing dependencies")
+            shown = len(lines)
+        if "error" in outcome:
+            raise outcome["error"]
+        deployment = outcome["deployment"]
     if _as_json(as_json):
         typer.echo(json.dumps(deployment))
         return
@@ -483,6 +520,13 @@ def tenant_deploy(
     )
     if deployment.get("token"):
         typer.echo(f"tenant token (shown once): {deployment['token']}")
+
+
+def _progress_lines(client: Client, tenant: str) -> list[str] | None:
+    try:
+        return client.deploy_progress(tenant)
+    except ClientError:  # a tenant not yet deployed, or a server without the route
+        return None
 
 
 def _instance_settings(settings: list[str]) -> dict[str, dict[str, Any]]:

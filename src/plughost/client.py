@@ -158,6 +158,15 @@ class Client:
         )
         return result
 
+    def deploy_progress(self, tenant: str) -> list[str]:
+        """What the tenant's deploy under way (or its last) said while it installed the
+        bundle's dependencies."""
+        result: dict[str, Any] = self.request(
+            "GET", f"/api/tenants/{_segment(tenant)}/deploy/progress"
+        )
+        lines: list[str] = result["lines"]
+        return lines
+
     def list_tenants(self) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self.request("GET", "/api/tenants")
         return result

@@ -245,6 +245,24 @@ class AgentError(PlughostError):
         super().__init__(f"agent {agent!r} of tenant {tenant!r} raised {error_type}: {message}")
 
 
+class DependencyError(PlughostError):
+    """A bundle's dependencies could not be installed or used; nothing was committed.
+
+    Attributes:
+        tenant: whose bundle it was.
+        requirements: what it asked for.
+        reason: the installer's error, which names the requirement.
+    """
+
+    def __init__(self, tenant: str, requirements: list[str], reason: str) -> None:
+        self.tenant = tenant
+        self.requirements = requirements
+        self.reason = reason
+        super().__init__(
+            f"the dependencies of tenant {tenant!r} ({', '.join(requirements)}) failed: {reason}"
+        )
+
+
 class LimitExceededError(PlughostError):
     """Tenant code reached a limit of its sandbox; its worker is restarted.
 

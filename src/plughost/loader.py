@@ -83,7 +83,7 @@ from typing import Any, cast
 
 from ._codecache import CodeCache
 from ._leaks import find_leaks
-from .bundle import BundleIndex, extract_archive, index_bundle, is_archive
+from .bundle import BundleIndex, ModuleEntry, extract_archive, index_bundle, is_archive
 from .errors import (
     BundleLoadError,
     BundleRejectedError,
@@ -231,14 +231,42 @@ class _ModuleLoader(importlib.machinery.SourceFileLoader):
         )
 
 
+@dataclass(frozen=True)
+class Libraries:
+    """A tenant's libraries a namespace imports under its own keys, like its own files.
+
+    ``root`` is an environment's folder (see :mod:`plughost.environments`);
+    ``names`` its top-level modules and packages the namespace takes from it.
+    Its modules load when imported, not with the bundle.
+    """
+
+    root: Path
+    names: frozenset[str]
+
+    def entry(self, stem: str) -> ModuleEntry | None:
+        """The module ``stem`` (``"toolz.curried"``) of these libraries, if it is one."""
+        parts = stem.split(".")
+        if parts[0] not in self.names or not all(part.isidentifier() for part in parts):
+            return None
+        folder = self.root.joinpath(*parts)
+        if (folder / "__init__.py").is_file():
+            return ModuleEntry(stem, folder / "__init__.py", True)
+        single = folder.with_name(f"{parts[-1]}.py")
+        return ModuleEntry(stem, single, False) if single.is_file() else None
+
+
 class _NamespaceImports:
     """What the import machinery needs about one namespace: its files and its sibling names."""
 
-    def __init__(self, namespace: Namespace, index: BundleIndex) -> None:
+    def __init__(
+        self, namespace: Namespace, index: BundleIndex, libraries: Libraries | None = None
+    ) -> None:
         self.namespace = namespace
         self.index = index
+        self.libraries = libraries
         self.package_name = namespace.package_name
-        self._top_names = index.top_names
+        # Its own files come first: a bundle module shadows a library of the same name.
+        self._top_names = index.top_names | (libraries.names if libraries else frozenset())
         # Its own copy, so that what one bundle writes into its ``__builtins__`` stays its own.
         self.builtins: dict[str, Any] = {**vars(builtins), "__import__": _bundle_import}
         self.watch: _LoadWatch | None = None
@@ -269,6 +297,12 @@ class _NamespaceImports:
         except ValueError:
             return None
         entry = self.index.modules.get(stem)
+        if (
+            entry is None
+            and self.libraries is not None
+            and stem.partition(".")[0] not in (self.index.top_names)
+        ):
+            entry = self.libraries.entry(stem)
         if entry is None:
             return None
         return self._file_spec(
@@ -644,10 +678,13 @@ def loaded_namespaces() -> list[Namespace]:
         return sorted(imports.namespace for imports in _active.values())
 
 
-def load_bundle(namespace: Namespace, source: str | os.PathLike[str]) -> LoadedBundle:
+def load_bundle(
+    namespace: Namespace, source: str | os.PathLike[str], libraries: Libraries | None = None
+) -> LoadedBundle:
     """Load the bundle at ``source`` (a folder, ``.zip`` or ``.tar.gz``) into ``namespace``.
 
     ``source`` may also be a single ``.py`` file, loaded as a bundle of one module.
+    ``libraries`` are the tenant's own, imported under the namespace's keys too.
 
     Every module of the bundle is imported, in stem order, under the
     namespace's keys. Threads that load the same namespace at once share one
@@ -677,18 +714,21 @@ def load_bundle(namespace: Namespace, source: str | os.PathLike[str]) -> LoadedB
         if workdir is not None:
             workdir.cleanup()
         raise
-    return _load_index(namespace, index, workdir)
+    return _load_index(namespace, index, workdir, libraries)
 
 
 def _load_index(
-    namespace: Namespace, index: BundleIndex, workdir: tempfile.TemporaryDirectory[str] | None
+    namespace: Namespace,
+    index: BundleIndex,
+    workdir: tempfile.TemporaryDirectory[str] | None,
+    libraries: Libraries | None = None,
 ) -> LoadedBundle:
     package_name = namespace.package_name
     with _lock:
         imports = _active.get(package_name)
         owner = imports is None
         if imports is None:
-            imports = _active[package_name] = _NamespaceImports(namespace, index)
+            imports = _active[package_name] = _NamespaceImports(namespace, index, libraries)
     if not owner:
         if workdir is not None:
             workdir.cleanup()

@@ -4,6 +4,8 @@ Example::
 
     placement = "process"            # or "inprocess", "sandbox"; unset: as the tenant runs now
 
+    dependencies = ["toolz==0.12.0"] # libraries of its own, installed at deploy
+
     [sandbox]                        # with placement = "sandbox": lower limits than the
     memory_mb = 256                  # network gives the tenant (never higher)
 
@@ -23,6 +25,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from packaging.requirements import InvalidRequirement, Requirement
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import BundleRejectedError
@@ -128,8 +131,26 @@ class Manifest(BaseModel):
 
     placement: Placement | None = None
     mods: list[InstanceSpec] = Field(default_factory=list)
+    dependencies: list[str] = Field(default_factory=list)
+    """Requirements as pip takes them (``"toolz==0.12.0"``): the libraries it imports."""
     sandbox: SandboxLimits = Field(default_factory=SandboxLimits)
     """Only what the table sets counts (see :meth:`SandboxLimits.lowered_to`)."""
+
+    @field_validator("dependencies")
+    @classmethod
+    def _requirements(cls, asked: list[str]) -> list[str]:
+        """Normalized and sorted; a name, extras, versions and markers only: a URL or a
+        path would make the installer fetch or read what the tenant chooses."""
+        found = set()
+        for text in asked:
+            try:
+                requirement = Requirement(text)
+            except InvalidRequirement as exc:
+                raise ValueError(f"{text!r} is not a requirement: {exc}") from None
+            if requirement.url:
+                raise ValueError(f"{text!r} names a URL; give a name and versions")
+            found.add(str(requirement))
+        return sorted(found)
 
     @field_validator("mods")
     @classmethod
@@ -139,6 +160,16 @@ class Manifest(BaseModel):
         if repeated:
             raise ValueError(f"instance names must be unique; repeated: {', '.join(repeated)}")
         return mods
+
+
+def dependencies_in(text: bytes | None) -> list[str]:
+    """The ``dependencies`` a ``plughost.toml`` holds (none, if it cannot be read)."""
+    if text is None:
+        return []
+    try:
+        return Manifest.model_validate(tomllib.loads(text.decode("utf-8"))).dependencies
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, ValidationError):
+        return []
 
 
 def read_manifest(bundle_dir: Path) -> Manifest:

@@ -28,6 +28,7 @@ from .bundle import BundleLimits, BundleSource
 from .catalog import Catalog
 from .deadlines import Deadlines
 from .dispatch import Dispatcher
+from .environments import Environments
 from .errors import NotStartedError, OutsideTenantError
 from .events import Event, EventResponse, resolve_topic, topic_allowed
 from .instances import Instances
@@ -135,6 +136,7 @@ class Network:
         self.metrics = Metrics(self._sample_metrics)
 
         self._store = Store(self.data_dir, keep_versions=keep_versions)
+        self._environments = Environments(self.data_dir / "envs")
         self._catalog = Catalog(self._store)
         self._tokens = Tokens(self._store)
         self._runtime = Runtime(max_loaded_namespaces)
@@ -200,6 +202,7 @@ class Network:
             self._tokens,
             self.metrics,
             self.limits,
+            self._environments,
         )
 
     # -- lifecycle -----------------------------------------------------------------
@@ -213,6 +216,7 @@ class Network:
         if self._started_at is not None:
             return
         self._store.open()
+        await asyncio.to_thread(self._environments.open)
         self._catalog.load()
         self._tokens.load()
         # A namespace's first load in a new process reads compiled code, not source.
@@ -351,6 +355,40 @@ class Network:
     def list_tenants(self) -> list[str]:
         """The tenants that have a deployment, sorted."""
         return self._catalog.tenants()
+
+    def dependencies_of(self, tenant: str) -> dict[str, list[str]] | None:
+        """What the tenant's live code asked for (``dependencies`` in its ``plughost.toml``),
+        what was installed for it (``name==version``), and what of that runs from the
+        host's own copy in process; ``None`` if it asks for nothing.
+
+        Raises:
+            UnknownTenantError: no such tenant.
+        """
+        self._catalog.deployment(tenant)
+        environment = self._tenants.libraries_of(tenant)
+        if environment is None:
+            return None
+        shared = (
+            environment.shared if self._tenants.placement_of(tenant).name == "inprocess" else ()
+        )
+        return {
+            "asked": list(environment.asked),
+            "installed": list(environment.pins),
+            "shared_with_host": sorted(shared),
+        }
+
+    def deploy_progress(self, tenant: str) -> list[str]:
+        """What the tenant's deploy under way, or its last one, said while it installed
+        its dependencies (the installer's lines).
+
+        Raises:
+            UnknownTenantError: no such tenant (a first deploy under way is one).
+        """
+        lines = self._tenants.progress.get(tenant)
+        if lines is None:
+            self._catalog.deployment(tenant)
+            return []
+        return list(lines)
 
     def get_deployment(self, tenant: str) -> Deployment:
         """The tenant's live deployment.
@@ -809,6 +847,12 @@ class Network:
                 "states": self._runtime.states(confine_to),
             },
             "workers": dict(sorted(workers.items())),
+            "dependencies": {
+                tenant: list(environment.pins)
+                for tenant in sorted(self._catalog.tenants())
+                if (confine_to in (None, tenant) and not counts_only)
+                and (environment := self._tenants.libraries_of(tenant)) is not None
+            },
             "placements": {
                 name: placement.availability for name, placement in sorted(self._placements.items())
             },

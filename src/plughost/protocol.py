@@ -455,6 +455,7 @@ class WorkerSpec:
     snapshot: str | None = None
     shared_topics: tuple[str, ...] = ()  # besides its tenant's, the topics it may subscribe to
     limits: tuple[tuple[str, int], ...] = ()  # a sandbox's limits, by name: breaches are named
+    libraries: str | None = None  # the tenant's own installed libraries, first on its path
 
     def to_message(self) -> dict[str, Any]:
         """The spec as a JSON object, the first frame the host sends."""
@@ -470,6 +471,7 @@ class WorkerSpec:
             "snapshot": self.snapshot,
             "shared_topics": list(self.shared_topics),
             "limits": dict(self.limits),
+            "libraries": self.libraries,
         }
 
     @classmethod
@@ -506,6 +508,9 @@ class WorkerSpec:
             isinstance(value, int) and not isinstance(value, bool) for value in limits.values()
         ):
             raise ProtocolError(f"worker spec limits should be whole numbers, not {_brief(limits)}")
+        libraries = fields.get("libraries")
+        if libraries is not None:
+            libraries = _typed(fields, "libraries", str)
         return cls(
             _typed(fields, "tenant", str),
             _typed(fields, "version", int),
@@ -515,6 +520,7 @@ class WorkerSpec:
             snapshot=snapshot,
             shared_topics=tuple(shared),
             limits=tuple(sorted(limits.items())),
+            libraries=libraries,
             **timeouts,
         )
 

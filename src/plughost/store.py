@@ -538,6 +538,30 @@ class Store:
         )
         return [StoredMod(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5]) for r in rows]
 
+    def bundle_file(self, digest: str, relative: str) -> bytes | None:
+        """The file ``relative`` of the bundle ``digest``, from its blob if a deployment or
+        snapshot has it, else from its bundle folder; ``None`` if neither holds it."""
+        for table in ("deployments", "snapshots"):
+            for (manifest,) in self._query(
+                f"SELECT manifest FROM {table} WHERE digest = ? LIMIT 1", digest
+            ):
+                sha256 = json.loads(manifest).get(relative)
+                if sha256 is None:
+                    return None
+                with contextlib.suppress(OSError):
+                    return self._blob_path(sha256).read_bytes()
+        with contextlib.suppress(OSError):
+            return (self._bundles / digest / relative).read_bytes()
+        return None
+
+    def digests(self) -> set[str]:
+        """The bundle digests every deployment and snapshot refers to."""
+        return {
+            digest
+            for table in ("deployments", "snapshots")
+            for (digest,) in self._query(f"SELECT DISTINCT digest FROM {table}")
+        }
+
     # -- garbage -------------------------------------------------------------------
 
     def collect_garbage(

@@ -15,20 +15,23 @@ import json
 import logging
 import re
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Mapping
 from typing import Any
 
 from .agent import AgentInfo
 from .bundle import BundleFiles, BundleLimits, BundleSource, read_bundle
 from .catalog import Catalog, GoneError, Location
+from .environments import Environment, Environments, Progress
 from .errors import (
+    DependencyError,
     DuplicateSnapshotError,
     InstanceConfigError,
     InvalidNameError,
     UnknownTenantError,
 )
 from .instances import Instances, check_name
+from .manifest import MANIFEST, dependencies_in
 from .manifest import Placement as PlacementName
 from .metrics import Metrics
 from .mod import LoadedMod, stop_mod
@@ -39,6 +42,8 @@ from .store import Deployment, GarbageReport, Snapshot, Store
 from .tokens import Tokens
 
 log = logging.getLogger("plughost")
+
+_PROGRESS_LINES = 500  # of an install's output kept for a deploy's progress
 
 SNAPSHOT_NAME_RULE = (
     "1-128 characters, no '/', no control characters, no lone surrogates, not '.' or '..'"
@@ -59,6 +64,7 @@ class Tenants:
         tokens: forgets a removed tenant's token.
         metrics: counts deploys and calls.
         limits: bounds every bundle.
+        environments: where tenants' own libraries are installed.
     """
 
     def __init__(
@@ -71,8 +77,16 @@ class Tenants:
         tokens: Tokens,
         metrics: Metrics,
         limits: BundleLimits,
+        environments: Environments,
     ) -> None:
         self._store = store
+        self._environments = environments
+        # The libraries of each tenant's live code, and the requirement lists a deploy
+        # or a start under way uses: garbage collection keeps them.
+        self._libraries: dict[str, Environment] = {}
+        self._asking: Counter[tuple[str, ...]] = Counter()
+        self.progress: dict[str, deque[str]] = {}
+        """What each tenant's deploy under way (or its last one) said of its dependencies."""
         self._catalog = catalog
         self._runtime = runtime
         self._placements = placements
@@ -99,7 +113,15 @@ class Tenants:
         for tenant in self._catalog.tenants():
             location = await asyncio.to_thread(self._catalog.locate_live, tenant)
             config = self._catalog.deployment(tenant).instance_config
-            launch = _launch(location, live=True, config=config)
+            try:
+                environment = await self._environment(tenant, location)
+            except DependencyError:
+                # Shown in health: its code fails to import what it needs.
+                log.exception("tenant %s: its dependencies are not installed", tenant)
+                environment = None
+            if environment is not None:
+                self._libraries[tenant] = environment
+            launch = _launch(location, live=True, config=config, environment=environment)
             started = await self.placement_of(tenant).resume(launch)
             if started.unit is not None:
                 self._runtime.add(started.unit)
@@ -214,8 +236,17 @@ class Tenants:
                     or location.manifest.placement
                     or (current.placement if current is not None else "inprocess")
                 )
-                launch = _launch(location, live=True, config=config)
-                started = await self._placements[chosen].start(launch)
+                lines = self.progress[tenant] = deque(maxlen=_PROGRESS_LINES)
+                asked = tuple(location.manifest.dependencies)
+                self._asking[asked] += 1
+                try:
+                    environment = await self._environment(tenant, location, lines.append)
+                    launch = _launch(location, live=True, config=config, environment=environment)
+                    started = await self._placements[chosen].start(launch)
+                finally:
+                    self._asking[asked] -= 1
+                    if not self._asking[asked]:
+                        del self._asking[asked]
                 for mod in started.instances:
                     self._instances.check_topics(mod)
                 unit = _unit_of(started)
@@ -232,6 +263,10 @@ class Tenants:
                         config,
                     )
                     self._runtime.add(unit)
+                    if environment is not None:
+                        self._libraries[tenant] = environment
+                    else:
+                        self._libraries.pop(tenant, None)
                     replaced = self._catalog.set_live(deployment)
                     if replaced is not None:
                         old = self._runtime.get(replaced)
@@ -255,6 +290,23 @@ class Tenants:
                     self._runtime.release(old)
             return deployment
 
+    async def _environment(
+        self, tenant: str, location: Location, progress: Progress | None = None
+    ) -> Environment | None:
+        """The installed libraries of the code at ``location``: none if it asks for none.
+
+        Raises:
+            DependencyError: they could not be installed.
+        """
+        asked = location.manifest.dependencies
+        if not asked:
+            return None
+        return await self._environments.ensure(tenant, asked, progress=progress)
+
+    def libraries_of(self, tenant: str) -> Environment | None:
+        """The installed libraries of the tenant's live code, if it asks for any."""
+        return self._libraries.get(tenant)
+
     def _live_unit_healthy(self, tenant: str) -> bool:
         unit = self._runtime.get(self._catalog.live_namespace(tenant))
         return unit is None or unit.healthy
@@ -271,6 +323,8 @@ class Tenants:
             await self._instances.drop_tenant(tenant)
             for namespace in self._catalog.drop_tenant(tenant):
                 self._runtime.retire(namespace)
+            self._libraries.pop(tenant, None)
+            self.progress.pop(tenant, None)
             await self._collect_locked()
 
     # -- snapshots ----------------------------------------------------------------------
@@ -329,7 +383,16 @@ class Tenants:
             location = await asyncio.to_thread(
                 self._catalog.locate, tenant, namespace, digest, version, snapshot
             )
-            return _unit_of(await placement.start(_launch(location, live=False)))
+            asked = tuple(location.manifest.dependencies)
+            self._asking[asked] += 1
+            try:
+                environment = await self._environment(tenant, location)
+                launch = _launch(location, live=False, environment=environment)
+                return _unit_of(await placement.start(launch))
+            finally:
+                self._asking[asked] -= 1
+                if not self._asking[asked]:
+                    del self._asking[asked]
 
         return start
 
@@ -367,7 +430,17 @@ class Tenants:
         bundles = self._runtime.digests() | set(self._pinned)
         bundles |= {digest for digest, _ in self._staging}
         blobs = {blob for _, staged in self._staging for blob in staged}
-        return await asyncio.to_thread(self._store.collect_garbage, bundles, blobs)
+        report = await asyncio.to_thread(self._store.collect_garbage, bundles, blobs)
+        asked = [list(each) for each in self._asking]
+        asked += [list(environment.asked) for environment in self._libraries.values()]
+
+        def collect_environments() -> None:
+            for digest in self._store.digests() | bundles:
+                asked.append(dependencies_in(self._store.bundle_file(digest, MANIFEST)))
+            self._environments.collect_garbage([each for each in asked if each])
+
+        await asyncio.to_thread(collect_environments)
+        return report
 
     async def collect_periodically(self, interval: float) -> None:
         """Collect garbage every ``interval`` seconds, until cancelled."""
@@ -381,7 +454,11 @@ class Tenants:
 
 
 def _launch(
-    location: Location, *, live: bool, config: Mapping[str, dict[str, Any]] | None = None
+    location: Location,
+    *,
+    live: bool,
+    config: Mapping[str, dict[str, Any]] | None = None,
+    environment: Environment | None = None,
 ) -> Launch:
     """What a placement starts; ``config`` is laid over each declared instance's own."""
     given = config or {}
@@ -399,6 +476,7 @@ def _launch(
         location.folder,
         instances if live else (),
         live,
+        environment,
     )
 
 

@@ -34,6 +34,17 @@ class TenantModel(BaseModel):
     snapshots: list[str]
     created_at: float
     placement: str
+    dependencies: dict[str, list[str]] | None = Field(
+        default=None,
+        description="what its plughost.toml asks for (asked), what was installed for it"
+        " (installed, name==version), and what runs from the server's own copy in process"
+        " (shared_with_host); null when it asks for nothing",
+    )
+
+
+class DeployProgress(BaseModel):
+    tenant: str
+    lines: list[str] = Field(description="the installer's output, oldest first")
 
 
 class TenantToken(BaseModel):

@@ -22,7 +22,7 @@ from ..manifest import Placement
 from ..network import Network
 from .auth import Auth
 from .errors import ERRORS, ApiError
-from .models import DeploymentModel, Removed, TenantModel, TenantToken
+from .models import DeploymentModel, DeployProgress, Removed, TenantModel, TenantToken
 from .parameters import TenantName
 from .state import ServedNetwork, upload_limit_of
 
@@ -141,6 +141,21 @@ async def describe_tenant(
     return _tenant_model(network, tenant)
 
 
+@router.get(
+    "/api/tenants/{tenant}/deploy/progress",
+    response_model=DeployProgress,
+    tags=["tenants"],
+    responses=ERRORS,
+)
+async def deploy_progress(
+    tenant: TenantName, principal: Auth, network: ServedNetwork
+) -> DeployProgress:
+    """What the tenant's deploy under way, or its last one, said while it installed the
+    bundle's ``dependencies``: the installer's lines, to poll while the deploy runs."""
+    principal.require_tenant(tenant)
+    return DeployProgress(tenant=tenant, lines=network.deploy_progress(tenant))
+
+
 @router.delete("/api/tenants/{tenant}", response_model=Removed, tags=["tenants"], responses=ERRORS)
 async def remove_tenant(tenant: TenantName, principal: Auth, network: ServedNetwork) -> Removed:
     """Remove a tenant with its snapshots and files (admin)."""
@@ -184,6 +199,7 @@ def _tenant_model(network: Network, tenant: str) -> TenantModel:
         snapshots=[s.name for s in network.list_snapshots(tenant)],
         created_at=deployment.created_at,
         placement=deployment.placement,
+        dependencies=network.dependencies_of(tenant),
     )
 
 

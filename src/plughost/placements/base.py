@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+from ..environments import Environment
 from ..manifest import InstanceSpec
 from ..mod import FailedMod, LoadedMod
 from ..naming import Namespace
@@ -37,6 +38,8 @@ class Launch:
     folder: Path
     instances: tuple[InstanceSpec, ...] = ()
     live: bool = False
+    environment: Environment | None = None
+    """The tenant's own libraries, installed: ``dependencies`` in its ``plughost.toml``."""
 
 
 @dataclass

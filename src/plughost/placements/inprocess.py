@@ -17,6 +17,7 @@ from .. import bounded_json
 from ..agent import AgentInfo, LoadedNamespace, load_namespace
 from ..agent_threads import AgentThreads
 from ..deadlines import DeadlineExceeded, Deadlines
+from ..environments import for_in_process
 from ..errors import (
     AgentError,
     CallTimeoutError,
@@ -24,6 +25,7 @@ from ..errors import (
     PlughostError,
     UnknownAgentError,
 )
+from ..loader import Libraries
 from ..manifest import InstanceSpec
 from ..mod import FailedMod, LoadedMod, LocalControl, ResolvedModPath, stop_mod
 from ..runtime import Handler, Unit
@@ -131,7 +133,11 @@ class InProcess(Placement):
         self._call_timeout = call_timeout
 
     async def start(self, launch: Launch) -> Started:
-        loaded = await asyncio.to_thread(load_namespace, launch.namespace, launch.folder)
+        libraries = None
+        if launch.environment is not None:
+            environment = for_in_process(launch.environment, launch.tenant)
+            libraries = Libraries(environment.folder, environment.module_names())
+        loaded = await asyncio.to_thread(load_namespace, launch.namespace, launch.folder, libraries)
         unit = InProcessUnit(
             loaded, launch.digest, self._threads, self._deadlines, self._call_timeout
         )

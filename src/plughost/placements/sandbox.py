@@ -58,6 +58,8 @@ logger = logging.getLogger("plughost.sandbox")
 
 BUNDLE = "/bundle"
 """Where the tenant's bundle is, inside its sandbox."""
+LIBRARIES = "/libraries"
+"""Where the tenant's own installed libraries are, inside its sandbox."""
 _TMP = "/tmp"
 _SYSTEM = ("/usr",)
 _SYSTEM_LINKS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
@@ -213,8 +215,10 @@ def bwrap_command(
     limits: SandboxLimits,
     uid: int | None,
     command: list[str],
+    libraries: Path | None = None,
 ) -> SandboxCommand:
-    """How to run ``command`` in a sandbox showing ``bundle`` at ``/bundle``.
+    """How to run ``command`` in a sandbox showing ``bundle`` at ``/bundle`` (and
+    ``libraries`` at ``/libraries``), read-only.
 
     ``uid`` is the sandbox's own user id (the host is root), or ``None`` for the host's
     own, mapped to ``nobody``.
@@ -260,6 +264,8 @@ def bwrap_command(
         argv += ["--ro-bind", folder, folder]
         bound.append(folder)
     argv += ["--ro-bind", str(bundle), BUNDLE, "--proc", "/proc", "--dev", "/dev", "--chdir", _TMP]
+    if libraries is not None:
+        argv += ["--ro-bind", str(libraries), LIBRARIES]
     argv += ["--cap-drop", "ALL"]
     if uid is None:
         argv += ["--unshare-user", "--uid", "65534", "--gid", "65534", "--disable-userns"]
@@ -393,6 +399,7 @@ class _SandboxProcess(_Process):
             self._limits,
             self._uid,
             _worker_command(self._view, descriptor),
+            Path(self.spec.libraries) if self.spec.libraries else None,
         )
         reader, writer = os.pipe()
         try:
@@ -414,7 +421,8 @@ class _SandboxProcess(_Process):
         return process
 
     def _first_frame(self) -> dict[str, Any]:
-        return replace(self.spec, folder=BUNDLE, data_dir=_TMP).to_message()
+        libraries = LIBRARIES if self.spec.libraries else None
+        return replace(self.spec, folder=BUNDLE, data_dir=_TMP, libraries=libraries).to_message()
 
     def _max_frame(self) -> int:
         # What the host may have to decode of one message: its objects take some 25 times

@@ -782,6 +782,7 @@ class Worker(Placement):
             self._call_timeout,
             snapshot=launch.namespace.snapshot,
             shared_topics=self._shared_topics,
+            libraries=str(launch.environment.folder) if launch.environment else None,
         )
 
     def _process(self, launch: Launch) -> ProcessFactory:

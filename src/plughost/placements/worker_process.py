@@ -30,6 +30,7 @@ import json
 import os
 import signal
 import socket
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -289,6 +290,9 @@ class _Worker:
                 if snapshot is not None
                 else Namespace(tenant, version=self.spec.version)
             )
+            if self.spec.libraries is not None:
+                # Compiled extensions included: the process is the tenant's alone.
+                sys.path.insert(0, self.spec.libraries)
             self.entry = await asyncio.to_thread(load_namespace, namespace, Path(self.spec.folder))
             for spec in self.spec.instances:
                 mod = await self._start_instance(self.spec.folder, spec)
