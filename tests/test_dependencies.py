@@ -228,3 +228,20 @@ def test_fsck_checks_the_environments(tmp_path: Path) -> None:
     assert checked.returncode == 1
     assert f"environment {folder.name[:12]}" in checked.stdout and "is missing" in checked.stdout
     assert "holds toolz==0.12.0, not its name's set" in checked.stdout
+
+
+def test_the_cli_shows_the_installers_progress_while_it_deploys(tmp_path: Path) -> None:
+    process = ServerProcess(tmp_path, admin_token=ADMIN).start()
+    folder = tmp_path / "libs"
+    folder.mkdir()
+    (folder / "lib_agent.py").write_text(TOOLZ)
+    (folder / "plughost.toml").write_text('dependencies = ["toolz==0.11.2"]\n')
+    try:
+        command = [sys.executable, "-m", "plughost", "tenant", "deploy", "libs", str(folder)]
+        command += ["--url", process.url, "--token", ADMIN]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert "toolz==0.11.2" in done.stdout, done.stdout  # the installer's own line
+        assert "deployed libs version 1" in done.stdout
+    finally:
+        assert process.stop()

@@ -497,17 +497,19 @@ def tenant_deploy(
         running = threading.Thread(target=deploy, daemon=True)
         running.start()
         shown = 0
-        while running.is_alive():
+        while True:
+            finished = not running.is_alive()
             running.join(0.25)
             lines = _progress_lines(watcher, tenant)
-            if lines is None or lines == earlier:
-                continue  # the last deploy's, until this one's installer speaks
-            earlier = None
-            for line in lines[shown:]:
-                if not quiet:
-                    bar.console.print(f"[dim]{escape(line)}[/dim]")
-                bar.update(task, description="installing dependencies")
-            shown = len(lines)
+            if lines is not None and lines != earlier:  # else the last deploy's, or none yet
+                earlier = None
+                for line in lines[shown:]:
+                    if not quiet:
+                        bar.console.print(f"[dim]{escape(line)}[/dim]")
+                    bar.update(task, description="installing dependencies")
+                shown = len(lines)
+            if finished:  # once more after the deploy ended: a quick install says it all then
+                break
         if "error" in outcome:
             raise outcome["error"]
         deployment = outcome["deployment"]

@@ -85,6 +85,8 @@ class Environments:
         self._python = python
         self._tag = f"{sys.implementation.cache_tag}-{sys.platform}-{os.uname().machine}"
         self._installing: dict[str, asyncio.Task[Environment]] = {}
+        # An environment never changes once named: what was read of one is kept, by ask.
+        self._known: dict[str, Environment] = {}
 
     def open(self) -> None:
         """Make the folders; remove what an install that was cut off left."""
@@ -113,9 +115,12 @@ class Environments:
         Raises:
             DependencyError: the installer failed; its error names the requirement.
         """
+        known = self._known.get(self._ask(requirements))
+        if known is not None:
+            return known
         found = await asyncio.to_thread(self.find, requirements)
         if found is not None:
-            return replace(found, asked=tuple(requirements))
+            return self._remember(requirements, found)
         ask = self._ask(requirements)
         # Two deploys that ask the same at once install once.
         task = self._installing.get(ask)
@@ -123,7 +128,12 @@ class Environments:
             task = asyncio.ensure_future(self._install(tenant, requirements, progress))
             self._installing[ask] = task
             task.add_done_callback(lambda _: self._installing.pop(ask, None))
-        return replace(await asyncio.shield(task), asked=tuple(requirements))
+        return self._remember(requirements, await asyncio.shield(task))
+
+    def _remember(self, requirements: list[str], environment: Environment) -> Environment:
+        named = replace(environment, asked=tuple(requirements))
+        self._known[self._ask(requirements)] = named
+        return named
 
     async def _install(
         self, tenant: str, requirements: list[str], progress: Progress | None
@@ -185,6 +195,8 @@ class Environments:
         for asked in (self.root / "asked").iterdir():
             if asked.name not in kept_asks:
                 asked.unlink(missing_ok=True)
+        for ask in set(self._known) - kept_asks:
+            del self._known[ask]
         removed = 0
         for folder in self.root.iterdir():
             if _is_environment(folder) and folder.name not in kept:
