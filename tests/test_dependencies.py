@@ -227,7 +227,14 @@ def test_fsck_checks_the_environments(tmp_path: Path) -> None:
     checked = fsck()
     assert checked.returncode == 1
     assert f"environment {folder.name[:12]}" in checked.stdout and "is missing" in checked.stdout
-    assert "holds toolz==0.12.0, not its name's set" in checked.stdout
+    assert "(toolz==0.12.0): its files are not what its name says" in checked.stdout
+    (envs / ("0" * 64)).rename(folder)
+    assert fsck().returncode == 0
+    # A file changed in an environment (a worker runs as root: modes do not stop it).
+    target = folder / "toolz" / "__init__.py"
+    target.chmod(0o644)
+    target.write_text(target.read_text() + "\n# changed\n")
+    assert fsck().returncode == 1
 
 
 def test_the_cli_shows_the_installers_progress_while_it_deploys(tmp_path: Path) -> None:
@@ -245,3 +252,33 @@ def test_the_cli_shows_the_installers_progress_while_it_deploys(tmp_path: Path) 
         assert "deployed libs version 1" in done.stdout
     finally:
         assert process.stop()
+
+
+async def test_only_wheels_are_installed_so_no_tenant_code_runs_at_install(
+    tmp_path: Path,
+) -> None:
+    # termcolor 1.1.0 is published as a source distribution only: building it would run
+    # its setup.py on the server.
+    async with Network(tmp_path / "data") as network:
+        with pytest.raises(DependencyError, match="termcolor") as refused:
+            await network.deploy("t", bundle(TOOLZ, ["termcolor==1.1.0"]))
+        assert "no-build" in str(refused.value) or "source distribution" in str(refused.value)
+        assert network.list_tenants() == []
+
+
+async def test_an_install_shared_by_two_tenants_names_each_only_itself(tmp_path: Path) -> None:
+    async with Network(tmp_path / "data") as network:
+        failing = bundle(TOOLZ, ["no-such-package-plughost-shared==1.0"])
+        outcomes = await asyncio.gather(
+            network.deploy("alice", failing), network.deploy("bob", failing), return_exceptions=True
+        )
+        for tenant, outcome in zip(("alice", "bob"), outcomes, strict=True):
+            assert isinstance(outcome, DependencyError), outcome
+            other = "bob" if tenant == "alice" else "alice"
+            assert outcome.tenant == tenant and f"tenant {tenant!r}" in str(outcome)
+            assert repr(other) not in str(outcome)
+        await network.deploy("carol", bundle(TOOLZ, ["toolz==0.12.0"]))
+        lines = network.deploy_progress("carol")
+        assert any("<python>" in line for line in lines), lines  # the interpreter, unnamed
+        for folder in {sys.prefix, sys.base_prefix, str(tmp_path), os.environ.get("HOME", "/")}:
+            assert folder == "/" or not [line for line in lines if folder in line], lines

@@ -89,6 +89,8 @@ class NetworkConfig(BaseModel):
     worker_start_timeout: float = Field(default=60.0, gt=0)
     call_timeout: float = Field(default=60.0, gt=0)
     worker_max_inflight: int = Field(default=64, ge=1)
+    install_timeout: float = Field(default=300.0, gt=0)
+    """Seconds the install of a bundle's ``dependencies`` may take."""
     shared_topics: list[str] = Field(default_factory=list)
     """Absolute topics (``/clock``) every tenant may use besides its own."""
     max_request_bytes: int = Field(default=1 << 20, ge=1)
@@ -121,6 +123,7 @@ class NetworkConfig(BaseModel):
             shared_topics=list(self.shared_topics),
             sandbox_limits=SandboxLimits(**self.sandbox.model_dump(exclude={"tenants"})),
             sandbox_tenant_limits=dict(self.sandbox.tenants),
+            install_timeout=self.install_timeout,
         )
 
 

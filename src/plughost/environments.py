@@ -25,6 +25,8 @@ import contextlib
 import hashlib
 import importlib.metadata
 import os
+import re
+import signal
 import sys
 import uuid
 from collections.abc import Callable, Iterable
@@ -39,6 +41,8 @@ from .store import remove_folder, write_durably
 
 Progress = Callable[[str], None]
 _COMPILED = (".so", ".pyd")
+_INTERPRETER = re.compile(r"(interpreter at: ).*")
+_INSTALLS_AT_ONCE = 2  # each is mostly downloads and unpacking, on every core
 
 
 @dataclass(frozen=True)
@@ -80,11 +84,28 @@ class Environments:
         python: the interpreter the libraries are for (the host's).
     """
 
-    def __init__(self, root: Path, python: str = sys.executable) -> None:
+    def __init__(
+        self, root: Path, python: str = sys.executable, install_timeout: float = 300.0
+    ) -> None:
         self.root = root
         self._python = python
         self._tag = f"{sys.implementation.cache_tag}-{sys.platform}-{os.uname().machine}"
         self._installing: dict[str, asyncio.Task[Environment]] = {}
+        self._processes: set[asyncio.subprocess.Process] = set()
+        self._slots = asyncio.Semaphore(_INSTALLS_AT_ONCE)
+        self.timeout = install_timeout
+        home = os.environ.get("HOME")
+        self._host_folders = [
+            (folder, shown)
+            for folder, shown in (
+                (str(root.resolve()), "<envs>"),
+                (python, "<python>"),
+                (sys.prefix, "<prefix>"),
+                (sys.base_prefix, "<prefix>"),
+                (home, "~"),
+            )
+            if folder and folder != "/"
+        ]
         # An environment never changes once named: what was read of one is kept, by ask.
         self._known: dict[str, Environment] = {}
 
@@ -116,7 +137,7 @@ class Environments:
             DependencyError: the installer failed; its error names the requirement.
         """
         known = self._known.get(self._ask(requirements))
-        if known is not None:
+        if known is not None and known.folder.is_dir():
             return known
         found = await asyncio.to_thread(self.find, requirements)
         if found is not None:
@@ -128,7 +149,11 @@ class Environments:
             task = asyncio.ensure_future(self._install(tenant, requirements, progress))
             self._installing[ask] = task
             task.add_done_callback(lambda _: self._installing.pop(ask, None))
-        return self._remember(requirements, await asyncio.shield(task))
+        try:
+            installed = await asyncio.shield(task)
+        except DependencyError as exc:  # maybe another tenant's install of the same list
+            raise DependencyError(tenant, requirements, exc.reason) from None
+        return self._remember(requirements, installed)
 
     def _remember(self, requirements: list[str], environment: Environment) -> Environment:
         named = replace(environment, asked=tuple(requirements))
@@ -144,22 +169,33 @@ class Environments:
         listing = self.root / f".tmp-{uuid.uuid4().hex}.txt"
         listing.write_text("".join(f"{line}\n" for line in requirements))
         command = [uv.find_uv_bin(), "pip", "install", "--no-progress", "--color", "never"]
+        # Wheels only: building a source distribution runs its code, here, as the server.
+        # No configuration of the host's; files copied, since a hard link into the
+        # installer's cache would let a write through an environment change the cache.
+        command += ["--no-build", "--no-config", "--link-mode", "copy"]
         command += ["--python", self._python, "--target", str(temporary), "-r", str(listing)]
+        said: list[str] = []
         try:
-            process = await asyncio.create_subprocess_exec(
-                *command,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                env={**os.environ, "NO_COLOR": "1"},
-            )
-            assert process.stdout is not None
-            said: list[str] = []
-            async for raw in process.stdout:
-                line = raw.decode(errors="replace").rstrip()
-                said.append(line)
-                if progress is not None:
-                    progress(line)
-            if await process.wait() != 0:
+            async with self._slots:
+                process = await asyncio.create_subprocess_exec(
+                    *command,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.STDOUT,
+                    env=self._installer_environment(),
+                    start_new_session=True,  # stopped with everything it started
+                )
+                self._processes.add(process)
+                try:
+                    await asyncio.wait_for(self._relay(process, said, progress), self.timeout)
+                except TimeoutError:
+                    raise DependencyError(
+                        tenant, requirements, f"the install took over {self.timeout:.0f} s"
+                    ) from None
+                finally:
+                    _kill_session(process)
+                    await process.wait()
+                    self._processes.discard(process)
+            if process.returncode != 0:
                 raise DependencyError(tenant, requirements, _reason(said))
             environment = await asyncio.to_thread(self._keep, requirements, temporary)
         finally:
@@ -167,15 +203,52 @@ class Environments:
             await asyncio.to_thread(remove_folder, temporary)
         return environment
 
+    async def _relay(
+        self, process: asyncio.subprocess.Process, said: list[str], progress: Progress | None
+    ) -> None:
+        assert process.stdout is not None
+        async for raw in process.stdout:
+            line = self._redacted(raw.decode(errors="replace").rstrip())
+            said.append(line)
+            if progress is not None:
+                progress(line)
+        await process.wait()
+
+    def _installer_environment(self) -> dict[str, str]:
+        """What of the host's environment the installer needs: ``PATH``, ``HOME`` (its
+        download cache), how to reach the index (certificates, proxies) and the
+        operator's ``UV_*`` settings (a mirror, say); no other variable, secrets none."""
+        kept = {
+            name: value
+            for name, value in os.environ.items()
+            if name in ("PATH", "HOME", "SSL_CERT_FILE", "SSL_CERT_DIR")
+            or name.upper() in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
+            or name.startswith("UV_")
+        }
+        return {**kept, "NO_COLOR": "1"}
+
+    def _redacted(self, line: str) -> str:
+        """``line`` without the host's folders: the tenant reads it."""
+        line = _INTERPRETER.sub(r"\1<python>", line)  # named relative to the server's folder
+        for folder, shown in self._host_folders:
+            line = line.replace(folder, shown)
+        return line
+
+    async def close(self) -> None:
+        """Stop the installs under way (the network is stopping)."""
+        for process in list(self._processes):
+            _kill_session(process)
+
     def _keep(self, requirements: list[str], temporary: Path) -> Environment:
         """Name the installed folder by what it holds, and record what was asked."""
-        pins = _pins(temporary)
-        key = hashlib.sha256("\n".join([self._tag, *pins]).encode()).hexdigest()
+        key = _content_key(self._tag, temporary)
         folder = self.root / key
         if not folder.exists():
             _make_read_only(temporary)
             with contextlib.suppress(OSError):  # installed meanwhile, by another deploy
                 temporary.rename(folder)
+        if not folder.is_dir():
+            raise OSError(f"the environment {key[:12]} could not be kept")
         write_durably(self.root / "asked" / self._ask(requirements), f"{key}\n".encode())
         return _read(key, folder)
 
@@ -213,11 +286,11 @@ class Environments:
             if not (self.root / key).is_dir():
                 problems.append(f"environment {key[:12]} (asked as {asked.name[:12]}) is missing")
         for folder in sorted(filter(_is_environment, self.root.iterdir())):
-            pins = _pins(folder)
-            key = hashlib.sha256("\n".join([self._tag, *pins]).encode()).hexdigest()
-            if key != folder.name:
-                held = ", ".join(pins) or "nothing"
-                problems.append(f"environment {folder.name[:12]} holds {held}, not its name's set")
+            if _content_key(self._tag, folder) != folder.name:
+                held = ", ".join(_pins(folder)) or "nothing"
+                problems.append(
+                    f"environment {folder.name[:12]} ({held}): its files are not what its name says"
+                )
         return problems
 
 
@@ -253,7 +326,7 @@ def for_in_process(environment: Environment, tenant: str) -> Environment:
             tenant,
             requirements,
             f"{distribution} has compiled extensions, which cannot be loaded twice in one"
-            f" process{'' if host is None else f' (the host has {distribution} {host})'};"
+            " process, and the server's own copy does not satisfy what was asked;"
             ' deploy it with placement = "process" (or "sandbox")',
         )
     return replace(environment, shared=frozenset(shared))
@@ -270,21 +343,30 @@ def _is_environment(folder: Path) -> bool:
 
 
 def _pins(folder: Path) -> tuple[str, ...]:
-    found = []
-    for info in folder.glob("*.dist-info"):
-        name, version = _name_and_version(info)
-        found.append(f"{name}=={version}")
-    return tuple(sorted(found))
+    return tuple(sorted("==".join(_name_and_version(info)) for info in folder.glob("*.dist-info")))
 
 
 def _name_and_version(info: Path) -> tuple[str, str]:
-    fields: dict[str, str] = {}
-    for line in (info / "METADATA").read_text(errors="replace").splitlines():
-        if not line:
-            break
-        key, _, value = line.partition(": ")
-        fields.setdefault(key, value)
-    return canonicalize_name(fields.get("Name", info.name)), fields.get("Version", "0")
+    """As the installer named the ``.dist-info`` folder (``name-version``), not as the
+    package's own metadata says: a wheel may claim to be another package."""
+    name, _, version = info.name.removesuffix(".dist-info").rpartition("-")
+    return canonicalize_name(name), version
+
+
+def _content_key(tag: str, folder: Path) -> str:
+    """The sha256 of the interpreter's tag and every file's path and content: two
+    installs share a folder only if they hold the same bytes."""
+    digest = hashlib.sha256(tag.encode())
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink()):
+        digest.update(str(path.relative_to(folder)).encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def _kill_session(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
 
 
 def _read(key: str, folder: Path) -> Environment:

@@ -28,7 +28,7 @@ from .bundle import BundleLimits, BundleSource
 from .catalog import Catalog
 from .deadlines import Deadlines
 from .dispatch import Dispatcher
-from .environments import Environments
+from .environments import Environments, for_in_process
 from .errors import NotStartedError, OutsideTenantError
 from .events import Event, EventResponse, resolve_topic, topic_allowed
 from .instances import Instances
@@ -98,6 +98,7 @@ class Network:
         sandbox_limits: the limits of every tenant's sandbox (``sandbox`` placement).
         sandbox_tenant_limits: a tenant's own sandbox limits: those each sets replace
             ``sandbox_limits``'.
+        install_timeout: seconds the install of a bundle's dependencies may take.
 
     Use as ``async with Network(...) as network:`` or ``start()`` / ``stop()``.
     """
@@ -121,6 +122,7 @@ class Network:
         worker_max_inflight: int = 64,
         sandbox_limits: SandboxLimits | None = None,
         sandbox_tenant_limits: Mapping[str, SandboxLimits] | None = None,
+        install_timeout: float = 300.0,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.network_id = network_id
@@ -136,7 +138,7 @@ class Network:
         self.metrics = Metrics(self._sample_metrics)
 
         self._store = Store(self.data_dir, keep_versions=keep_versions)
-        self._environments = Environments(self.data_dir / "envs")
+        self._environments = Environments(self.data_dir / "envs", install_timeout=install_timeout)
         self._catalog = Catalog(self._store)
         self._tokens = Tokens(self._store)
         self._runtime = Runtime(max_loaded_namespaces)
@@ -246,6 +248,7 @@ class Network:
             self._gc_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._gc_task
+        await self._environments.close()
         await self._tenants.close()
         # Stopping is not unloading: the mods stay recorded and load again at the next start.
         await self._instances.stop_all()
@@ -368,13 +371,13 @@ class Network:
         environment = self._tenants.libraries_of(tenant)
         if environment is None:
             return None
-        shared = (
-            environment.shared if self._tenants.placement_of(tenant).name == "inprocess" else ()
-        )
+        if self._tenants.placement_of(tenant).name == "inprocess":
+            # Its deploy passed this already: here it says which copies are the host's.
+            environment = for_in_process(environment, tenant)
         return {
             "asked": list(environment.asked),
             "installed": list(environment.pins),
-            "shared_with_host": sorted(shared),
+            "shared_with_host": sorted(environment.shared),
         }
 
     def deploy_progress(self, tenant: str) -> list[str]:
