@@ -7,7 +7,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -90,6 +92,36 @@ class ServerProcess:
         self.process = None
         completed = "Application shutdown complete" in self.log.read_text()
         return completed and code in (0, -signal.SIGTERM)
+
+    def longest_wait_beside(self, work: Callable[[], object]) -> float:
+        """Call tenant ``quick``'s ``Notifier`` over and over, as the admin, while ``work``
+        runs; the longest wait between two answers, in seconds."""
+        done = threading.Event()
+        waits: list[float] = []
+
+        def call() -> None:
+            headers = {"Authorization": f"Bearer {self.admin_token}"}
+            url = f"{self.url}/api/tenants/quick/agents/Notifier/call"
+            with httpx.Client(headers=headers, timeout=60) as client:
+                last = time.perf_counter()
+                while not done.is_set():
+                    answer = client.post(url, json={"args": {"message": "m"}})
+                    assert answer.status_code == 200, answer.text
+                    now = time.perf_counter()
+                    waits.append(now - last)
+                    last = now
+                    time.sleep(0.001)
+
+        caller = threading.Thread(target=call)
+        caller.start()
+        try:
+            time.sleep(0.2)
+            work()
+        finally:
+            done.set()
+            caller.join()
+        assert len(waits) > 10
+        return max(waits)
 
     def client(self, token: str | None = None) -> Client:
         return Client(self.url, token if token is not None else self.admin_token)

@@ -22,7 +22,7 @@ from plughost import DependencyError, Network
 
 from .conftest import STALL_ATTEMPTS
 from .server import ServerProcess
-from .test_tenant_isolation import ADMIN, ROOT, _longest_wait_beside
+from .test_tenant_isolation import ADMIN, ROOT
 
 pytestmark = pytest.mark.index
 
@@ -179,7 +179,7 @@ def test_an_install_over_http_stalls_no_other_tenant_and_reports_its_progress(
                     )
                 )
 
-            stalls.append(_longest_wait_beside(process, deploy))
+            stalls.append(process.longest_wait_beside(deploy))
             if stalls[-1] < 0.1:
                 break
         assert min(stalls) < 0.1, f"quick's calls waited {[round(s * 1000) for s in stalls]} ms"

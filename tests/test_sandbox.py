@@ -23,7 +23,7 @@ from plughost.placements.sandbox import availability
 
 from .conftest import STALL_ATTEMPTS, agent_bundle
 from .server import ServerProcess
-from .test_tenant_isolation import ADMIN, ROOT, _longest_wait_beside
+from .test_tenant_isolation import ADMIN, ROOT
 
 HOSTILE = """
 import errno
@@ -226,8 +226,8 @@ class Sandboxes:
         for _ in range(STALL_ATTEMPTS):
             restarts = self.worker(tenant)["restarts"]
             stalls.append(
-                _longest_wait_beside(
-                    self.process, lambda: answers.append(self.call(tenant, agent, **args))
+                self.process.longest_wait_beside(
+                    lambda: answers.append(self.call(tenant, agent, **args))
                 )
             )
             if stalls[-1] < 0.1:

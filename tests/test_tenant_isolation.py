@@ -7,7 +7,6 @@ import asyncio
 import base64
 import json
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -463,7 +462,7 @@ def test_a_60_mib_json_upload_stalls_no_other_tenants_call(tmp_path: Path) -> No
                 for body in (large, many_items):
                     _upload(process, "big", body, into)
 
-            stall = _longest_wait_beside(process, uploads)
+            stall = process.longest_wait_beside(uploads)
             stalls.append(stall)
             if stall < 0.1:
                 break
@@ -488,36 +487,6 @@ def _upload(
             timeout=300,
         )
     )
-
-
-def _longest_wait_beside(process: ServerProcess, work: Any) -> float:
-    """Call tenant 'quick' over and over while ``work`` runs; the longest wait between calls."""
-    done = threading.Event()
-    waits: list[float] = []
-
-    def call() -> None:
-        headers = {"Authorization": f"Bearer {ADMIN}"}
-        url = f"{process.url}/api/tenants/quick/agents/Notifier/call"
-        with httpx.Client(headers=headers, timeout=60) as client:
-            last = time.perf_counter()
-            while not done.is_set():
-                answer = client.post(url, json={"args": {"message": "m"}})
-                assert answer.status_code == 200, answer.text
-                now = time.perf_counter()
-                waits.append(now - last)
-                last = now
-                time.sleep(0.001)
-
-    caller = threading.Thread(target=call)
-    caller.start()
-    try:
-        time.sleep(0.2)
-        work()
-    finally:
-        done.set()
-        caller.join()
-    assert len(waits) > 10
-    return max(waits)
 
 
 def test_a_deeply_nested_answer_is_a_422_over_http_in_every_placement(tmp_path: Path) -> None:
@@ -578,7 +547,7 @@ def test_a_large_answer_over_http_stalls_no_other_tenants_call(tmp_path: Path) -
                         )
                     )
 
-                stalls.append(_longest_wait_beside(process, call_big))
+                stalls.append(process.longest_wait_beside(call_big))
                 if stalls[-1] < 0.1:
                     break
             assert min(stalls) < 0.1, (
