@@ -21,9 +21,10 @@ process runs inside bubblewrap (``bwrap``, which makes Linux namespaces):
   stopped any other way.
 
 A breached limit is named: a call that met it fails with
-:class:`~plughost.errors.LimitExceededError` and the worker is restarted
-(what the code left behind cannot be trusted on); a worker killed by one
-(CPU time, file size) is restarted with the limit in its error.
+:class:`~plughost.errors.LimitExceededError` and the worker is renewed (a new
+one takes over, then the old one is killed: what its code left behind cannot
+be trusted on); a worker killed by one (CPU time, file size) is restarted with
+the limit in its error.
 
 Whether sandboxes can be made here is checked once (:func:`availability`);
 when they cannot, a deploy asking for one fails with
@@ -41,7 +42,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -66,7 +66,6 @@ _SYSTEM_LINKS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 _CPU_GRACE = 5  # seconds of CPU past the soft limit (SIGXCPU) before SIGKILL
 _UID_RANGE = 1 << 16
 _OUTPUT_BYTES_PER_SECOND = 64 << 10
-_OUTPUT_TAIL = 64  # lines kept of each sandbox's output
 
 
 @dataclass(frozen=True)
@@ -332,36 +331,25 @@ def availability(data_dir: Path) -> str:
     return _probe(view)
 
 
-class _Output:
-    """Reads what a sandbox writes to its standard output and error, at a bounded rate.
+def _log_output(tenant: str, descriptor: int) -> None:
+    """Log what a sandbox writes to its standard output and error, at a bounded rate
+    (a thread's work, until the sandbox's last process closes it).
 
-    Past the rate the sandbox waits on its own writes: a flood costs the host
-    little, and holds nothing but the last lines (logged, and in health).
+    Past the rate the sandbox waits on its own writes: a flood costs the host little,
+    and is held nowhere.
     """
-
-    def __init__(self, tenant: str, descriptor: int) -> None:
-        self.tenant = tenant
-        self.lines: deque[str] = deque(maxlen=_OUTPUT_TAIL)
-        self._thread = threading.Thread(
-            target=self._read, args=(descriptor,), name=f"sandbox-output-{tenant}", daemon=True
-        )
-        self._thread.start()
-
-    def _read(self, descriptor: int) -> None:
-        window, used = time.monotonic(), 0
-        partial = b""
-        with open(descriptor, "rb", buffering=0) as stream:
-            while chunk := stream.read(16 << 10):
-                used += len(chunk)
-                if used > _OUTPUT_BYTES_PER_SECOND:
-                    time.sleep(max(0.0, window + 1 - time.monotonic()))
-                    window, used = time.monotonic(), 0
-                *complete, partial = (partial + chunk).split(b"\n")
-                partial = partial[-4096:]
-                for line in complete:
-                    text = line[:1000].decode(errors="replace")
-                    self.lines.append(text)
-                    logger.info("[%s] %s", self.tenant, text)
+    window, used = time.monotonic(), 0
+    partial = b""
+    with open(descriptor, "rb", buffering=0) as stream:
+        while chunk := stream.read(16 << 10):
+            used += len(chunk)
+            if used > _OUTPUT_BYTES_PER_SECOND:
+                time.sleep(max(0.0, window + 1 - time.monotonic()))
+                window, used = time.monotonic(), 0
+            *complete, partial = (partial + chunk).split(b"\n")
+            partial = partial[-4096:]  # a line without an end is logged in part
+            for line in complete:
+                logger.info("[%s] %s", tenant, line[:1000].decode(errors="replace"))
 
 
 class _SandboxProcess(_Process):
@@ -384,7 +372,6 @@ class _SandboxProcess(_Process):
         self._limits = limits
         self._bundle = bundle
         self._uid: int | None = None
-        self.output: _Output | None = None
 
     def _popen(self, descriptor: int) -> subprocess.Popen[bytes]:
         if self._view is None:  # a tenant of the data folder, at a start where it cannot run
@@ -417,7 +404,12 @@ class _SandboxProcess(_Process):
             raise
         finally:
             os.close(writer)
-        self.output = _Output(self.spec.tenant, reader)
+        threading.Thread(
+            target=_log_output,
+            args=(self.spec.tenant, reader),
+            name=f"sandbox-output-{self.spec.tenant}",
+            daemon=True,
+        ).start()
         return process
 
     def _first_frame(self) -> dict[str, Any]:
