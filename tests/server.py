@@ -98,19 +98,23 @@ class ServerProcess:
         runs; the longest wait between two answers, in seconds."""
         done = threading.Event()
         waits: list[float] = []
+        failed: list[BaseException] = []
 
         def call() -> None:
             headers = {"Authorization": f"Bearer {self.admin_token}"}
             url = f"{self.url}/api/tenants/quick/agents/Notifier/call"
-            with httpx.Client(headers=headers, timeout=60) as client:
-                last = time.perf_counter()
-                while not done.is_set():
-                    answer = client.post(url, json={"args": {"message": "m"}})
-                    assert answer.status_code == 200, answer.text
-                    now = time.perf_counter()
-                    waits.append(now - last)
-                    last = now
-                    time.sleep(0.001)
+            try:
+                with httpx.Client(headers=headers, timeout=60) as client:
+                    last = time.perf_counter()
+                    while not done.is_set():
+                        answer = client.post(url, json={"args": {"message": "m"}})
+                        assert answer.status_code == 200, answer.text
+                        now = time.perf_counter()
+                        waits.append(now - last)
+                        last = now
+                        time.sleep(0.001)
+            except BaseException as exc:  # a failed call fails the check, not only the thread
+                failed.append(exc)
 
         caller = threading.Thread(target=call)
         caller.start()
@@ -120,6 +124,8 @@ class ServerProcess:
         finally:
             done.set()
             caller.join()
+        if failed:
+            raise failed[0]
         assert len(waits) > 10
         return max(waits)
 

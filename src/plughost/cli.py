@@ -489,7 +489,7 @@ def tenant_deploy(
                     placement=placement,
                     config=config,
                 )
-            except ClientError as exc:
+            except Exception as exc:  # raised again below, where the command reports it
                 outcome["error"] = exc
 
         # The deploy runs in a thread; meanwhile what the server's installer says shows.

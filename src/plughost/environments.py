@@ -5,12 +5,12 @@ At deploy, before anything is committed, they are installed (``uv pip
 install --target``, in a subprocess) into an environment of the data folder::
 
     envs/<key>/              the installed files, read-only; <key> is the sha256 of
-                             the interpreter and the resolved set ("name==version")
+                             the interpreter's tag and every file's path and content
     envs/asked/<ask>         the key a requirement list was installed as (<ask> is its
                              sha256): a redeploy that asks the same installs nothing
     envs/.tmp-*              an install under way (removed at the next start)
 
-Two tenants, or two versions, that resolve to the same set share one copy.
+Two tenants, or two versions, whose lists install the same files share one copy.
 In process, a namespace imports an environment's modules under its own
 keys, like its own files (see :mod:`plughost.loader`); in a worker, the
 environment is first on its path. A library with compiled extensions cannot

@@ -105,15 +105,18 @@ class SandboxLimits(BaseModel):
     def message_bytes(self) -> int:
         return self.message_mb * _MIB
 
-    def lowered_to(self, asked: SandboxLimits) -> SandboxLimits:
-        """These limits with the ones ``asked`` sets (and only those) in their place.
+    def lowered_to(self, asked: SandboxLimits, *, refuse: bool = True) -> SandboxLimits:
+        """These limits with the ones ``asked`` sets (and only those) in their place;
+        one asked above these stays as it is here unless ``refuse``.
 
         Raises:
-            BundleRejectedError: one asked for is above these.
+            BundleRejectedError: with ``refuse``, one asked for is above these.
         """
         wanted = {name: getattr(asked, name) for name in asked.model_fields_set}
         above = sorted(name for name, value in wanted.items() if value > getattr(self, name))
-        if above:
+        if above and not refuse:
+            wanted = {name: min(value, getattr(self, name)) for name, value in wanted.items()}
+        elif above:
             limits = ", ".join(f"{n} = {wanted[n]} (at most {getattr(self, n)})" for n in above)
             raise BundleRejectedError(
                 f"[sandbox] asks for more than the network gives this tenant: {limits}", MANIFEST

@@ -28,7 +28,7 @@ from .bundle import BundleLimits, BundleSource
 from .catalog import Catalog
 from .deadlines import Deadlines
 from .dispatch import Dispatcher
-from .environments import Environments, for_in_process
+from .environments import Environments
 from .errors import NotStartedError, OutsideTenantError
 from .events import Event, EventResponse, resolve_topic, topic_allowed
 from .instances import Instances
@@ -371,9 +371,6 @@ class Network:
         environment = self._tenants.libraries_of(tenant)
         if environment is None:
             return None
-        if self._tenants.placement_of(tenant).name == "inprocess":
-            # Its deploy passed this already: here it says which copies are the host's.
-            environment = for_in_process(environment, tenant)
         return {
             "asked": list(environment.asked),
             "installed": list(environment.pins),

@@ -11,12 +11,13 @@ placement and leases the :class:`~plughost.runtime.Unit` it gets back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Iterator, Mapping
 from typing import Any
 
 from .agent import AgentInfo
@@ -119,10 +120,10 @@ class Tenants:
                 # Shown in health: its code fails to import what it needs.
                 log.exception("tenant %s: its dependencies are not installed", tenant)
                 environment = None
-            if environment is not None:
-                self._libraries[tenant] = environment
             launch = _launch(location, live=True, config=config, environment=environment)
             started = await self.placement_of(tenant).resume(launch)
+            if environment is not None:
+                self._libraries[tenant] = started.environment or environment
             if started.unit is not None:
                 self._runtime.add(started.unit)
             await self._instances.record(started.instances, started.failures)
@@ -237,16 +238,10 @@ class Tenants:
                     or (current.placement if current is not None else "inprocess")
                 )
                 lines = self.progress[tenant] = deque(maxlen=_PROGRESS_LINES)
-                asked = tuple(location.manifest.dependencies)
-                self._asking[asked] += 1
-                try:
+                with self._using(location):
                     environment = await self._environment(tenant, location, lines.append)
                     launch = _launch(location, live=True, config=config, environment=environment)
                     started = await self._placements[chosen].start(launch)
-                finally:
-                    self._asking[asked] -= 1
-                    if not self._asking[asked]:
-                        del self._asking[asked]
                 for mod in started.instances:
                     self._instances.check_topics(mod)
                 unit = _unit_of(started)
@@ -264,7 +259,7 @@ class Tenants:
                     )
                     self._runtime.add(unit)
                     if environment is not None:
-                        self._libraries[tenant] = environment
+                        self._libraries[tenant] = started.environment or environment
                     else:
                         self._libraries.pop(tenant, None)
                     replaced = self._catalog.set_live(deployment)
@@ -275,6 +270,8 @@ class Tenants:
                             self._runtime.lease(old)
                         self._runtime.retire(replaced)
             except BaseException:
+                if current is None:
+                    self.progress.pop(tenant, None)  # no tenant to ask about it
                 if started is not None:
                     await _discard(started, self._instances.unload_timeout)
                 self._staging.remove(staged)
@@ -302,6 +299,18 @@ class Tenants:
         if not asked:
             return None
         return await self._environments.ensure(tenant, asked, progress=progress)
+
+    @contextlib.contextmanager
+    def _using(self, location: Location) -> Iterator[None]:
+        """While the code at ``location`` starts: garbage collection keeps its libraries."""
+        asked = tuple(location.manifest.dependencies)
+        self._asking[asked] += 1
+        try:
+            yield
+        finally:
+            self._asking[asked] -= 1
+            if not self._asking[asked]:
+                del self._asking[asked]
 
     def libraries_of(self, tenant: str) -> Environment | None:
         """The installed libraries of the tenant's live code, if it asks for any."""
@@ -383,16 +392,10 @@ class Tenants:
             location = await asyncio.to_thread(
                 self._catalog.locate, tenant, namespace, digest, version, snapshot
             )
-            asked = tuple(location.manifest.dependencies)
-            self._asking[asked] += 1
-            try:
+            with self._using(location):
                 environment = await self._environment(tenant, location)
                 launch = _launch(location, live=False, environment=environment)
                 return _unit_of(await placement.start(launch))
-            finally:
-                self._asking[asked] -= 1
-                if not self._asking[asked]:
-                    del self._asking[asked]
 
         return start
 

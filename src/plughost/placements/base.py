@@ -56,6 +56,9 @@ class Started:
     instances: list[LoadedMod]
     failures: list[FailedMod] = field(default_factory=list)
     coming: Awaitable[list[LoadedMod]] | None = None
+    environment: Environment | None = None
+    """The launch's libraries as the placement uses them (in process: with the host's
+    copies it shares), when it changed them."""
 
 
 class Placement(abc.ABC):

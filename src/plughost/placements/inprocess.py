@@ -9,6 +9,7 @@ memory, files and network. Sync agents run in the agent threads.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -21,6 +22,7 @@ from ..environments import for_in_process
 from ..errors import (
     AgentError,
     CallTimeoutError,
+    DependencyError,
     InvalidArgumentsError,
     PlughostError,
     UnknownAgentError,
@@ -133,7 +135,7 @@ class InProcess(Placement):
         self._call_timeout = call_timeout
 
     async def start(self, launch: Launch) -> Started:
-        libraries = None
+        libraries = environment = None
         if launch.environment is not None:
             environment = for_in_process(launch.environment, launch.tenant)
             libraries = Libraries(environment.folder, environment.module_names())
@@ -150,7 +152,7 @@ class InProcess(Placement):
                 await stop_mod(mod, self._unload_timeout)
             unit.unload()
             raise
-        return Started(unit, started)
+        return Started(unit, started, environment=environment)
 
     async def resume(self, launch: Launch) -> Started:
         # The namespace itself loads on first use; instances start now, each on its own.
@@ -161,7 +163,12 @@ class InProcess(Placement):
                 started.append(await self._start_instance(launch, spec))
             except PlughostError as exc:
                 failures.append(FailedMod(spec.name, spec.path, launch.tenant, str(exc)))
-        return Started(None, started, failures)
+        environment = None
+        if launch.environment is not None:
+            # Its first call loads it, and says so if the host's copies no longer serve.
+            with contextlib.suppress(DependencyError):
+                environment = for_in_process(launch.environment, launch.tenant)
+        return Started(None, started, failures, environment=environment)
 
     async def _start_instance(self, launch: Launch, spec: InstanceSpec) -> LoadedMod:
         resolved = ResolvedModPath(spec.path, launch.folder, spec.class_name, spec.module)

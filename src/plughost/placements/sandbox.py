@@ -17,14 +17,14 @@ process runs inside bubblewrap (``bwrap``, which makes Linux namespaces):
   namespaces, the keyrings, ptrace, bpf, io_uring and the like;
 - limits (``prlimit``): address space, CPU time, processes and threads,
   open files, file size, the size of ``/tmp``, and of a message to the host;
-  a call past its deadline renews the worker, since its code cannot be
+  an agent call past its deadline renews the worker, since its code cannot be
   stopped any other way.
 
 A breached limit is named: a call that met it fails with
 :class:`~plughost.errors.LimitExceededError` and the worker is renewed (a new
 one takes over, then the old one is killed: what its code left behind cannot
-be trusted on); a worker killed by one (CPU time, file size) is restarted with
-the limit in its error.
+be trusted on); a worker killed by one (its CPU time in all) is restarted with the
+limit in its error.
 
 Whether sandboxes can be made here is checked once (:func:`availability`);
 when they cannot, a deploy asking for one fails with
@@ -52,6 +52,7 @@ from ..manifest import SandboxLimits, read_manifest
 from ..protocol import WorkerSpec
 from . import seccomp
 from .base import Launch, Started
+from .process_group import kill_session
 from .worker import ProcessFactory, Worker, _Process, describe_exit
 
 logger = logging.getLogger("plughost.sandbox")
@@ -173,8 +174,8 @@ class SandboxCommand:
     ``seccomp`` (the filter, if any) each read from a descriptor of its own.
 
     bwrap reads its options from a descriptor (``--args``), so that the command
-    line a sandbox sees of its first process (``/proc/1/cmdline``) names no
-    folder of the host.
+    line a sandbox sees of its first process (``/proc/1/cmdline``) lists neither
+    the folders it shows nor where its bundle is on the host.
     """
 
     argv: list[str]
@@ -286,8 +287,12 @@ def _worker_command(view: HostView, descriptor: int) -> list[str]:
     return [view.python, "-I", "-c", entry, str(descriptor)]
 
 
-@functools.cache
+_AVAILABLE: set[HostView] = set()  # a failure is tried again: it may have been the moment's
+
+
 def _probe(view: HostView) -> str:
+    if view in _AVAILABLE:
+        return "available"
     if shutil.which("bwrap") is None:
         return "unavailable: bwrap not found (install bubblewrap)"
     for tool in ("prlimit", "choom", "setpriv") if view.own_uid else ("prlimit", "choom"):
@@ -315,6 +320,7 @@ def _probe(view: HostView) -> str:
             f"exit status {started.returncode}"
         ]
         return f"unavailable: {lines[-1]}"
+    _AVAILABLE.add(view)
     return "available"
 
 
@@ -378,18 +384,18 @@ class _SandboxProcess(_Process):
             raise WorkerStartFailed(
                 self.spec.tenant, "sandbox", "PlacementUnavailableError", self._availability
             )
-        if self._view.own_uid:
-            self._uid = _uids.take()
-        command = bwrap_command(
-            self._view,
-            self._bundle,
-            self._limits,
-            self._uid,
-            _worker_command(self._view, descriptor),
-            Path(self.spec.libraries) if self.spec.libraries else None,
-        )
         reader, writer = os.pipe()
         try:
+            if self._view.own_uid:
+                self._uid = _uids.take()
+            command = bwrap_command(
+                self._view,
+                self._bundle,
+                self._limits,
+                self._uid,
+                _worker_command(self._view, descriptor),
+                Path(self.spec.libraries) if self.spec.libraries else None,
+            )
             process = command.popen(
                 [descriptor],
                 stdin=subprocess.DEVNULL,
@@ -404,12 +410,19 @@ class _SandboxProcess(_Process):
             raise
         finally:
             os.close(writer)
-        threading.Thread(
-            target=_log_output,
-            args=(self.spec.tenant, reader),
-            name=f"sandbox-output-{self.spec.tenant}",
-            daemon=True,
-        ).start()
+        try:
+            threading.Thread(
+                target=_log_output,
+                args=(self.spec.tenant, reader),
+                name=f"sandbox-output-{self.spec.tenant}",
+                daemon=True,
+            ).start()
+        except BaseException:
+            os.close(reader)
+            kill_session(process.pid)
+            process.wait()
+            self._give_back_uid()
+            raise
         return process
 
     def _first_frame(self) -> dict[str, Any]:
@@ -422,17 +435,11 @@ class _SandboxProcess(_Process):
         return self._limits.message_bytes
 
     def _exit_reason(self, returncode: int | None) -> str:
-        if returncode is not None and returncode > 128:
-            if returncode - 128 == signal.SIGXCPU:
-                return (
-                    f"the worker reached its cpu_seconds limit"
-                    f" ({self._limits.cpu_seconds} s of CPU time)"
-                )
-            if returncode - 128 == signal.SIGXFSZ:
-                return (
-                    f"the worker reached its file_size_mb limit"
-                    f" (a file of {self._limits.file_size_mb} MiB)"
-                )
+        if returncode == 128 + signal.SIGXCPU:
+            return (
+                f"the worker reached its cpu_seconds limit"
+                f" ({self._limits.cpu_seconds} s of CPU time)"
+            )
         return describe_exit(returncode)
 
     def _lost(self, reason: str) -> None:
@@ -442,6 +449,10 @@ class _SandboxProcess(_Process):
 
     async def _exited(self) -> None:
         await super()._exited()
+        self._give_back_uid()
+
+    async def _reap(self) -> None:
+        await super()._reap()
         self._give_back_uid()
 
     async def stop(self, timeout: float) -> None:
@@ -484,11 +495,15 @@ class Sandbox(Worker):
         self._view = host_view(self._data_dir) if self.availability == "available" else None
         return self.availability
 
-    def limits_of(self, tenant: str, asked: SandboxLimits | None = None) -> SandboxLimits:
-        """The limits of ``tenant``'s sandboxes, lowered to what its bundle ``asked``.
+    def limits_of(
+        self, tenant: str, asked: SandboxLimits | None = None, *, refuse: bool = False
+    ) -> SandboxLimits:
+        """The limits of ``tenant``'s sandboxes, lowered to what its bundle ``asked``
+        (and no higher than the tenant is given).
 
         Raises:
-            BundleRejectedError: the bundle asks for more than the tenant is given.
+            BundleRejectedError: with ``refuse``, the bundle asks for more than the
+                tenant is given.
         """
         own = self._tenant_limits.get(tenant)
         ceiling = self._limits
@@ -496,9 +511,11 @@ class Sandbox(Worker):
             ceiling = ceiling.model_copy(
                 update={name: getattr(own, name) for name in own.model_fields_set}
             )
-        return ceiling if asked is None else ceiling.lowered_to(asked)
+        return ceiling if asked is None else ceiling.lowered_to(asked, refuse=refuse)
 
     def _launch_limits(self, launch: Launch) -> SandboxLimits:
+        # A deploy asking too much was refused (start); a bundle deployed before the
+        # config lowered its tenant's limits runs within the new ones.
         return self.limits_of(launch.tenant, read_manifest(launch.folder).sandbox)
 
     def _spec(self, launch: Launch) -> WorkerSpec:
@@ -520,4 +537,6 @@ class Sandbox(Worker):
             raise PlacementUnavailableError(
                 self.name, self.availability.removeprefix("unavailable: ")
             )
+        if launch.live:  # a deploy: a bundle asking for more than it is given is refused
+            self.limits_of(launch.tenant, read_manifest(launch.folder).sandbox, refuse=True)
         return await super().start(launch)

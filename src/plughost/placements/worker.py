@@ -214,6 +214,7 @@ class _Process:
         # The worker broke the protocol: whatever it is doing, it cannot be trusted on.
         self.kill()
         self._lost(f"protocol error: {type(error).__name__}: {error}")
+        self._exiting = asyncio.get_running_loop().create_task(self._reap())
 
     async def _answer(self, kind: str, request_id: int, args: tuple[Any, ...]) -> None:
         try:
@@ -238,6 +239,11 @@ class _Process:
             self.kill()
             returncode = await asyncio.to_thread(self.process.wait)
         self._lost(self._exit_reason(returncode))
+
+    async def _reap(self) -> None:
+        """Wait for the killed process to end, so that its id is given back."""
+        if self.process is not None:
+            await asyncio.to_thread(self.process.wait)
 
     def _ended(self, timeout: float) -> bool:
         """Wait up to ``timeout`` for the process to end, without reaping it."""
@@ -507,9 +513,10 @@ class Supervisor:
 
     def renew(self, reason: str) -> None:
         """Replace a worker that still answers but cannot be trusted on: a new process is
-        started beside it and takes over once ready, then the old one is killed, so
-        requests meanwhile are still answered. If the new one fails to start, the old
-        one is killed and restarted as after a crash."""
+        started beside it and takes over once ready, then the old one is killed. Requests
+        made meanwhile go to the old one; those it has not answered when it is killed
+        fail with :class:`WorkerCrashed`. If the new one fails to start, the old one is
+        killed and restarted as after a crash."""
         busy = self._restarting is not None and not self._restarting.done()
         if self.state is not WorkerState.READY or busy:
             return

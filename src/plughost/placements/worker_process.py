@@ -429,7 +429,7 @@ def _keep_the_group(descriptor: int) -> None:
     os.close(descriptor)  # the host must see the socket close when the worker ends
     signal.signal(signal.SIGTERM, _host_died)
     _die_with_parent(signal.SIGTERM)
-    status = 128 + signal.SIGKILL
+    status = -signal.SIGKILL  # the host, dying, told the keeper: the worker goes with it
     try:
         if os.getppid() == host:  # else the host died before the kernel was asked
             status = os.waitstatus_to_exitcode(os.waitpid(worker, 0)[1])
