@@ -285,3 +285,32 @@ async def test_an_install_shared_by_two_tenants_names_each_only_itself(tmp_path:
         assert any("<python>" in line for line in lines), lines  # the interpreter, unnamed
         for folder in {sys.prefix, sys.base_prefix, str(tmp_path), os.environ.get("HOME", "/")}:
             assert folder == "/" or not [line for line in lines if folder in line], lines
+
+
+INSTANCE = """
+import toolz
+from plughost import Mod, rpc
+
+
+class VersionMod(Mod):
+    @rpc
+    def version(self):
+        return toolz.__version__
+"""
+
+
+@pytest.mark.parametrize("placement", ["inprocess", "process"])
+async def test_a_declared_instance_imports_its_tenants_libraries_and_a_restart_too(
+    tmp_path: Path, placement: str
+) -> None:
+    toml = 'dependencies = ["toolz==0.12.0"]\n[[mods]]\npath = "version_module"\nname = "v"\n'
+    files = [
+        {"filename": "version_module.py", "source": INSTANCE},
+        {"filename": "plughost.toml", "source": f'placement = "{placement}"\n{toml}'},
+    ]
+    async with Network(tmp_path / "data") as network:
+        await network.deploy("t", {"files": files})
+        assert await network.rpc("t/v", "version") == "0.12.0"
+        await network.restart("t/v")
+        assert await network.rpc("t/v", "version") == "0.12.0"
+        assert "toolz" not in sys.modules

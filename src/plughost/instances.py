@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from .catalog import Catalog
@@ -32,7 +33,6 @@ from .mod import (
     ModRegistry,
     ModRoots,
     ModUnloadReport,
-    ResolvedModPath,
     mod_key,
     stop_mod,
 )
@@ -294,9 +294,7 @@ class Instances:
             assert source is not None
             if old.from_bundle and reload and old.tenant is not None:
                 location = await asyncio.to_thread(self._catalog.locate_live, old.tenant)
-                source = ResolvedModPath(
-                    source.mod_path, location.folder, source.class_name, source.module
-                )
+                source = replace(source, source=location.folder)
             elif reload and not old.from_bundle:
                 source = self.roots.resolve(old.mod_path)
             new = await old.control.restart(old, source)

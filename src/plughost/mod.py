@@ -35,7 +35,7 @@ from typing import Any, Protocol, TypeVar
 from .errors import ModLoadError, ModPathRefusedError, PlughostError
 from .events import handlers_of, is_topic_pattern, resolve_topic, topic_of
 from .lifecycle import MOD_TRANSITIONS, Lifecycle, ModState
-from .loader import LoadedBundle, UnloadReport, load_bundle
+from .loader import Libraries, LoadedBundle, UnloadReport, load_bundle
 from .naming import Namespace
 
 _log = logging.getLogger(__name__)
@@ -140,12 +140,14 @@ class Mod:
 @dataclass(frozen=True)
 class ResolvedModPath:
     """Where a mod's code is: a ``.py`` file or package folder, or, with ``module``, that
-    module of a bundle folder (a mod instance a bundle declares); and a class name if given."""
+    module of a bundle folder (a mod instance a bundle declares); and a class name if given.
+    ``libraries`` are its tenant's own, in process (see :class:`~plughost.loader.Libraries`)."""
 
     mod_path: str
     source: Path
     class_name: str | None
     module: str | None = None
+    libraries: Libraries | None = None
 
     @property
     def default_id(self) -> str:
@@ -492,7 +494,9 @@ async def start_mod(
     """
     path = resolved.mod_path
     try:
-        bundle = await asyncio.to_thread(load_bundle, namespace, resolved.source)
+        bundle = await asyncio.to_thread(
+            load_bundle, namespace, resolved.source, resolved.libraries
+        )
     except PlughostError as exc:
         raise ModLoadError(path, "import", str(exc), exc) from exc
     instance: Mod | None = None

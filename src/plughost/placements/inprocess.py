@@ -18,7 +18,7 @@ from .. import bounded_json
 from ..agent import AgentInfo, LoadedNamespace, load_namespace
 from ..agent_threads import AgentThreads
 from ..deadlines import DeadlineExceeded, Deadlines
-from ..environments import for_in_process
+from ..environments import Environment, for_in_process
 from ..errors import (
     AgentError,
     CallTimeoutError,
@@ -135,10 +135,8 @@ class InProcess(Placement):
         self._call_timeout = call_timeout
 
     async def start(self, launch: Launch) -> Started:
-        libraries = environment = None
-        if launch.environment is not None:
-            environment = for_in_process(launch.environment, launch.tenant)
-            libraries = Libraries(environment.folder, environment.module_names())
+        environment = _in_process(launch)
+        libraries = _libraries(environment)
         loaded = await asyncio.to_thread(load_namespace, launch.namespace, launch.folder, libraries)
         unit = InProcessUnit(
             loaded, launch.digest, self._threads, self._deadlines, self._call_timeout
@@ -146,7 +144,7 @@ class InProcess(Placement):
         started: list[LoadedMod] = []
         try:
             for spec in launch.instances:
-                started.append(await self._start_instance(launch, spec))
+                started.append(await self._start_instance(launch, spec, libraries))
         except BaseException:
             for mod in started:
                 await stop_mod(mod, self._unload_timeout)
@@ -158,20 +156,23 @@ class InProcess(Placement):
         # The namespace itself loads on first use; instances start now, each on its own.
         started: list[LoadedMod] = []
         failures: list[FailedMod] = []
+        environment = None
+        # If the host's copies no longer serve, its instances and its first call say so.
+        with contextlib.suppress(DependencyError):
+            environment = _in_process(launch)
         for spec in launch.instances:
             try:
-                started.append(await self._start_instance(launch, spec))
+                started.append(await self._start_instance(launch, spec, _libraries(environment)))
             except PlughostError as exc:
                 failures.append(FailedMod(spec.name, spec.path, launch.tenant, str(exc)))
-        environment = None
-        if launch.environment is not None:
-            # Its first call loads it, and says so if the host's copies no longer serve.
-            with contextlib.suppress(DependencyError):
-                environment = for_in_process(launch.environment, launch.tenant)
         return Started(None, started, failures, environment=environment)
 
-    async def _start_instance(self, launch: Launch, spec: InstanceSpec) -> LoadedMod:
-        resolved = ResolvedModPath(spec.path, launch.folder, spec.class_name, spec.module)
+    async def _start_instance(
+        self, launch: Launch, spec: InstanceSpec, libraries: Libraries | None
+    ) -> LoadedMod:
+        resolved = ResolvedModPath(
+            spec.path, launch.folder, spec.class_name, spec.module, libraries
+        )
         return await self._control.start(
             resolved,
             spec.name,
@@ -180,3 +181,20 @@ class InProcess(Placement):
             expose=tuple(spec.expose),
             from_bundle=True,
         )
+
+
+def _in_process(launch: Launch) -> Environment | None:
+    """The launch's libraries as a namespace in process uses them.
+
+    Raises:
+        DependencyError: a compiled one the host's own copy does not stand in for.
+    """
+    if launch.environment is None:
+        return None
+    return for_in_process(launch.environment, launch.tenant)
+
+
+def _libraries(environment: Environment | None) -> Libraries | None:
+    if environment is None:
+        return None
+    return Libraries(environment.folder, environment.module_names())
