@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import socket
@@ -116,6 +117,10 @@ class ServerProcess:
             except BaseException as exc:  # a failed call fails the check, not only the thread
                 failed.append(exc)
 
+        # What is measured is the server: a collection in this (large, late in a run)
+        # test process would pause the caller and count as a stall.
+        collecting = gc.isenabled()
+        gc.disable()
         caller = threading.Thread(target=call)
         caller.start()
         try:
@@ -124,6 +129,8 @@ class ServerProcess:
         finally:
             done.set()
             caller.join()
+            if collecting:
+                gc.enable()
         if failed:
             raise failed[0]
         assert len(waits) > 10
