@@ -10,6 +10,7 @@ swap, restarts, ...) are in the placement matrix (``PLACEMENTS``).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -20,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
+from plughost import CallTimeoutError, Network
 from plughost.placements.sandbox import availability
 
 from .conftest import STALL_ATTEMPTS, agent_bundle
@@ -494,3 +496,43 @@ def test_a_data_folder_inside_what_a_sandbox_shows_makes_sandboxes_unavailable(
     said = availability(Path(folder))
     assert said.startswith("unavailable: the data folder /usr/"), said
     assert said.endswith("lies in /usr, which a sandbox must show"), said
+
+
+SPINNING_RPC = """
+from plughost import Mod, rpc
+
+
+class SpinMod(Mod):
+    @rpc
+    def spin(self):
+        while True:
+            pass
+
+    @rpc
+    def ping(self):
+        return "pong"
+"""
+
+
+async def test_an_rpc_call_past_its_deadline_renews_the_sandbox_worker(tmp_path: Path) -> None:
+    toml = 'placement = "sandbox"\n[[mods]]\npath = "spin_module"\nname = "spin"\n'
+    files = [
+        {"filename": "spin_module.py", "source": SPINNING_RPC},
+        {"filename": "plughost.toml", "source": toml},
+    ]
+    async with Network(tmp_path / "data", call_timeout=1) as network:
+        await network.deploy("spinner", {"files": files})
+        before = network.health()["workers"]["spinner"]
+        with pytest.raises(CallTimeoutError):
+            await network.rpc("spinner/spin", "spin")
+        deadline = time.monotonic() + 30  # bounded: a sandbox starts in well under a second
+        while time.monotonic() < deadline:
+            worker = network.health()["workers"]["spinner"]
+            if worker["restarts"] == before["restarts"] + 1 and worker["pid"] != before["pid"]:
+                break
+            await asyncio.sleep(0.05)
+        assert worker["restarts"] == before["restarts"] + 1, worker
+        assert await network.rpc("spinner/spin", "ping") == "pong"
+        while Path(f"/proc/{before['pid']}").exists() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert not Path(f"/proc/{before['pid']}").exists()  # the spinning one is gone

@@ -17,7 +17,7 @@ process runs inside bubblewrap (``bwrap``, which makes Linux namespaces):
   namespaces, the keyrings, ptrace, bpf, io_uring and the like;
 - limits (``prlimit``): address space, CPU time, processes and threads,
   open files, file size, the size of ``/tmp``, and of a message to the host;
-  an agent call past its deadline renews the worker, since its code cannot be
+  a call past its deadline renews the worker, since its code cannot be
   stopped any other way.
 
 A breached limit is named: a call that met it fails with

@@ -59,6 +59,7 @@ Ready = tuple[dict[str, list[Any]], list[dict[str, Any]]]
 
 _ENTRY = "import sys; from plughost.placements.worker_process import main; main(int(sys.argv[1]))"
 _EXIT_GRACE = 1.0  # how long a closed worker's process may take to exit and tell why
+_DEADLINE_NEAR = 0.9  # of the call deadline: a cancellation after it is the deadline's
 _FIRST_BACKOFF = 0.05
 _MAX_BACKOFF = 5.0
 _STABLE_AFTER = 10.0
@@ -496,12 +497,20 @@ class Supervisor:
             raise WorkerBusyError(self.spec.tenant, self._max_inflight)
         # Control requests pass the cap: a busy worker must still be stoppable.
         self._in_flight += work
+        started = time.monotonic()
         try:
             return await self._process.request(kind, *args)
         except RemoteError as exc:
             if exc.kind == "limit":
                 # What the code left behind (processes, memory, files) cannot be trusted on.
                 self.renew(f"its {exc.error_type} limit was reached")
+            raise
+        except asyncio.CancelledError:
+            # An RPC's deadline is its caller's, which cancels this from outside: one that
+            # comes at the call deadline is taken for it (the caller began a moment sooner).
+            late = time.monotonic() - started >= self.spec.call_timeout * _DEADLINE_NEAR
+            if work and late and self._recycle_after_timeout:
+                self.renew("a request outlived its deadline")
             raise
         finally:
             self._in_flight -= work
