@@ -436,6 +436,9 @@ def _keep_the_group(descriptor: int) -> None:
     except _HostDied:
         pass
     finally:
+        # The host's death may be told (SIGTERM) after the worker saw it and ended: that must
+        # not cut the killing short.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         # Until none is left (a process can fork while the others are being killed), but
         # not for ever: one stuck in the kernel cannot die until it returns.
         for _ in range(_KILL_ROUNDS):
