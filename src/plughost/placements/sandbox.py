@@ -53,7 +53,7 @@ from ..protocol import WorkerSpec
 from . import seccomp
 from .base import Launch, Started
 from .process_group import kill_session
-from .worker import ProcessFactory, Worker, _Process, describe_exit
+from .worker import ENTRY, ProcessFactory, Worker, _Process, describe_exit
 
 logger = logging.getLogger("plughost.sandbox")
 
@@ -242,6 +242,7 @@ def bwrap_command(
         "TMPDIR": _TMP,
         "LANG": "C.UTF-8",
         "MALLOC_ARENA_MAX": "2",  # each arena reserves address space, which is limited
+        "PYTHONPATH": view.package_root,  # the worker runs the host's own plughost
     }
     for name, value in environment.items():
         argv += ["--setenv", name, value]
@@ -280,11 +281,9 @@ def bwrap_command(
 
 
 def _worker_command(view: HostView, descriptor: int) -> list[str]:
-    entry = (
-        f"import sys; sys.path.insert(0, {view.package_root!r}); "
-        "from plughost.placements.worker_process import main; main(int(sys.argv[1]))"
-    )
-    return [view.python, "-I", "-c", entry, str(descriptor)]
+    # No user site (-s), no working folder on the path (-P); the environment is the one
+    # bwrap sets, whose PYTHONPATH is plughost's own folder.
+    return [view.python, "-s", "-P", "-c", ENTRY, str(descriptor)]
 
 
 _AVAILABLE: set[HostView] = set()  # a failure is tried again: it may have been the moment's
@@ -523,12 +522,12 @@ class Sandbox(Worker):
         named = tuple(sorted(limits.model_dump().items()))
         return replace(super()._spec(launch), limits=named)
 
-    def _process(self, launch: Launch) -> ProcessFactory:
+    def _process(self, launch: Launch, spec: WorkerSpec) -> ProcessFactory:
         return functools.partial(
             _SandboxProcess,
             view=self._view,
             availability=self.availability,
-            limits=self._launch_limits(launch),
+            limits=SandboxLimits(**dict(spec.limits)),  # as _spec worked them out
             bundle=launch.folder.resolve(),
         )
 

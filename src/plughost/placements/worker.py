@@ -57,7 +57,8 @@ HostRequest = Callable[[str, str, tuple[Any, ...]], Awaitable[Any]]
 """Answers a worker's request to the host: ``(tenant, kind, args)``."""
 Ready = tuple[dict[str, list[Any]], list[dict[str, Any]]]
 
-_ENTRY = "import sys; from plughost.placements.worker_process import main; main(int(sys.argv[1]))"
+ENTRY = "import sys; from plughost.placements.worker_process import main; main(int(sys.argv[1]))"
+"""The code a worker's interpreter runs (``-c``), given its socket's descriptor."""
 _EXIT_GRACE = 1.0  # how long a closed worker's process may take to exit and tell why
 _DEADLINE_NEAR = 0.9  # of the call deadline: a cancellation after it is the deadline's
 _FIRST_BACKOFF = 0.05
@@ -160,7 +161,7 @@ class _Process:
     def _popen(self, descriptor: int) -> subprocess.Popen[bytes]:
         """Start the worker's process on the socket ``descriptor`` (runs in a thread)."""
         return subprocess.Popen(
-            [sys.executable, "-c", _ENTRY, str(descriptor)],
+            [sys.executable, "-c", ENTRY, str(descriptor)],
             pass_fds=[descriptor],
             start_new_session=True,
             env=_worker_environment(),
@@ -616,9 +617,10 @@ class WorkerUnit(Unit):
     tenant's declared instances.
     """
 
-    def __init__(self, launch: Launch, supervisor: Supervisor) -> None:
+    def __init__(self, launch: Launch, supervisor: Supervisor, placement: str) -> None:
         super().__init__(launch.namespace, launch.digest, evictable=not launch.live)
         self.supervisor = supervisor
+        self.placement = placement
 
     def agents(self) -> list[AgentInfo]:
         return [
@@ -646,7 +648,7 @@ class WorkerUnit(Unit):
             release()
 
     def describe(self) -> dict[str, Any]:
-        return self.supervisor.describe()
+        return {"placement": self.placement, **self.supervisor.describe()}
 
     @property
     def healthy(self) -> bool:
@@ -801,19 +803,20 @@ class Worker(Placement):
             libraries=str(launch.environment.folder) if launch.environment else None,
         )
 
-    def _process(self, launch: Launch) -> ProcessFactory:
-        """What makes the worker processes of ``launch``."""
+    def _process(self, launch: Launch, spec: WorkerSpec) -> ProcessFactory:
+        """What makes the worker processes of ``launch``, which run ``spec``."""
         return _Process
 
     def _supervisor(self, launch: Launch) -> Supervisor:
         async def answer(kind: str, args: tuple[Any, ...]) -> Any:
             return await self._on_request(launch.tenant, kind, args)
 
+        spec = self._spec(launch)
         return Supervisor(
-            self._spec(launch),
+            spec,
             answer,
             self._deadlines,
-            process=self._process(launch),
+            process=self._process(launch, spec),
             max_inflight=self._max_inflight,
             recycle_after_timeout=self.recycle_after_timeout,
         )
@@ -830,11 +833,13 @@ class Worker(Placement):
                 f"{len(launch.instances)} instances declared, {len(described)} came up",
             )
         control = RemoteControl(supervisor, self._host, self.name)
-        return Started(WorkerUnit(launch, supervisor), [control.stub(i) for i in described])
+        return Started(
+            WorkerUnit(launch, supervisor, self.name), [control.stub(i) for i in described]
+        )
 
     async def resume(self, launch: Launch) -> Started:
         supervisor = self._supervisor(launch)
-        unit = WorkerUnit(launch, supervisor)
+        unit = WorkerUnit(launch, supervisor, self.name)
         control = RemoteControl(supervisor, self._host, self.name)
         try:
             _, described = await supervisor.start()

@@ -25,14 +25,17 @@ import contextlib
 import ctypes
 import errno
 import functools
+import importlib.abc
+import importlib.machinery
 import inspect
 import json
 import os
 import signal
 import socket
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from .. import protocol
@@ -48,6 +51,32 @@ from .process_group import kill_session
 _THREADS = 32  # sync calls a worker runs at once, as many as a host's agent threads
 _KILL_ROUNDS = 1000
 _SPARE_TASKS = 4  # processes the limit may still allow when a thread or a fork was refused
+
+
+class _LibraryFinder(importlib.abc.MetaPathFinder):
+    """Finds top-level modules in a tenant's installed libraries, before the installed
+    packages: the worker is the tenant's alone, so they load under their own names,
+    compiled extensions included; a package's submodules follow its ``__path__``."""
+
+    def __init__(self, folder: str) -> None:
+        self._folder = [folder]
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None = None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if path is not None:
+            return None
+        return importlib.machinery.PathFinder.find_spec(fullname, self._folder)
+
+
+def _import_from(folder: str) -> None:
+    """Let the tenant's code import its libraries in ``folder`` (``sys.path`` is left as it
+    is): ahead of the path finder, so that its versions win over the host's."""
+    finders = sys.meta_path
+    at = next(
+        (i for i, f in enumerate(finders) if f is importlib.machinery.PathFinder), len(finders)
+    )
+    finders.insert(at, _LibraryFinder(folder))
 
 
 def describe_instance(mod: LoadedMod) -> dict[str, Any]:
@@ -291,8 +320,7 @@ class _Worker:
                 else Namespace(tenant, version=self.spec.version)
             )
             if self.spec.libraries is not None:
-                # Compiled extensions included: the process is the tenant's alone.
-                sys.path.insert(0, self.spec.libraries)
+                _import_from(self.spec.libraries)
             self.entry = await asyncio.to_thread(load_namespace, namespace, Path(self.spec.folder))
             for spec in self.spec.instances:
                 mod = await self._start_instance(self.spec.folder, spec)
