@@ -12,8 +12,8 @@ install --target``, in a subprocess) into an environment of the data folder::
 
 Two tenants, or two versions, whose lists install the same files share one copy.
 In process, a namespace imports an environment's modules under its own
-keys, like its own files (see :mod:`plughost.loader`); in a worker, the
-environment is first on its path. A library with compiled extensions cannot
+keys, like its own files (see :mod:`plughost.loader`); in a worker, a finder
+of its own finds them ahead of the installed packages. A library with compiled extensions cannot
 be loaded twice in one process: in process it is refused, unless the host's
 own copy satisfies the requirement, and then that copy is shared.
 """
