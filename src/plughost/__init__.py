@@ -33,7 +33,9 @@ from .errors import (
     OutsideTenantError,
     PlacementUnavailableError,
     PlughostError,
+    ReadOnlyStateError,
     RpcError,
+    TenantSealedError,
     UnknownAgentError,
     UnknownRpcError,
     UnknownSnapshotError,
@@ -46,7 +48,8 @@ from .events import Event, EventResponse, on
 from .mod import Mod, ModUnloadReport, calling_tenant, rpc
 from .naming import Namespace
 from .network import ModSpec, Network
-from .store import Deployment, Snapshot
+from .storage import Storage
+from .store import Deployment, Sealing, Snapshot
 
 __version__ = "0.1.0"
 
@@ -88,8 +91,12 @@ __all__ = [
     "OutsideTenantError",
     "PlacementUnavailableError",
     "PlughostError",
+    "ReadOnlyStateError",
     "RpcError",
+    "Sealing",
     "Snapshot",
+    "Storage",
+    "TenantSealedError",
     "UnknownAgentError",
     "UnknownRpcError",
     "UnknownSnapshotError",

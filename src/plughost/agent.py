@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, overload
 
 import fastjsonschema
 import jsonschema
@@ -20,6 +20,25 @@ from .errors import BundleWarning, DuplicateAgentError, PlughostError
 from .events import handlers_of, is_topic_pattern
 from .loader import Libraries, LoadedBundle, load_bundle, load_error
 from .naming import Namespace
+from .storage import Storage
+from .storage import current as current_storage
+
+
+class _CallStorage:
+    """``Agent.storage``: the running call's state. Only read: an agent file written for
+    another host that sets its own ``self.storage`` keeps what it set."""
+
+    @overload
+    def __get__(self, instance: None, owner: type) -> _CallStorage: ...
+    @overload
+    def __get__(self, instance: object, owner: type | None = None) -> Storage: ...
+    def __get__(self, instance: object, owner: type | None = None) -> Storage | _CallStorage:
+        if instance is None:
+            return self
+        try:
+            return current_storage()
+        except RuntimeError as exc:  # so that hasattr() and getattr(..., default) hold
+            raise AttributeError(str(exc)) from None
 
 
 class Agent(abc.ABC):
@@ -35,6 +54,8 @@ class Agent(abc.ABC):
 
     name: ClassVar[str] = ""
     metadata: ClassVar[dict[str, Any]] = {}
+    storage = _CallStorage()
+    """The state of the call running now, a :class:`~plughost.storage.Storage`."""
 
     def __init__(self, name: str | None = None, metadata: dict[str, Any] | None = None) -> None:
         if name is not None:

@@ -147,11 +147,17 @@ def serve(
             help="One line per request on standard error [on; config access_log].",
         ),
     ] = None,
+    compat: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Serve another server's API too: rapp (the swarm server's /api/swarm/...)."
+        ),
+    ] = None,
 ) -> None:
     """Run the server until SIGINT or SIGTERM."""
     import uvicorn
 
-    from .api import admin_token_for, create_app
+    from .api import COMPAT, admin_token_for, create_app
     from .api.admin_token import take_secrets_from_environment
     from .errors import PlughostError
     from .store import folder_in_use
@@ -167,6 +173,11 @@ def serve(
         settings.data_dir = data_dir
     if access_log is not None:
         settings.access_log = access_log
+    for name in compat or []:
+        if name not in COMPAT:
+            typer.echo(f"error: unknown --compat {name!r}; known: {', '.join(COMPAT)}", err=True)
+            raise typer.Exit(2)
+    served = sorted({*settings.compat, *(compat or [])})
     listen = (host or settings.host, port if port is not None else settings.port)
     # Before anything is created: a server that cannot start leaves nothing behind.
     _check_free(*listen)
@@ -188,6 +199,7 @@ def serve(
         admin_token_hash=admin.token_hash,
         max_request_bytes=settings.max_request_bytes,
         access_log=sys.stderr if settings.access_log else None,
+        compat=served,
     )
     loop, parser = _http_parts()
     typer.echo(f"HTTP: the {parser} parser on the {loop} event loop")
@@ -578,6 +590,20 @@ def tenant_remove(
     typer.echo(json.dumps(removed) if _as_json(as_json) else f"removed {tenant}")
 
 
+@tenant_app.command("seal")
+def tenant_seal(
+    tenant: str,
+    trigger: Annotated[str, typer.Option(help="Why it is sealed.")] = "manual",
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+    as_json: AsJson = False,
+) -> None:
+    """Seal a tenant: no more redeploy, removal or state write; only the admin unseals."""
+    with _client(url, token) as client:
+        sealed = client.seal(tenant, trigger)
+    typer.echo(json.dumps(sealed) if _as_json(as_json) else f"sealed {tenant}")
+
+
 @tenant_app.command("show")
 def tenant_show(
     tenant: str, url: Url = DEFAULT_URL, token: Token = None, as_json: AsJson = False
@@ -593,6 +619,7 @@ def tenant_show(
         ["state", shown["state"]],
         ["agents", ", ".join(shown["agents"]) or "-"],
         ["snapshots", ", ".join(shown["snapshots"]) or "-"],
+        ["sealed", "yes" if shown["sealing"]["sealed"] else "no"],
         ["files", len(shown["files"])],
         ["digest", shown["digest"][:12]],
     ]
@@ -697,6 +724,9 @@ def call(
     agent: str,
     args: Annotated[str, typer.Option(help="The agent's arguments, a JSON object.")] = "{}",
     snapshot: Annotated[str | None, typer.Option(help="Call a snapshot's code.")] = None,
+    user: Annotated[
+        str | None, typer.Option(help="The user whose state the call runs with.")
+    ] = None,
     url: Url = DEFAULT_URL,
     token: Token = None,
     as_json: AsJson = False,
@@ -707,7 +737,7 @@ def call(
         typer.echo("error: --args must be a JSON object", err=True)
         raise typer.Exit(1)
     with _client(url, token) as client:
-        output = client.call(tenant, agent, arguments, snapshot)
+        output = client.call(tenant, agent, arguments, snapshot, user)
     if _as_json(as_json) or not isinstance(output, str):
         typer.echo(json.dumps(output))
     else:

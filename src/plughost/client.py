@@ -197,15 +197,25 @@ class Client:
         agent: str,
         args: dict[str, Any] | None = None,
         snapshot: str | None = None,
+        user: str | None = None,
     ) -> Any:
         params = {"snapshot": snapshot} if snapshot else {}
+        body: dict[str, Any] = {"args": args or {}}
+        if user is not None:
+            body["user_id"] = user
         result = self.request(
             "POST",
             f"/api/tenants/{_segment(tenant)}/agents/{_segment(agent)}/call",
-            json={"args": args or {}},
+            json=body,
             params=params,
         )
         return result["output"]
+
+    def seal(self, tenant: str, trigger: str = "manual") -> dict[str, Any]:
+        result: dict[str, Any] = self.request(
+            "POST", f"/api/tenants/{_segment(tenant)}/seal", json={"trigger": trigger}
+        )
+        return result
 
     def create_snapshot(self, tenant: str, name: str) -> dict[str, Any]:
         result: dict[str, Any] = self.request(

@@ -35,7 +35,7 @@ code runs as the server's user and can read what that user can.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -100,6 +100,8 @@ class NetworkConfig(BaseModel):
     """Connections served at once; past it, 503 (uvicorn's ``limit_concurrency``)."""
     access_log: bool = True
     """One line per request on standard error, written in batches."""
+    compat: list[Literal["rapp"]] = Field(default_factory=list)
+    """Other servers' APIs to serve too: ``rapp``, the swarm server's ``/api/swarm/...``."""
     bundle_limits: LimitsEntry = Field(default_factory=LimitsEntry)
     mod_roots: list[str] | None = None
     mods: list[ModEntry] = Field(default_factory=list)

@@ -299,6 +299,45 @@ class PlacementUnavailableError(PlughostError):
         )
 
 
+class TenantSealedError(PlughostError):
+    """The tenant is sealed: its code, snapshots and state no longer change.
+
+    Attributes:
+        tenant: the sealed tenant.
+        action: what was refused (``"redeploy"``, ``"remove"``, ...).
+    """
+
+    def __init__(self, tenant: str, action: str) -> None:
+        self.tenant = tenant
+        self.action = action
+        super().__init__(
+            f"tenant {tenant!r} is sealed: {action} is refused (only the admin can unseal it)"
+        )
+
+
+class ReadOnlyStateError(PlughostError):
+    """A call wrote to a state that is read-only: a snapshot's, or a sealed tenant's.
+    What it wrote was discarded.
+
+    Attributes:
+        tenant: whose state it is.
+        snapshot: the snapshot the call ran in, or ``None`` for the live code of a
+            sealed tenant.
+        detail: what the write was, as far as it is known.
+    """
+
+    def __init__(self, tenant: str, snapshot: str | None, detail: str) -> None:
+        self.tenant = tenant
+        self.snapshot = snapshot
+        self.detail = detail
+        what = (
+            f"the state of snapshot {snapshot!r} of tenant {tenant!r} is read-only"
+            if snapshot is not None
+            else f"tenant {tenant!r} is sealed: its state is read-only"
+        )
+        super().__init__(f"{what}; {detail}")
+
+
 class DataFolderInUseError(PlughostError):
     """Another process has the data folder open.
 

@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .errors import OutsideTenantError
 from .naming import TENANT_NAME_PATTERN
 
 EVENT_NAME_PATTERN = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$"
@@ -145,3 +146,47 @@ def as_response(result: object) -> EventResponse:
     if isinstance(result, dict):
         return EventResponse(success=True, data=result)
     return EventResponse(success=True, data={"result": result})
+
+
+def check_shared_topics(topics: list[str]) -> list[str]:
+    """``topics``, each checked to be an absolute topic name.
+
+    Raises:
+        ValueError: one is not.
+    """
+    for topic in topics:
+        if not (isinstance(topic, str) and topic.startswith("/") and topic.strip("/")):
+            raise ValueError(
+                f"a shared topic is an absolute topic name like '/clock', not {topic!r}"
+            )
+    return topics
+
+
+def confine_event(event: Event, tenant: str, shared_topics: frozenset[str]) -> Event:
+    """The event as ``tenant`` may send it: acting in that tenant, reaching nothing outside.
+
+    Raises:
+        OutsideTenantError: it names another tenant's tenant, agent, mod or topic.
+    """
+    if event.tenant not in (None, tenant):
+        raise OutsideTenantError(tenant, str(event.tenant))
+    destination = event.destination_id or ""
+    kind, _, target = destination.partition(":")
+    if kind == "agent" and target.partition("/")[0] != tenant:
+        raise OutsideTenantError(tenant, destination)
+    if kind == "mod" and "/" in target and target.partition("/")[0] != tenant:
+        raise OutsideTenantError(tenant, destination)
+    if (
+        kind == "topic"
+        and target
+        and not topic_allowed(resolve_topic(target, tenant), tenant, (), shared_topics)
+    ):
+        raise OutsideTenantError(tenant, destination)
+    payload = dict(event.payload)
+    if kind == "system" or event.event_name.startswith("system."):
+        named = payload.get("tenant", event.tenant)
+        if named != tenant:
+            # A tenant names itself: a system event without a tenant acts on the whole network.
+            raise OutsideTenantError(tenant, "the network" if named is None else str(named))
+        payload["tenant"] = tenant
+    return event.model_copy(update={"tenant": tenant, "payload": payload})

@@ -30,7 +30,7 @@ from .deadlines import Deadlines
 from .dispatch import Dispatcher
 from .environments import Environments
 from .errors import NotStartedError, OutsideTenantError
-from .events import Event, EventResponse, resolve_topic, topic_allowed
+from .events import Event, EventResponse, check_shared_topics, confine_event, resolve_topic
 from .instances import Instances
 from .loader import code_cache
 from .manifest import Placement, SandboxLimits
@@ -50,7 +50,9 @@ from .placements.inprocess import InProcess
 from .placements.sandbox import Sandbox
 from .placements.worker import Worker
 from .runtime import Runtime
-from .store import Deployment, GarbageReport, Snapshot, Store
+from .state import TenantStates
+from .storage import install_call_environ
+from .store import Deployment, GarbageReport, Sealing, Snapshot, Store
 from .tenants import Tenants
 from .tokens import Tokens
 
@@ -140,6 +142,7 @@ class Network:
         self._store = Store(self.data_dir, keep_versions=keep_versions)
         self._environments = Environments(self.data_dir / "envs", install_timeout=install_timeout)
         self._catalog = Catalog(self._store)
+        self._states = TenantStates(self.data_dir, self._store)
         self._tokens = Tokens(self._store)
         self._runtime = Runtime(max_loaded_namespaces)
         self._threads = AgentThreads(agent_threads)
@@ -156,7 +159,7 @@ class Network:
             call_agent=self.call_agent,
             deadlines=self._deadlines,
             call_timeout=call_timeout,
-            shared_topics=frozenset(_check_shared_topics(shared_topics or [])),
+            shared_topics=frozenset(check_shared_topics(shared_topics or [])),
         )
         control = LocalControl(self._dispatch)
         self._instances = Instances(
@@ -205,6 +208,7 @@ class Network:
             self.metrics,
             self.limits,
             self._environments,
+            self._states,
         )
 
     # -- lifecycle -----------------------------------------------------------------
@@ -221,6 +225,8 @@ class Network:
         await asyncio.to_thread(self._environments.open)
         self._catalog.load()
         self._tokens.load()
+        await asyncio.to_thread(self._states.load)
+        install_call_environ()
         # A namespace's first load in a new process reads compiled code, not source.
         await asyncio.to_thread(code_cache.keep_on_disk, self._store.compiled)
         for placement in self._placements.values():
@@ -464,12 +470,16 @@ class Network:
         args: Mapping[str, Any] | None = None,
         *,
         snapshot: str | None = None,
+        user: str | None = None,
     ) -> Any:
         """Run ``agent.perform(**args)`` in the tenant's live code or in a snapshot.
 
         Async agents run on the event loop; sync ones in the agent threads; in
         a worker placement, in the worker. Every call has a deadline
-        (``call_timeout``).
+        (``call_timeout``). The call runs with the state of the tenant, or of
+        ``user`` (a user id of the tenant's): ``self.storage`` and
+        ``BRAINSTEM_MEMORY_PATH`` (see :mod:`plughost.storage`); a snapshot's
+        state, or a sealed tenant's, is read-only.
 
         Raises:
             UnknownTenantError, UnknownSnapshotError, UnknownAgentError: what
@@ -480,6 +490,8 @@ class Network:
             AgentError: the agent raised; carries its type and message.
             CallTimeoutError: the call took longer than ``call_timeout``.
             WorkerCrashed: the worker running it died.
+            ReadOnlyStateError: the call changed a read-only state; the change is gone.
+            InvalidNameError: ``user`` breaks the naming rule.
             TypeError: ``args`` is not a mapping.
         """
         self._check_started()
@@ -487,7 +499,32 @@ class Network:
             raise TypeError(
                 f"args must be a mapping of keyword arguments, not {type(args).__name__}"
             )
-        return await self._tenants.call_agent(tenant, agent, args or {}, snapshot)
+        return await self._tenants.call_agent(tenant, agent, args or {}, snapshot, user)
+
+    # -- seals -----------------------------------------------------------------------
+
+    async def seal_tenant(
+        self, tenant: str, *, sealed_by: str = "admin", trigger: str = "manual"
+    ) -> Sealing:
+        """Seal a tenant, durably (idempotent): a redeploy, its removal and a snapshot's
+        deletion raise ``TenantSealedError``; its calls read the state it had when sealed
+        (a write raises ``ReadOnlyStateError``); calls and new snapshots go on.
+
+        Raises:
+            UnknownTenantError: no such tenant.
+        """
+        self._check_started()
+        return await self._tenants.seal(tenant, sealed_by, trigger)
+
+    async def unseal_tenant(self, tenant: str) -> None:
+        """Unseal a tenant (the admin's act); its live state is the one it was sealed with."""
+        self._check_started()
+        await self._tenants.unseal(tenant)
+
+    def sealing_of(self, tenant: str) -> Sealing | None:
+        """The tenant's seal, or ``None``; raises ``UnknownTenantError`` for no tenant."""
+        self._catalog.deployment(tenant)
+        return self._states.seals.get(tenant)
 
     # -- mods ------------------------------------------------------------------------
 
@@ -646,7 +683,7 @@ class Network:
         """
         self._check_started()
         if confine_to is not None:
-            event = _confine(event, confine_to, self._dispatch.shared_topics)
+            event = confine_event(event, confine_to, self._dispatch.shared_topics)
         return await self._dispatch.send(event, confine_to)
 
     async def publish(
@@ -828,6 +865,8 @@ class Network:
         else:
             status = "healthy"
         tenants = len(self._catalog) if confine_to is None else int(confine_to in self._catalog)
+        seals = [] if counts_only else sorted(self._states.seals)
+        sealed = [tenant for tenant in seals if confine_to in (None, tenant)]
         counts: dict[str, Any] = {}
         if counts_only:
             mods_in_all, failed = mods["count"], len(mods["failed"])
@@ -840,7 +879,7 @@ class Network:
             "network_id": self.network_id,
             "uptime": uptime,
             "mods": mods,
-            "tenants": {"count": tenants},
+            "tenants": {"count": tenants, "sealed": sealed},
             "namespaces": {
                 "loaded": len(units),
                 "limit": self._runtime.max_loaded,
@@ -858,42 +897,3 @@ class Network:
             },
             **counts,
         }
-
-
-def _check_shared_topics(topics: list[str]) -> list[str]:
-    for topic in topics:
-        if not (isinstance(topic, str) and topic.startswith("/") and topic.strip("/")):
-            raise ValueError(
-                f"a shared topic is an absolute topic name like '/clock', not {topic!r}"
-            )
-    return topics
-
-
-def _confine(event: Event, tenant: str, shared_topics: frozenset[str]) -> Event:
-    """The event as ``tenant`` may send it: acting in that tenant, reaching nothing outside.
-
-    Raises:
-        OutsideTenantError: it names another tenant's tenant, agent, mod or topic.
-    """
-    if event.tenant not in (None, tenant):
-        raise OutsideTenantError(tenant, str(event.tenant))
-    destination = event.destination_id or ""
-    kind, _, target = destination.partition(":")
-    if kind == "agent" and target.partition("/")[0] != tenant:
-        raise OutsideTenantError(tenant, destination)
-    if kind == "mod" and "/" in target and target.partition("/")[0] != tenant:
-        raise OutsideTenantError(tenant, destination)
-    if (
-        kind == "topic"
-        and target
-        and not topic_allowed(resolve_topic(target, tenant), tenant, (), shared_topics)
-    ):
-        raise OutsideTenantError(tenant, destination)
-    payload = dict(event.payload)
-    if kind == "system" or event.event_name.startswith("system."):
-        named = payload.get("tenant", event.tenant)
-        if named != tenant:
-            # A tenant names itself: a system event without a tenant acts on the whole network.
-            raise OutsideTenantError(tenant, "the network" if named is None else str(named))
-        payload["tenant"] = tenant
-    return event.model_copy(update={"tenant": tenant, "payload": payload})

@@ -456,6 +456,7 @@ class WorkerSpec:
     shared_topics: tuple[str, ...] = ()  # besides its tenant's, the topics it may subscribe to
     limits: tuple[tuple[str, int], ...] = ()  # a sandbox's limits, by name: breaches are named
     libraries: str | None = None  # the tenant's own installed libraries, first on its path
+    state: str | None = None  # the tenant's state folder, which a call's state is under
 
     def to_message(self) -> dict[str, Any]:
         """The spec as a JSON object, the first frame the host sends."""
@@ -472,6 +473,7 @@ class WorkerSpec:
             "shared_topics": list(self.shared_topics),
             "limits": dict(self.limits),
             "libraries": self.libraries,
+            "state": self.state,
         }
 
     @classmethod
@@ -511,6 +513,9 @@ class WorkerSpec:
         libraries = fields.get("libraries")
         if libraries is not None:
             libraries = _typed(fields, "libraries", str)
+        state = fields.get("state")
+        if state is not None:
+            state = _typed(fields, "state", str)
         return cls(
             _typed(fields, "tenant", str),
             _typed(fields, "version", int),
@@ -521,6 +526,7 @@ class WorkerSpec:
             shared_topics=tuple(shared),
             limits=tuple(sorted(limits.items())),
             libraries=libraries,
+            state=state,
             **timeouts,
         )
 

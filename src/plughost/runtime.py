@@ -27,6 +27,7 @@ from .agent import AgentInfo
 from .errors import NotStartedError
 from .lifecycle import NAMESPACE_TRANSITIONS, Lifecycle, NamespaceState
 from .naming import Namespace
+from .storage import CallState
 
 Handler = tuple[str, str, Callable[..., Any]]
 """An agent's event handler: ``(owner, pattern, function)``."""
@@ -60,8 +61,15 @@ class Unit(abc.ABC):
         """The agents it offers, by name."""
 
     @abc.abstractmethod
-    async def call(self, agent: str, args: Mapping[str, Any], release: Callable[[], None]) -> Any:
-        """Run one agent call; call ``release`` exactly once, when the work has really stopped.
+    async def call(
+        self,
+        agent: str,
+        args: Mapping[str, Any],
+        release: Callable[[], None],
+        state: CallState | None = None,
+    ) -> Any:
+        """Run one agent call, with ``state`` as its state; call ``release`` exactly once,
+        when the work has really stopped.
 
         Raises:
             UnknownAgentError, AgentError, CallTimeoutError, WorkerCrashed.

@@ -6,6 +6,7 @@ Layout of a data folder::
     blobs/ab/abcdef...     each file content once, named by its sha256
     bundles/<digest>/      a bundle's files laid out for import, one per bundle digest
     tenants/<tenant>/      what mods keep for one tenant; removed with the tenant
+    tenants/<tenant>/state the tenant's own state (plughost.state); removed with it
     tmp/                   uploads and archives being read (``plughost-upload-*``, ...)
     code/ab/abcdef...      compiled bundle code by source digest (plughost._codecache)
     lock                   held (flock) by the one process that has the folder open
@@ -102,12 +103,26 @@ CREATE TABLE IF NOT EXISTS snapshots (
     manifest TEXT NOT NULL,
     agents TEXT NOT NULL,
     created_at REAL NOT NULL,
+    state TEXT NOT NULL DEFAULT '{}',
     PRIMARY KEY (tenant, name)
 );
+CREATE TABLE IF NOT EXISTS seals (
+    tenant TEXT PRIMARY KEY REFERENCES tenants(name) ON DELETE CASCADE,
+    sealed_at REAL NOT NULL,
+    sealed_by TEXT NOT NULL,
+    trigger TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    state TEXT NOT NULL
+);
 """
-_SCHEMA_VERSION = 2
+_SCHEMA_VERSION = 3
 # Columns later versions added, for data folders made before: (table, column, definition).
-_ADDED_COLUMNS = (("deployments", "instance_config", "TEXT NOT NULL DEFAULT '{}'"),)
+_ADDED_COLUMNS = (
+    ("deployments", "instance_config", "TEXT NOT NULL DEFAULT '{}'"),
+    ("snapshots", "state", "TEXT NOT NULL DEFAULT '{}'"),
+)
+# The tables whose rows hold a manifest of tenant state (relative path -> blob sha256).
+_STATE_TABLES = ("snapshots", "seals")
 
 
 @dataclass(frozen=True)
@@ -133,7 +148,9 @@ class Deployment:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """A named, immutable copy of a tenant's bundle, taken from deployment ``version``."""
+    """A named, immutable copy of a tenant's bundle, taken from deployment ``version``,
+    with its state at that moment: ``state`` maps each file's path in the state folder
+    to the sha256 of its content."""
 
     tenant: str
     name: str
@@ -141,6 +158,20 @@ class Snapshot:
     version: int
     agents: list[str]
     created_at: float
+    state: dict[str, str] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True)
+class Sealing:
+    """A tenant's seal: who sealed it, when and why, at which version, and its state then
+    (path -> sha256), which every call of the sealed tenant reads."""
+
+    tenant: str
+    sealed_at: float
+    sealed_by: str
+    trigger: str
+    version: int
+    state: dict[str, str] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True)
@@ -256,6 +287,25 @@ class Store:
             path = self._blob_path(sha256)
             if not path.exists():
                 write_durably(path, files[relative])
+
+    def put_blob(self, data: bytes) -> str:
+        """Store ``data`` as a blob (fsynced) unless it exists; return its sha256."""
+        sha256 = hashlib.sha256(data).hexdigest()
+        path = self._blob_path(sha256)
+        if not path.exists():
+            write_durably(path, data)
+        return sha256
+
+    def lay_out(self, target: Path, manifest: Mapping[str, str]) -> None:
+        """Copy the blobs of ``manifest`` to their paths under ``target`` (a new folder).
+
+        Raises:
+            FileNotFoundError: a blob of the manifest is missing.
+        """
+        for relative, sha256 in manifest.items():
+            destination = target / relative
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(self._blob_path(sha256), destination)
 
     def temporary_folder(self, purpose: str) -> tempfile.TemporaryDirectory[str]:
         """A new folder ``tmp/plughost-<purpose>-*``, removed on cleanup or at the next open."""
@@ -449,8 +499,11 @@ class Store:
 
     # -- snapshots -----------------------------------------------------------------
 
-    def create_snapshot(self, deployment: Deployment, name: str) -> Snapshot:
-        """Record a snapshot of ``deployment`` named ``name``.
+    def create_snapshot(
+        self, deployment: Deployment, name: str, state: Mapping[str, str] | None = None
+    ) -> Snapshot:
+        """Record a snapshot of ``deployment`` named ``name``, with the tenant's ``state``
+        (path -> sha256 of blobs stored already).
 
         Raises:
             DuplicateSnapshotError: the tenant has a snapshot by that name.
@@ -460,7 +513,7 @@ class Store:
         try:
             with self._transaction() as db:
                 db.execute(
-                    "INSERT INTO snapshots VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO snapshots VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         deployment.tenant,
                         name,
@@ -469,21 +522,30 @@ class Store:
                         json.dumps(manifest),
                         json.dumps(deployment.agents),
                         now,
+                        json.dumps(dict(state or {})),
                     ),
                 )
         except sqlite3.IntegrityError:
             raise DuplicateSnapshotError(deployment.tenant, name) from None
         return Snapshot(
-            deployment.tenant, name, deployment.digest, deployment.version, deployment.agents, now
+            deployment.tenant,
+            name,
+            deployment.digest,
+            deployment.version,
+            deployment.agents,
+            now,
+            dict(state or {}),
         )
 
     def snapshots(self) -> dict[tuple[str, str], Snapshot]:
         """Return every snapshot, keyed by ``(tenant, name)``."""
         rows = self._query(
-            "SELECT tenant, name, digest, version, agents, created_at FROM snapshots"
+            "SELECT tenant, name, digest, version, agents, created_at, state FROM snapshots"
         )
         return {
-            (row[0], row[1]): Snapshot(row[0], row[1], row[2], row[3], json.loads(row[4]), row[5])
+            (row[0], row[1]): Snapshot(
+                row[0], row[1], row[2], row[3], json.loads(row[4]), row[5], json.loads(row[6])
+            )
             for row in rows
         }
 
@@ -494,6 +556,38 @@ class Store:
                 "DELETE FROM snapshots WHERE tenant = ? AND name = ?", (tenant, name)
             )
             return cursor.rowcount > 0
+
+    # -- seals -----------------------------------------------------------------------
+
+    def record_seal(self, sealing: Sealing) -> None:
+        """Record that a tenant is sealed (its blobs of state are stored already)."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO seals VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    sealing.tenant,
+                    sealing.sealed_at,
+                    sealing.sealed_by,
+                    sealing.trigger,
+                    sealing.version,
+                    json.dumps(sealing.state),
+                ),
+            )
+
+    def delete_seal(self, tenant: str) -> None:
+        """Forget a tenant's seal."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM seals WHERE tenant = ?", (tenant,))
+
+    def seals(self) -> dict[str, Sealing]:
+        """Every sealed tenant's seal, by tenant."""
+        rows = self._query(
+            "SELECT tenant, sealed_at, sealed_by, trigger, version, state FROM seals"
+        )
+        return {
+            row[0]: Sealing(row[0], row[1], row[2], row[3], row[4], json.loads(row[5]))
+            for row in rows
+        }
 
     # -- tokens ----------------------------------------------------------------------
 
@@ -579,6 +673,9 @@ class Store:
             for digest, manifest in self._query(f"SELECT digest, manifest FROM {table}"):
                 referenced_bundles.add(digest)
                 referenced_blobs.update(json.loads(manifest).values())
+        for table in _STATE_TABLES:
+            for (state,) in self._query(f"SELECT state FROM {table}"):
+                referenced_blobs.update(json.loads(state).values())
         blobs = 0
         for path in self._blobs.glob("*/*"):
             # A .tmp- file is a blob being written; an interrupted one goes at the next open.
@@ -608,6 +705,15 @@ class Store:
         """
         problems: list[str] = []
         verified: dict[str, bool] = {}
+
+        def intact(sha256: str) -> bool:
+            if sha256 not in verified:
+                path = self._blob_path(sha256)
+                verified[sha256] = (
+                    path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == sha256
+                )
+            return verified[sha256]
+
         folders: dict[str, list[str]] = {}
         for table, key in (("deployments", "version"), ("snapshots", "name")):
             for tenant, which, digest, manifest_text in self._query(
@@ -616,13 +722,7 @@ class Store:
                 owner = f"{table[:-1]} {tenant}/{which}"
                 manifest: dict[str, str] = json.loads(manifest_text)
                 for relative, sha256 in manifest.items():
-                    if sha256 not in verified:
-                        path = self._blob_path(sha256)
-                        verified[sha256] = (
-                            path.is_file()
-                            and hashlib.sha256(path.read_bytes()).hexdigest() == sha256
-                        )
-                    if not verified[sha256]:
+                    if not intact(sha256):
                         problems.append(
                             f"{owner}: file {relative} (blob {sha256[:12]}) is missing or corrupt"
                         )
@@ -634,6 +734,14 @@ class Store:
                 problems += [
                     f"{owner}: bundle folder {digest[:12]}: {difference}"
                     for difference in folders[digest]
+                ]
+        for table, key in (("snapshots", "name"), ("seals", "version")):
+            for tenant, which, state in self._query(f"SELECT tenant, {key}, state FROM {table}"):
+                problems += [
+                    f"{table[:-1]} {tenant}/{which}: state file {relative}"
+                    f" (blob {sha256[:12]}) is missing or corrupt"
+                    for relative, sha256 in json.loads(state).items()
+                    if not intact(sha256)
                 ]
         return problems
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import re
@@ -29,6 +30,7 @@ from .errors import (
     DuplicateSnapshotError,
     InstanceConfigError,
     InvalidNameError,
+    TenantSealedError,
     UnknownTenantError,
 )
 from .instances import Instances, check_name
@@ -39,7 +41,8 @@ from .mod import LoadedMod, stop_mod
 from .naming import TENANT_NAME_RULE, Namespace
 from .placements.base import Launch, Placement, Started
 from .runtime import Runtime, Starter, Unit
-from .store import Deployment, GarbageReport, Snapshot, Store
+from .state import TenantStates
+from .store import Deployment, GarbageReport, Sealing, Snapshot, Store
 from .tokens import Tokens
 
 log = logging.getLogger("plughost")
@@ -66,6 +69,7 @@ class Tenants:
         metrics: counts deploys and calls.
         limits: bounds every bundle.
         environments: where tenants' own libraries are installed.
+        states: the tenants' state, and their seals.
     """
 
     def __init__(
@@ -79,8 +83,10 @@ class Tenants:
         metrics: Metrics,
         limits: BundleLimits,
         environments: Environments,
+        states: TenantStates,
     ) -> None:
         self._store = store
+        self._states = states
         self._environments = environments
         # The libraries of each tenant's live code, and the requirement lists a deploy
         # or a start under way uses: garbage collection keeps them.
@@ -192,6 +198,9 @@ class Tenants:
             current = self._catalog.find(tenant)
             if existing and current is None:
                 raise UnknownTenantError(tenant, [])
+            # Checked under the tenant's lock, which a seal takes too: no deploy lands after it.
+            if tenant in self._states.seals:
+                raise TenantSealedError(tenant, "a redeploy")
             if (
                 current is not None
                 and current.digest == digest
@@ -327,7 +336,10 @@ class Tenants:
         """Remove a tenant: its deployments, snapshots, token, instances and namespaces."""
         async with self._tenant_lock(tenant), self.write_lock:
             self._catalog.deployment(tenant)
+            if tenant in self._states.seals:
+                raise TenantSealedError(tenant, "its removal")
             await asyncio.to_thread(self._store.remove_tenant, tenant)
+            self._states.forget(tenant)
             self._tokens.forget(tenant)
             await self._instances.drop_tenant(tenant)
             for namespace in self._catalog.drop_tenant(tenant):
@@ -339,13 +351,20 @@ class Tenants:
     # -- snapshots ----------------------------------------------------------------------
 
     async def create_snapshot(self, tenant: str, name: str) -> Snapshot:
-        """Snapshot the tenant's live deployment as ``name``."""
+        """Snapshot the tenant's live deployment and its state as ``name``."""
         _check_snapshot_name(name)
-        async with self.write_lock:
+        self._catalog.deployment(tenant)
+        # The tenant's writing calls end first, and its state is read while none runs.
+        async with self._states.held(tenant), self.write_lock:
             deployment = self._catalog.deployment(tenant)
             if self._catalog.has_snapshot(tenant, name):
                 raise DuplicateSnapshotError(tenant, name)
-            snapshot = await asyncio.to_thread(self._store.create_snapshot, deployment, name)
+            sealing = self._states.seals.get(tenant)
+            if sealing is not None:
+                state = sealing.state
+            else:
+                state = await asyncio.to_thread(self._states.capture, tenant)
+            snapshot = await asyncio.to_thread(self._store.create_snapshot, deployment, name, state)
             self._catalog.add_snapshot(snapshot)
             return snapshot
 
@@ -353,9 +372,41 @@ class Tenants:
         """Delete a snapshot; calls running in it finish first."""
         async with self.write_lock:
             self._catalog.snapshot(tenant, name)
+            if tenant in self._states.seals:
+                raise TenantSealedError(tenant, f"deleting snapshot {name!r}")
             await asyncio.to_thread(self._store.delete_snapshot, tenant, name)
             self._runtime.retire(self._catalog.drop_snapshot(tenant, name))
             await self._collect_locked()
+
+    # -- seals --------------------------------------------------------------------------
+
+    async def seal(self, tenant: str, sealed_by: str, trigger: str) -> Sealing:
+        """Seal the tenant (see ``Network.seal_tenant``); a sealed one stays as it was."""
+        async with self._tenant_lock(tenant):
+            deployment = self._catalog.deployment(tenant)
+            sealing = self._states.seals.get(tenant)
+            if sealing is not None:
+                return sealing
+            async with self._states.held(tenant), self.write_lock:
+                state = await asyncio.to_thread(self._states.capture, tenant)
+                sealing = Sealing(
+                    tenant, time.time(), sealed_by, trigger, deployment.version, state
+                )
+                await asyncio.to_thread(self._store.record_seal, sealing)
+                self._states.seals[tenant] = sealing
+            return sealing
+
+    async def unseal(self, tenant: str) -> None:
+        """Unseal the tenant: its live state is again what it was when it was sealed."""
+        async with self._tenant_lock(tenant):
+            self._catalog.deployment(tenant)
+            sealing = self._states.seals.get(tenant)
+            if sealing is None:
+                return
+            async with self._states.held(tenant), self.write_lock:
+                await asyncio.to_thread(self._store.delete_seal, tenant)
+                del self._states.seals[tenant]
+                await asyncio.to_thread(self._states.restore, tenant, sealing.state)
 
     # -- calls --------------------------------------------------------------------------
 
@@ -408,13 +459,22 @@ class Tenants:
             self._runtime.release(unit)
 
     async def call_agent(
-        self, tenant: str, agent: str, args: Mapping[str, Any], snapshot: str | None
+        self,
+        tenant: str,
+        agent: str,
+        args: Mapping[str, Any],
+        snapshot: str | None,
+        user: str | None = None,
     ) -> Any:
-        """Run one agent call in the tenant's live code or a snapshot."""
+        """Run one agent call in the tenant's live code or a snapshot, with the state of
+        the tenant or of ``user``."""
         started = time.perf_counter()
-        unit = await self._acquire(tenant, snapshot)
         try:
-            result = await unit.call(agent, args, lambda: self._runtime.release(unit))
+            captured = None if snapshot is None else self._catalog.snapshot(tenant, snapshot).state
+            async with self._states.call(tenant, user, snapshot, captured) as state:
+                unit = await self._acquire(tenant, snapshot)
+                release = functools.partial(self._runtime.release, unit)
+                result = await unit.call(agent, args, release, state)
         except Exception:
             self._calls_failed.inc()
             raise

@@ -13,7 +13,7 @@ the docs pages (:mod:`.docs`); :func:`create_app` only composes them.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from typing import TextIO
 
@@ -22,12 +22,15 @@ from fastapi import FastAPI
 from .. import __version__
 from .._body_limit import BodyLimit
 from ..network import Network
-from . import agents, docs, events, health, instances, mods, snapshots, state, tenants
+from . import agents, docs, events, health, instances, mods, snapshots, state, swarm, tenants
 from .access_log import AccessLog
 from .admin_token import admin_token_for
 from .errors import EXCEPTION_HANDLERS, body_too_large
 
 log = logging.getLogger("plughost.serve")
+
+COMPAT = {"rapp": swarm.router}
+"""The other servers' APIs :func:`create_app` can serve beside its own, by name."""
 
 __all__ = ["admin_token_for", "create_app"]
 
@@ -50,6 +53,7 @@ def create_app(
     max_upload_bytes: int | None = None,
     max_request_bytes: int = 1 << 20,
     access_log: TextIO | None = None,
+    compat: Collection[str] = (),
 ) -> FastAPI:
     """The ASGI app over ``network``; starting the app starts the network.
 
@@ -59,8 +63,12 @@ def create_app(
     ``max_upload_bytes`` bounds a bundle upload (default: the network's
     ``BundleLimits.max_total_bytes``), ``max_request_bytes`` every other
     request body; a larger body gets 413. With ``access_log``, one line per
-    request is written there (see :mod:`.access_log`).
+    request is written there (see :mod:`.access_log`). ``compat`` names other
+    servers' APIs to serve too: ``"rapp"``, the swarm server's (:mod:`.swarm`).
     """
+    unknown = sorted(set(compat) - set(COMPAT))
+    if unknown:
+        raise ValueError(f"unknown compat API {unknown[0]!r}; known: {', '.join(COMPAT)}")
     app = FastAPI(
         title="plughost",
         version=__version__,
@@ -88,6 +96,8 @@ def create_app(
         app.add_middleware(AccessLog, stream=access_log)
     for router in _ROUTERS:
         app.include_router(router)
+    for name in compat:
+        app.include_router(COMPAT[name])
     docs.serve(app)
     return app
 

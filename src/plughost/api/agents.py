@@ -44,6 +44,8 @@ async def call_agent(
 ) -> Response:
     """Run an agent with ``args``; ``?snapshot=`` runs a snapshot's code."""
     principal.require_tenant(tenant)
-    output = await network.call_agent(tenant, agent, body.args, snapshot=snapshot)
+    output = await network.call_agent(
+        tenant, agent, body.args, snapshot=snapshot, user=body.user_id
+    )
     # Every placement answers with JSON; a large answer is encoded off the event loop.
     return Response(await dumps_async({"output": output}), media_type="application/json")

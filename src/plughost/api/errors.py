@@ -39,7 +39,9 @@ from ..errors import (
     OutsideTenantError,
     PlacementUnavailableError,
     PlughostError,
+    ReadOnlyStateError,
     RpcError,
+    TenantSealedError,
     UnknownAgentError,
     UnknownRpcError,
     UnknownSnapshotError,
@@ -78,6 +80,8 @@ _STATUSES: list[tuple[type[Exception], int, str]] = [
     (WorkerCrashed, 503, "worker_crashed"),
     (WorkerBusyError, 429, "worker_busy"),
     (CallTimeoutError, 504, "call_timeout"),
+    (TenantSealedError, 423, "tenant_sealed"),
+    (ReadOnlyStateError, 423, "state_read_only"),
     (NotStartedError, 503, "not_started"),
 ]
 
@@ -113,7 +117,7 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
-_ERROR_STATUSES = (400, 401, 403, 404, 409, 413, 415, 422, 503, 504)
+_ERROR_STATUSES = (400, 401, 403, 404, 409, 413, 415, 422, 423, 503, 504)
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse} for status in _ERROR_STATUSES
 }
@@ -133,11 +137,17 @@ async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
     return error_response(exc.status, exc.code, exc.message)
 
 
-async def _plughost_error(request: Request, exc: PlughostError) -> JSONResponse:
+def status_of(exc: PlughostError) -> tuple[int, str]:
+    """The HTTP status and error code an error is answered with."""
     for cls, status, code in _STATUSES:
         if isinstance(exc, cls):
-            return error_response(status, code, str(exc))
-    return error_response(400, "error", str(exc))
+            return status, code
+    return 400, "error"
+
+
+async def _plughost_error(request: Request, exc: PlughostError) -> JSONResponse:
+    status, code = status_of(exc)
+    return error_response(status, code, str(exc))
 
 
 async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import AliasChoices, BaseModel, Field
 
 from ..mod import ModUnloadReport
 from ..naming import TENANT_NAME_PATTERN
@@ -25,6 +25,22 @@ class DeploymentModel(BaseModel):
     )
 
 
+class SealRequest(BaseModel):
+    actor: str | None = Field(
+        default=None, max_length=200, description="who seals it, as the caller says"
+    )
+    trigger: str = Field(default="manual", max_length=200, description="why it is sealed")
+
+
+class SealingModel(BaseModel):
+    tenant: str
+    sealed: bool
+    sealed_at: float | None = None
+    sealed_by: str | None = None
+    trigger: str | None = None
+    version: int | None = Field(default=None, description="the version that was live then")
+
+
 class TenantModel(BaseModel):
     name: str
     version: int
@@ -40,6 +56,7 @@ class TenantModel(BaseModel):
         " (installed, name==version), and what runs from the server's own copy in process"
         " (shared_with_host); null when it asks for nothing",
     )
+    sealing: SealingModel
 
 
 class DeployProgress(BaseModel):
@@ -64,6 +81,12 @@ class AgentModel(BaseModel):
 
 class CallRequest(BaseModel):
     args: dict[str, Any] = Field(default_factory=dict)
+    user_id: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("user_id", "user_guid"),
+        pattern=TENANT_NAME_PATTERN,
+        description="the user whose state the call runs with (also read as user_guid)",
+    )
 
 
 class CallResponse(BaseModel):

@@ -22,7 +22,15 @@ from ..manifest import Placement
 from ..network import Network
 from .auth import Auth
 from .errors import ERRORS, ApiError
-from .models import DeploymentModel, DeployProgress, Removed, TenantModel, TenantToken
+from .models import (
+    DeploymentModel,
+    DeployProgress,
+    Removed,
+    SealingModel,
+    SealRequest,
+    TenantModel,
+    TenantToken,
+)
 from .parameters import TenantName
 from .state import ServedNetwork, upload_limit_of
 
@@ -178,6 +186,58 @@ async def replace_token(tenant: TenantName, principal: Auth, network: ServedNetw
     return TenantToken(tenant=tenant, token=token)
 
 
+@router.post(
+    "/api/tenants/{tenant}/seal", response_model=SealingModel, tags=["tenants"], responses=ERRORS
+)
+async def seal_tenant(
+    tenant: TenantName, principal: Auth, network: ServedNetwork, body: SealRequest | None = None
+) -> SealingModel:
+    """Seal a tenant (admin or the tenant): no more redeploy, removal, snapshot deletion or
+    state write (423); calls, reads and new snapshots go on. Sealing a sealed tenant
+    changes nothing; only the admin unseals."""
+    principal.require_tenant(tenant)
+    body = body or SealRequest()
+    actor = body.actor or (principal.tenant or "admin")
+    await network.seal_tenant(tenant, sealed_by=actor, trigger=body.trigger)
+    return sealing_model(network, tenant)
+
+
+@router.get(
+    "/api/tenants/{tenant}/seal", response_model=SealingModel, tags=["tenants"], responses=ERRORS
+)
+async def sealing(tenant: TenantName, principal: Auth, network: ServedNetwork) -> SealingModel:
+    """Whether the tenant is sealed, and by whom, when and why."""
+    principal.require_tenant(tenant)
+    return sealing_model(network, tenant)
+
+
+@router.delete(
+    "/api/tenants/{tenant}/seal", response_model=SealingModel, tags=["tenants"], responses=ERRORS
+)
+async def unseal_tenant(
+    tenant: TenantName, principal: Auth, network: ServedNetwork
+) -> SealingModel:
+    """Unseal a tenant (admin): its state is again the one it had when it was sealed."""
+    principal.require_admin()
+    await network.unseal_tenant(tenant)
+    return sealing_model(network, tenant)
+
+
+def sealing_model(network: Network, tenant: str) -> SealingModel:
+    """The tenant's seal as the routes show it."""
+    seal = network.sealing_of(tenant)
+    if seal is None:
+        return SealingModel(tenant=tenant, sealed=False)
+    return SealingModel(
+        tenant=tenant,
+        sealed=True,
+        sealed_at=seal.sealed_at,
+        sealed_by=seal.sealed_by,
+        trigger=seal.trigger,
+        version=seal.version,
+    )
+
+
 def _instance_config(text: str | None) -> Any:
     """The ``?config=`` JSON; its shape is the deploy's to check (``InstanceConfigError``)."""
     if text is None:
@@ -200,6 +260,7 @@ def _tenant_model(network: Network, tenant: str) -> TenantModel:
         created_at=deployment.created_at,
         placement=deployment.placement,
         dependencies=network.dependencies_of(tenant),
+        sealing=sealing_model(network, tenant),
     )
 
 

@@ -31,6 +31,7 @@ from ..loader import Libraries
 from ..manifest import InstanceSpec
 from ..mod import FailedMod, LoadedMod, LocalControl, ResolvedModPath, stop_mod
 from ..runtime import Handler, Unit
+from ..storage import CallState, running_with
 from .base import Launch, Placement, Started
 
 _PLAIN = frozenset({str, int, float, bool, type(None)})
@@ -56,7 +57,13 @@ class InProcessUnit(Unit):
     def agents(self) -> list[AgentInfo]:
         return self.loaded.describe()
 
-    async def call(self, agent: str, args: Mapping[str, Any], release: Callable[[], None]) -> Any:
+    async def call(
+        self,
+        agent: str,
+        args: Mapping[str, Any],
+        release: Callable[[], None],
+        state: CallState | None = None,
+    ) -> Any:
         tenant = self.namespace.tenant
         slot = self.loaded.find(agent)
         if slot is None:
@@ -68,18 +75,20 @@ class InProcessUnit(Unit):
             release()
             raise InvalidArgumentsError(tenant, slot.name, problem)
         try:
-            if slot.is_async:
-                try:
+            # Set in this task's context, which a sync agent's thread runs in too.
+            with running_with(state):
+                if slot.is_async:
+                    try:
+                        result = await self._deadlines.run(
+                            slot.instance.perform(**args), self._call_timeout
+                        )
+                    finally:
+                        release()
+                else:
+                    call = functools.partial(slot.instance.perform, **args)
                     result = await self._deadlines.run(
-                        slot.instance.perform(**args), self._call_timeout
+                        self._threads.run(call, release), self._call_timeout
                     )
-                finally:
-                    release()
-            else:
-                call = functools.partial(slot.instance.perform, **args)
-                result = await self._deadlines.run(
-                    self._threads.run(call, release), self._call_timeout
-                )
         except DeadlineExceeded:
             raise CallTimeoutError(tenant, agent, self._call_timeout) from None
         except PlughostError:

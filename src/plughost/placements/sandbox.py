@@ -5,8 +5,9 @@ process runs inside bubblewrap (``bwrap``, which makes Linux namespaces):
 
 - files: a read-only view of the system (``/usr``), of the interpreter and
   of plughost's own code, the tenant's bundle at ``/bundle`` (read-only) and
-  a private ``/tmp`` in memory; nothing of the data folder (no store, no
-  other tenant, no token) and nothing else of the host;
+  a private ``/tmp`` in memory, and the tenant's own state at ``/state``
+  (its live state writable, its snapshots' read-only); nothing else of the
+  data folder (no store, no other tenant, no token) nor of the host;
 - network: none, in an empty network namespace of its own (the host is
   reached through the inherited socket pair only);
 - processes: a pid namespace of its own, whose processes all die with it;
@@ -50,6 +51,7 @@ from typing import Any
 from ..errors import PlacementUnavailableError, WorkerStartFailed
 from ..manifest import SandboxLimits, read_manifest
 from ..protocol import WorkerSpec
+from ..state import LIVE, VIEWS, prepare
 from . import seccomp
 from .base import Launch, Started
 from .process_group import kill_session
@@ -61,6 +63,9 @@ BUNDLE = "/bundle"
 """Where the tenant's bundle is, inside its sandbox."""
 LIBRARIES = "/libraries"
 """Where the tenant's own installed libraries are, inside its sandbox."""
+STATE = "/state"
+"""Where the tenant's state folder is, inside its sandbox: ``live/`` (not in a snapshot's
+sandbox) and ``views/``, read-only."""
 _TMP = "/tmp"
 _SYSTEM = ("/usr",)
 _SYSTEM_LINKS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
@@ -216,9 +221,11 @@ def bwrap_command(
     uid: int | None,
     command: list[str],
     libraries: Path | None = None,
+    state: tuple[Path | None, Path] | None = None,
 ) -> SandboxCommand:
     """How to run ``command`` in a sandbox showing ``bundle`` at ``/bundle`` (and
-    ``libraries`` at ``/libraries``), read-only.
+    ``libraries`` at ``/libraries``), read-only, and the tenant's ``state`` (its live
+    folder, writable, if given, and its views' folder, read-only) under ``/state``.
 
     ``uid`` is the sandbox's own user id (the host is root), or ``None`` for the host's
     own, mapped to ``nobody``.
@@ -267,6 +274,12 @@ def bwrap_command(
     argv += ["--ro-bind", str(bundle), BUNDLE, "--proc", "/proc", "--dev", "/dev", "--chdir", _TMP]
     if libraries is not None:
         argv += ["--ro-bind", str(libraries), LIBRARIES]
+    if state is not None:
+        live, views = state
+        argv += ["--perms", "0755", "--dir", STATE]
+        if live is not None:
+            argv += ["--bind", str(live), f"{STATE}/{LIVE}"]
+        argv += ["--ro-bind", str(views), f"{STATE}/{VIEWS}"]
     argv += ["--cap-drop", "ALL"]
     if uid is None:
         argv += ["--unshare-user", "--uid", "65534", "--gid", "65534", "--disable-userns"]
@@ -282,8 +295,10 @@ def bwrap_command(
 
 def _worker_command(view: HostView, descriptor: int) -> list[str]:
     # No user site (-s), no working folder on the path (-P); the environment is the one
-    # bwrap sets, whose PYTHONPATH is plughost's own folder.
-    return [view.python, "-s", "-P", "-c", ENTRY, str(descriptor)]
+    # bwrap sets, whose PYTHONPATH is plughost's own folder. Files it writes are for any
+    # uid: the tenant's next sandbox, under another, writes its state too.
+    entry = f"import os; os.umask(0); {ENTRY}"
+    return [view.python, "-s", "-P", "-c", entry, str(descriptor)]
 
 
 _AVAILABLE: set[HostView] = set()  # a failure is tried again: it may have been the moment's
@@ -394,6 +409,7 @@ class _SandboxProcess(_Process):
                 self._uid,
                 _worker_command(self._view, descriptor),
                 Path(self.spec.libraries) if self.spec.libraries else None,
+                self._state(),
             )
             process = command.popen(
                 [descriptor],
@@ -424,9 +440,18 @@ class _SandboxProcess(_Process):
             raise
         return process
 
+    def _state(self) -> tuple[Path | None, Path] | None:
+        """The tenant's live state folder (none for a snapshot's sandbox) and views'."""
+        if self.spec.state is None:
+            return None
+        live, views = prepare(Path(self.spec.state))
+        return (live if self.spec.snapshot is None else None), views
+
     def _first_frame(self) -> dict[str, Any]:
         libraries = LIBRARIES if self.spec.libraries else None
-        return replace(self.spec, folder=BUNDLE, data_dir=_TMP, libraries=libraries).to_message()
+        state = STATE if self.spec.state else None
+        spec = replace(self.spec, folder=BUNDLE, data_dir=_TMP, libraries=libraries, state=state)
+        return spec.to_message()
 
     def _max_frame(self) -> int:
         # What the host may have to decode of one message: its objects take some 25 times

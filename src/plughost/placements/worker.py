@@ -50,6 +50,8 @@ from ..mod import Host, LoadedMod, Mod, ResolvedModPath
 from ..naming import Namespace
 from ..protocol import RemoteError, WorkerSpec
 from ..runtime import Unit
+from ..state import state_root
+from ..storage import CallState
 from .base import Launch, Placement, Started
 from .process_group import kill_session
 
@@ -628,10 +630,17 @@ class WorkerUnit(Unit):
             for name, (description, tool) in sorted(self.supervisor.ready[0].items())
         ]
 
-    async def call(self, agent: str, args: Mapping[str, Any], release: Callable[[], None]) -> Any:
+    async def call(
+        self,
+        agent: str,
+        args: Mapping[str, Any],
+        release: Callable[[], None],
+        state: CallState | None = None,
+    ) -> Any:
         tenant = self.namespace.tenant
+        wire = None if state is None else state.to_wire()
         try:
-            return await self.supervisor.request("call", agent, dict(args))
+            return await self.supervisor.request("call", agent, dict(args), wire)
         except TimeoutError:
             raise CallTimeoutError(tenant, agent, self.supervisor.spec.call_timeout) from None
         except RemoteError as exc:
@@ -801,6 +810,7 @@ class Worker(Placement):
             snapshot=launch.namespace.snapshot,
             shared_topics=self._shared_topics,
             libraries=str(launch.environment.folder) if launch.environment else None,
+            state=str(state_root(self._data_dir, launch.tenant).resolve()),
         )
 
     def _process(self, launch: Launch, spec: WorkerSpec) -> ProcessFactory:

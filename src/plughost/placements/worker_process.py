@@ -46,6 +46,7 @@ from ..events import Event, as_response, matches, topic_allowed
 from ..mod import LoadedMod, LocalControl, ResolvedModPath, stop_mod
 from ..naming import Namespace
 from ..protocol import InstanceSpecTuple, RemoteError, WorkerSpec
+from ..storage import CallState, install_call_environ, running_with
 from .process_group import kill_session
 
 _THREADS = 32  # sync calls a worker runs at once, as many as a host's agent threads
@@ -259,8 +260,14 @@ class _Worker:
             raise RemoteError("not_loaded", "ModNotLoadedError", name)
         return mod
 
-    async def _call(self, agent: str, args: dict[str, Any]) -> Any:
+    async def _call(self, agent: str, args: dict[str, Any], wire: list[Any] | None) -> Any:
         assert self.entry is not None
+        state = None
+        if wire is not None and self.spec.state is not None:
+            try:
+                state = CallState.from_wire(self.spec.tenant, Path(self.spec.state), wire)
+            except (TypeError, ValueError) as exc:
+                raise RemoteError("error", "ValueError", str(exc)) from None
         slot = self.entry.find(agent)
         if slot is None:
             raise RemoteError(
@@ -270,10 +277,11 @@ class _Worker:
         if problem is not None:
             raise RemoteError("invalid_arguments", slot.name, problem)
         try:
-            if slot.is_async:
-                return await slot.instance.perform(**args)
-            call = functools.partial(slot.instance.perform, **args)
-            return await self.threads.run(call, lambda: None)
+            with running_with(state):  # the thread of a sync agent runs in this context
+                if slot.is_async:
+                    return await slot.instance.perform(**args)
+                call = functools.partial(slot.instance.perform, **args)
+                return await self.threads.run(call, lambda: None)
         except Exception as exc:
             raise RemoteError("agent", type(exc).__name__, str(exc)) from exc
 
@@ -426,6 +434,7 @@ def main(descriptor: int) -> None:
     with sock.makefile("rb") as stream:
         size = int.from_bytes(stream.read(4), "big")
         spec = WorkerSpec.from_message(json.loads(stream.read(size)))
+    install_call_environ()
     asyncio.run(_serve(_Worker(sock, spec)))
 
 

@@ -1,0 +1,296 @@
+"""Tenant state on disk: each tenant's state folder, what one call sees of it, its captures.
+
+Layout, in the tenant's data folder (``tenants/<tenant>/state``)::
+
+    live/shared/          the tenant's own state: memory.json, values.json, any file
+    live/users/<user>/    the state of one user of it, when a call names one
+    views/<id>/           a copy of captured state that one read-only call reads
+
+A call of a tenant's live code reads and writes ``live/``. A snapshot
+captures ``live/`` as it is when the snapshot is taken: each file's content
+becomes a blob of the store (stored once, however many snapshots hold it),
+and the snapshot keeps the manifest (path -> sha256). Sealing captures it the
+same way, and from then on the sealed tenant's calls read that capture.
+
+A call of a snapshot, or of a sealed tenant, runs read-only: it gets a view
+of its own, a copy of the capture laid out for it, made read-only on disk (a
+sandbox sees it on a read-only mount). When the call ends the view is
+compared with the capture, and then removed: a call that changed it fails
+with :class:`~plughost.errors.ReadOnlyStateError`, and since the change was
+made to its own copy, neither the capture nor another call ever saw it.
+
+A capture waits for the tenant's writing calls in flight to end, and holds
+new ones back while it reads, so it never holds half a write. Other tenants
+are not held.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import stat
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+
+from .bundle import folder_differences
+from .errors import AgentError, InvalidNameError, ReadOnlyStateError
+from .naming import TENANT_NAME_RULE, check_tenant_name
+from .storage import CallState
+from .store import Sealing, Store, remove_folder, tenant_data_dir
+
+LIVE = "live"
+VIEWS = "views"
+SHARED = "shared"
+USERS = "users"
+USER_NAME_RULE = TENANT_NAME_RULE
+
+# What the key-value store writes beside its values while it changes them: not state.
+_NOT_STATE = (".values.lock", ".values-")
+# Errors a write to a read-only view meets, in a call that lets them through.
+_WRITE_REFUSED = frozenset({"PermissionError", "OSError", "ReadOnlyStateError"})
+
+
+def state_root(data_dir: Path, tenant: str) -> Path:
+    """The folder of a tenant's state."""
+    return tenant_data_dir(data_dir, tenant) / "state"
+
+
+def user_folder(user: str | None) -> str:
+    """The folder, under ``live/`` or a view, of a user's state (the shared one for none).
+
+    Raises:
+        InvalidNameError: ``user`` breaks the naming rule.
+    """
+    if user is None:
+        return SHARED
+    try:
+        check_tenant_name(user)
+    except ValueError:
+        raise InvalidNameError("user", user, USER_NAME_RULE) from None
+    return f"{USERS}/{user}"
+
+
+def open_up(folder: Path) -> None:
+    """Let every user read and write the live state under ``folder``: a tenant's sandboxes
+    each run under a uid of their own, and only they are shown it."""
+    for parent, folders, files in os.walk(folder):
+        os.chmod(parent, 0o777)
+        for name in files:
+            path = os.path.join(parent, name)
+            if stat.S_ISREG(os.lstat(path).st_mode):
+                os.chmod(path, 0o666)
+        folders[:] = [name for name in folders if not os.path.islink(os.path.join(parent, name))]
+
+
+def prepare(root: Path) -> tuple[Path, Path]:
+    """Make a tenant's live state folder (open to every user: see :func:`open_up`) and its
+    views' folder under its state folder ``root``, and return the two."""
+    live, views = root / LIVE, root / VIEWS
+    (live / SHARED).mkdir(parents=True, exist_ok=True)
+    views.mkdir(exist_ok=True)
+    open_up(live)
+    return live, views
+
+
+class _Gate:
+    """A tenant's writing calls, and the captures that wait for them to end."""
+
+    def __init__(self) -> None:
+        self.writers = 0
+        self.capturing: asyncio.Event | None = None  # set when a capture under way ends
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+
+class TenantStates:
+    """The state of every tenant of one data folder, and the seals that freeze it.
+
+    Args:
+        data_dir: the data folder.
+        store: where captured state is kept, as blobs, and where seals are recorded.
+    """
+
+    def __init__(self, data_dir: Path, store: Store) -> None:
+        self._data_dir = data_dir.absolute()  # agent code may change its working folder
+        self._store = store
+        self._gates: dict[str, _Gate] = {}
+        self._made: set[Path] = set()  # live folders known to exist
+        self.seals: dict[str, Sealing] = {}
+        """The sealed tenants' seals, by tenant."""
+
+    def load(self) -> None:
+        """Read the seals from the store, and remove what calls cut short by a stop left
+        of their views."""
+        self.seals = self._store.seals()
+        for views in (self._data_dir / "tenants").glob(f"*/state/{VIEWS}"):
+            remove_folder(views)
+
+    def forget(self, tenant: str) -> None:
+        """A removed tenant: forget what is known of its folders."""
+        root = state_root(self._data_dir, tenant)
+        self._made = {path for path in self._made if not path.is_relative_to(root)}
+        self.seals.pop(tenant, None)
+        self._gates.pop(tenant, None)
+
+    # -- calls --------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def call(
+        self,
+        tenant: str,
+        user: str | None,
+        snapshot: str | None = None,
+        captured: Mapping[str, str] | None = None,
+    ) -> AsyncIterator[CallState]:
+        """The state one call runs with, for as long as it runs.
+
+        ``captured`` is the state of the snapshot a call runs in. A call of the live
+        code of a sealed tenant reads the state captured when it was sealed; any
+        other reads and writes the tenant's live state.
+
+        Raises:
+            InvalidNameError: ``user`` breaks the naming rule.
+            ReadOnlyStateError: a read-only call changed its state, or failed writing.
+        """
+        folder = user_folder(user)
+        root = state_root(self._data_dir, tenant)
+        if captured is None:
+            gate = self._gates.setdefault(tenant, _Gate())
+            while gate.capturing is not None:
+                await gate.capturing.wait()
+            sealing = self.seals.get(tenant)
+            if sealing is not None:  # sealed while it waited, perhaps
+                captured = sealing.state
+        if captured is None:
+            gate.writers += 1
+            gate.idle.clear()
+            try:
+                path = root / LIVE / folder
+                if path not in self._made:
+                    await asyncio.to_thread(self._make_live, root, path)
+                live, shared = f"{LIVE}/{folder}", f"{LIVE}/{SHARED}"
+                yield CallState(tenant, None, root, live, shared, user, False)
+            finally:
+                gate.writers -= 1
+                if not gate.writers:
+                    gate.idle.set()
+            return
+        view = f"{VIEWS}/{uuid.uuid4().hex}"
+        await asyncio.to_thread(self._lay_out_view, root / view, captured, folder)
+        own, shared = f"{view}/{folder}", f"{view}/{SHARED}"
+        state = CallState(tenant, snapshot, root, own, shared, user, True)
+        try:
+            try:
+                yield state
+            except AgentError as exc:
+                if exc.error_type in _WRITE_REFUSED:
+                    detail = f"the call failed writing: {exc.error_type}: {exc.message}"
+                    raise ReadOnlyStateError(tenant, snapshot, detail) from None
+                raise
+            changed = await asyncio.to_thread(_changes, root / view, captured)
+            if changed:
+                detail = f"the call wrote to it ({changed}); what it wrote was discarded"
+                raise ReadOnlyStateError(tenant, snapshot, detail)
+        finally:
+            await asyncio.to_thread(remove_folder, root / view)
+
+    def _make_live(self, root: Path, path: Path) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        (root / VIEWS).mkdir(exist_ok=True)
+        live = root / LIVE
+        for folder in (path, *path.parents):
+            os.chmod(folder, 0o777)  # as every live folder: see open_up
+            if folder == live:
+                break
+        self._made.add(path)
+
+    def _lay_out_view(self, view: Path, captured: Mapping[str, str], folder: str) -> None:
+        view.mkdir(parents=True)
+        self._store.lay_out(view, captured)
+        for made in (SHARED, folder):
+            (view / made).mkdir(parents=True, exist_ok=True)
+        for parent, _, files in os.walk(view):
+            for name in files:
+                os.chmod(os.path.join(parent, name), 0o444)
+            os.chmod(parent, 0o555)
+
+    # -- captures -----------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def held(self, tenant: str) -> AsyncIterator[None]:
+        """Hold the tenant's writing calls: wait for those in flight, keep new ones back."""
+        gate = self._gates.setdefault(tenant, _Gate())
+        while gate.capturing is not None:
+            await gate.capturing.wait()
+        ended = gate.capturing = asyncio.Event()
+        try:
+            await gate.idle.wait()
+            yield
+        finally:
+            gate.capturing = None
+            ended.set()
+
+    def capture(self, tenant: str) -> dict[str, str]:
+        """Store the tenant's live state as blobs and return its manifest (path -> sha256).
+
+        Call it while the tenant is :meth:`held`. Links and other files that are not
+        regular files are left out: a link is never followed.
+        """
+        live = state_root(self._data_dir, tenant) / LIVE
+        manifest: dict[str, str] = {}
+        for parent, folders, files in os.walk(live):
+            folders[:] = [each for each in folders if not os.path.islink(f"{parent}/{each}")]
+            for name in files:
+                if name.startswith(_NOT_STATE):
+                    continue
+                path = os.path.join(parent, name)
+                data = _read_regular(path)
+                if data is not None:
+                    manifest[os.path.relpath(path, live)] = self._store.put_blob(data)
+        return manifest
+
+    def restore(self, tenant: str, captured: Mapping[str, str]) -> None:
+        """Make the tenant's live state exactly ``captured``; call it while it is :meth:`held`.
+
+        The folder itself stays (a sandbox shows it as it is): what it holds is replaced.
+        """
+        live = state_root(self._data_dir, tenant) / LIVE
+        live.mkdir(parents=True, exist_ok=True)
+        for entry in list(live.iterdir()):
+            if entry.is_dir() and not entry.is_symlink():
+                remove_folder(entry)
+            else:
+                entry.unlink()
+        self._store.lay_out(live, captured)
+        (live / SHARED).mkdir(exist_ok=True)
+        open_up(live)
+        self._made = {path for path in self._made if not path.is_relative_to(live)}
+
+
+def _read_regular(path: str) -> bytes | None:
+    """The content of a regular file, or ``None`` for a link, a FIFO or a file gone."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(descriptor, "rb") as file:
+        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+            return None
+        return file.read()
+
+
+def _changes(view: Path, captured: Mapping[str, str]) -> str:
+    """What a call changed in its view, in words; empty if nothing."""
+    words = {
+        "is not part of the bundle": "was written",
+        "differs from the stored content": "was changed",
+        "is missing": "was removed",
+    }
+    differences = []
+    for line in folder_differences(view, captured):
+        for said, meant in words.items():
+            line = line.replace(said, meant)
+        differences.append(line)
+    return "; ".join(differences)

@@ -1,0 +1,280 @@
+"""Tenant state as agent code sees it, per call: ``self.storage`` and ``BRAINSTEM_MEMORY_PATH``.
+
+Every agent call runs with the state folder of its tenant, or of the user the
+call names (``user_id``), in a :class:`CallState`. Agent code reaches it in
+two ways:
+
+- ``self.storage``, a :class:`Storage`: the folder (``path``, the tenant's
+  ``shared_path``, the ``memory_path`` file) and a small JSON key-value store
+  (``get``, ``set``, ``delete``, ``keys``) kept in that folder;
+- ``os.environ["BRAINSTEM_MEMORY_PATH"]`` (and ``os.getenv``), which agent files
+  written for the swarm server read to find their memory file. During a call
+  it names that call's ``memory.json``.
+
+The variable is per call, not per process: :func:`install_call_environ`
+replaces ``os.environ`` with a mapping that answers this one name from a
+context variable, which each call sets in its own context (a task, or the
+thread that runs a sync agent). Two calls of two tenants running at once each
+read their own path; setting the variable inside a call changes it for that
+call only. Outside a call the variable is whatever the process has. A
+subprocess an agent starts inherits the process's environment, not the
+call's: it gets the path by ``env=os.environ.copy()``.
+
+A state can be read-only: a snapshot's, or a sealed tenant's. Then
+``Storage.set`` and ``Storage.delete`` raise
+:class:`~plughost.errors.ReadOnlyStateError`, and the call's folder is a copy
+the host checks when the call ends (see :mod:`plughost.state`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ReadOnlyStateError
+
+MEMORY_VARIABLE = "BRAINSTEM_MEMORY_PATH"
+MEMORY_FILE = "memory.json"
+VALUES_FILE = "values.json"
+"""Where :class:`Storage` keeps its keys and values, in the call's folder."""
+
+
+@dataclass(frozen=True)
+class CallState:
+    """The state one call runs with.
+
+    Attributes:
+        tenant: whose state it is.
+        snapshot: the snapshot the call runs in, or ``None`` for the live code.
+        root: the tenant's state folder, as the code that runs the call sees it.
+        folder: the call's own folder, relative to ``root``: the user's, or the
+            tenant's shared one when the call names no user.
+        shared: the tenant's shared folder, relative to ``root``.
+        user: the user the call names, if any.
+        read_only: whether writes are refused (a snapshot, a sealed tenant).
+    """
+
+    tenant: str
+    snapshot: str | None
+    root: Path
+    folder: str
+    shared: str
+    user: str | None
+    read_only: bool
+
+    @property
+    def path(self) -> Path:
+        return self.root / self.folder
+
+    @property
+    def memory_path(self) -> Path:
+        return self.path / MEMORY_FILE
+
+    def to_wire(self) -> list[Any]:
+        """The state as a worker is told it; the worker has its own ``root``."""
+        return [self.snapshot, self.folder, self.shared, self.user, self.read_only]
+
+    @classmethod
+    def from_wire(cls, tenant: str, root: Path, fields: list[Any]) -> CallState:
+        """The state a host sent (:meth:`to_wire`), under the worker's own ``root``.
+
+        Raises:
+            ValueError: ``fields`` is not what :meth:`to_wire` gives, or names a folder
+                outside ``root``.
+        """
+        snapshot, folder, shared, user, read_only = fields
+        for relative in (folder, shared):
+            if not isinstance(relative, str) or ".." in Path(relative).parts:
+                raise ValueError(f"a call's state folder is a relative path, not {relative!r}")
+        if not isinstance(read_only, bool):
+            raise ValueError("a call's state says whether it is read-only")
+        return cls(tenant, snapshot, root, folder, shared, user, read_only)
+
+
+_state: contextvars.ContextVar[CallState | None] = contextvars.ContextVar(
+    "plughost_call_state", default=None
+)
+_memory: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "plughost_memory_path", default=None
+)
+
+
+@contextlib.contextmanager
+def running_with(state: CallState | None) -> Iterator[None]:
+    """Run the code inside with ``state`` as its call's state (nothing if ``None``)."""
+    if state is None:
+        yield
+        return
+    state_token = _state.set(state)
+    memory_token = _memory.set(str(state.memory_path))
+    try:
+        yield
+    finally:
+        _memory.reset(memory_token)
+        _state.reset(state_token)
+
+
+def current() -> Storage:
+    """The state of the call running now.
+
+    Raises:
+        RuntimeError: no call is running here (code at import, a mod's handler).
+    """
+    state = _state.get()
+    if state is None:
+        raise RuntimeError("self.storage is the state of a call, and no agent call runs here")
+    return Storage(state)
+
+
+class Storage:
+    """One call's tenant state: a folder and a small key-value store in it.
+
+    ``path`` is the call's folder (its user's, or the tenant's shared one);
+    files written there stay with the tenant, are captured by its snapshots,
+    and go when it is removed. Values are JSON; ``set`` writes the whole store
+    atomically, under a lock, so concurrent calls of one user lose no key.
+    """
+
+    def __init__(self, state: CallState) -> None:
+        self._state = state
+
+    @property
+    def path(self) -> Path:
+        """The call's folder."""
+        return self._state.path
+
+    @property
+    def shared_path(self) -> Path:
+        """The tenant's shared folder (``path`` itself when the call names no user)."""
+        return self._state.root / self._state.shared
+
+    @property
+    def memory_path(self) -> Path:
+        """The call's memory file, which ``BRAINSTEM_MEMORY_PATH`` names."""
+        return self._state.memory_path
+
+    @property
+    def user(self) -> str | None:
+        """The user the call names, if any."""
+        return self._state.user
+
+    @property
+    def read_only(self) -> bool:
+        """Whether writes are refused: a snapshot's state, or a sealed tenant's."""
+        return self._state.read_only
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The value of ``key``, or ``default``."""
+        return self._values().get(key, default)
+
+    def keys(self) -> list[str]:
+        """The keys that have a value, sorted."""
+        return sorted(self._values())
+
+    def set(self, key: str, value: Any) -> None:
+        """Keep ``value`` (JSON-able) under ``key``.
+
+        Raises:
+            ReadOnlyStateError: the state is a snapshot's or a sealed tenant's.
+            TypeError: ``value`` is not JSON-able.
+        """
+        encoded = json.loads(json.dumps(value))  # refused before anything is written
+        with self._changing() as values:
+            values[key] = encoded
+
+    def delete(self, key: str) -> None:
+        """Forget ``key`` (nothing if it has no value).
+
+        Raises:
+            ReadOnlyStateError: the state is a snapshot's or a sealed tenant's.
+        """
+        with self._changing() as values:
+            values.pop(key, None)
+
+    def _values(self) -> dict[str, Any]:
+        try:
+            values: dict[str, Any] = json.loads((self.path / VALUES_FILE).read_bytes())
+        except FileNotFoundError:
+            return {}
+        return values
+
+    @contextlib.contextmanager
+    def _changing(self) -> Iterator[dict[str, Any]]:
+        state = self._state
+        if state.read_only:
+            raise ReadOnlyStateError(state.tenant, state.snapshot, "storage writes are refused")
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.path / ".values.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            values = self._values()
+            yield values
+            temporary = self.path / f".values-{os.getpid()}-{id(values)}.tmp"
+            temporary.write_text(json.dumps(values))
+            temporary.replace(self.path / VALUES_FILE)
+
+
+# -- BRAINSTEM_MEMORY_PATH per call ----------------------------------------------------
+
+_Environ = type(os.environ)
+
+
+class _CallEnviron(_Environ):  # type: ignore[valid-type,misc]
+    """``os.environ``, except that during a call ``BRAINSTEM_MEMORY_PATH`` is the call's."""
+
+    def __init__(self, base: Any) -> None:
+        # The same data: what the process's environment holds is shared, not copied.
+        super().__init__(
+            base._data, base.encodekey, base.decodekey, base.encodevalue, base.decodevalue
+        )
+
+    def __getitem__(self, key: str) -> str:
+        if key == MEMORY_VARIABLE:
+            path = _memory.get()
+            if path is not None:
+                return path
+        value: str = super().__getitem__(key)
+        return value
+
+    def __setitem__(self, key: str, value: str) -> None:
+        if key == MEMORY_VARIABLE and _memory.get() is not None:
+            _memory.set(str(value))  # for this call only
+            return
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        if key == MEMORY_VARIABLE and _memory.get() is not None:
+            # Within a call, the variable names the call's file; a deletion is not shared.
+            raise KeyError(key)
+        super().__delitem__(key)
+
+    def __iter__(self) -> Iterator[str]:
+        names: Iterator[str] = super().__iter__()
+        if _memory.get() is None:
+            yield from names
+            return
+        for name in names:
+            if name != MEMORY_VARIABLE:
+                yield name
+        yield MEMORY_VARIABLE
+
+    def __len__(self) -> int:
+        length: int = super().__len__()
+        if _memory.get() is not None and not super().__contains__(MEMORY_VARIABLE):
+            length += 1
+        return length
+
+    def __contains__(self, key: object) -> bool:
+        return (key == MEMORY_VARIABLE and _memory.get() is not None) or super().__contains__(key)
+
+
+def install_call_environ() -> None:
+    """Make ``os.environ`` answer ``BRAINSTEM_MEMORY_PATH`` per call; once per process."""
+    if not isinstance(os.environ, _CallEnviron):
+        os.environ = _CallEnviron(os.environ)  # noqa: B003 (the same data, answered per call)
