@@ -305,3 +305,41 @@ class Writer(BasicAgent):
     blob = snapshot.state["shared/big.txt"]
     store_blob = network.data_dir / "blobs" / blob[:2] / blob
     assert len(store_blob.read_bytes()) == 20_000
+
+
+async def test_links_a_sandbox_puts_in_its_state_are_never_followed_by_the_host(
+    network: Network, tmp_path: Path
+) -> None:
+    """A sandbox writes its live state; the host opens it up for the tenant's next sandbox,
+    makes users' folders and captures it, as root. A link it put there to a host folder or
+    file is neither changed nor read."""
+    decoy = tmp_path / "decoy"
+    decoy.mkdir(mode=0o700)
+    secret = decoy / "secret.txt"
+    secret.write_text("host secret")
+    secret.chmod(0o600)
+    linker = f"""\
+import os
+from agents.basic_agent import BasicAgent
+
+class Linker(BasicAgent):
+    name = "Linker"
+    def perform(self, **kwargs):
+        shared = self.storage.shared_path
+        os.makedirs("/state/live/users", exist_ok=True)
+        os.symlink({str(decoy)!r}, "/state/live/users/evil")
+        os.symlink({str(secret)!r}, shared / "secret.txt")
+        os.symlink({str(decoy)!r}, shared / "folder")
+        return "linked"
+"""
+    await network.deploy("hostile", bundle({"linker_agent.py": linker}), placement="sandbox")
+    assert await network.call_agent("hostile", "Linker", {}) == "linked"
+    # A user's folder that is a link is not made, nor opened up: the call runs without one.
+    with pytest.raises(Exception):  # noqa: B017 (whatever the agent meets writing there)
+        await network.call_agent("hostile", "Linker", {}, user="evil")
+    snapshot = await network.create_snapshot("hostile", "then")
+    await network.deploy("hostile", bundle({"linker_agent.py": linker + "# again\n"}))
+    assert snapshot.state == {}  # links are not state: nothing of the host was read
+    assert decoy.stat().st_mode & 0o777 == 0o700
+    assert secret.stat().st_mode & 0o777 == 0o600
+    assert secret.read_text() == "host secret"

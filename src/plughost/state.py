@@ -50,6 +50,7 @@ USER_NAME_RULE = TENANT_NAME_RULE
 _NOT_STATE = (".values.lock", ".values-")
 # Errors a write to a read-only view meets, in a call that lets them through.
 _WRITE_REFUSED = frozenset({"PermissionError", "OSError", "ReadOnlyStateError"})
+_NO_LINK = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
 
 
 def state_root(data_dir: Path, tenant: str) -> Path:
@@ -74,22 +75,50 @@ def user_folder(user: str | None) -> str:
 
 def open_up(folder: Path) -> None:
     """Let every user read and write the live state under ``folder``: a tenant's sandboxes
-    each run under a uid of their own, and only they are shown it."""
-    for parent, folders, files in os.walk(folder):
-        os.chmod(parent, 0o777)
+    each run under a uid of their own, and only they are shown it.
+
+    By descriptor, never following a link: a sandbox writes here, and may swap a folder or
+    a file for a link to a host file while this runs.
+    """
+    for _, _, files, folder_descriptor in os.fwalk(folder):
+        os.fchmod(folder_descriptor, 0o777)
         for name in files:
-            path = os.path.join(parent, name)
-            if stat.S_ISREG(os.lstat(path).st_mode):
-                os.chmod(path, 0o666)
-        folders[:] = [name for name in folders if not os.path.islink(os.path.join(parent, name))]
+            with contextlib.suppress(OSError):
+                descriptor = os.open(name, _NO_LINK, dir_fd=folder_descriptor)
+                try:
+                    if stat.S_ISREG(os.fstat(descriptor).st_mode):
+                        os.fchmod(descriptor, 0o666)
+                finally:
+                    os.close(descriptor)
+
+
+def make_folder(live: Path, relative: str) -> None:
+    """Make the folder ``relative`` (``users/ann``) under ``live``, open to every user, one
+    part at a time by descriptor: a part that is a link is refused, not followed.
+
+    Raises:
+        OSError: a part is a link or not a folder, or ``live`` is gone.
+    """
+    descriptor = os.open(live, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in relative.split("/"):
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(part, 0o777, dir_fd=descriptor)
+            child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=descriptor)
+            os.close(descriptor)
+            descriptor = child
+            os.fchmod(descriptor, 0o777)
+    finally:
+        os.close(descriptor)
 
 
 def prepare(root: Path) -> tuple[Path, Path]:
     """Make a tenant's live state folder (open to every user: see :func:`open_up`) and its
     views' folder under its state folder ``root``, and return the two."""
     live, views = root / LIVE, root / VIEWS
-    (live / SHARED).mkdir(parents=True, exist_ok=True)
+    live.mkdir(parents=True, exist_ok=True)
     views.mkdir(exist_ok=True)
+    make_folder(live, SHARED)
     open_up(live)
     return live, views
 
@@ -116,7 +145,6 @@ class TenantStates:
         self._data_dir = data_dir.absolute()  # agent code may change its working folder
         self._store = store
         self._gates: dict[str, _Gate] = {}
-        self._made: set[Path] = set()  # live folders known to exist
         self.seals: dict[str, Sealing] = {}
         """The sealed tenants' seals, by tenant."""
 
@@ -128,9 +156,7 @@ class TenantStates:
             remove_folder(views)
 
     def forget(self, tenant: str) -> None:
-        """A removed tenant: forget what is known of its folders."""
-        root = state_root(self._data_dir, tenant)
-        self._made = {path for path in self._made if not path.is_relative_to(root)}
+        """A removed tenant: forget its seal and its writing calls."""
         self.seals.pop(tenant, None)
         self._gates.pop(tenant, None)
 
@@ -168,8 +194,8 @@ class TenantStates:
             gate.idle.clear()
             try:
                 path = root / LIVE / folder
-                if path not in self._made:
-                    await asyncio.to_thread(self._make_live, root, path)
+                if not os.path.isdir(path):  # one stat, on the loop: it is every call's
+                    await asyncio.to_thread(self._make_live, root, folder)
                 live, shared = f"{LIVE}/{folder}", f"{LIVE}/{SHARED}"
                 yield CallState(tenant, None, root, live, shared, user, False)
             finally:
@@ -196,15 +222,15 @@ class TenantStates:
         finally:
             await asyncio.to_thread(remove_folder, root / view)
 
-    def _make_live(self, root: Path, path: Path) -> None:
-        path.mkdir(parents=True, exist_ok=True)
-        (root / VIEWS).mkdir(exist_ok=True)
-        live = root / LIVE
-        for folder in (path, *path.parents):
-            os.chmod(folder, 0o777)  # as every live folder: see open_up
-            if folder == live:
-                break
-        self._made.add(path)
+    @staticmethod
+    def _make_live(root: Path, folder: str) -> None:
+        """Make a live folder (and the views' folder)."""
+        try:
+            (root / LIVE).mkdir(parents=True, exist_ok=True)
+            (root / VIEWS).mkdir(exist_ok=True)
+            make_folder(root / LIVE, folder)
+        except OSError:
+            pass  # the tenant is being removed, or its code put a link there: no folder
 
     def _lay_out_view(self, view: Path, captured: Mapping[str, str], folder: str) -> None:
         view.mkdir(parents=True)
@@ -235,44 +261,52 @@ class TenantStates:
     def capture(self, tenant: str) -> dict[str, str]:
         """Store the tenant's live state as blobs and return its manifest (path -> sha256).
 
-        Call it while the tenant is :meth:`held`. Links and other files that are not
-        regular files are left out: a link is never followed.
+        Call it while the tenant is :meth:`held`. Only regular files are read, by
+        descriptor: a link (to a folder or a file) is never followed, even one that a
+        sandbox's code swaps in while this runs.
         """
         live = state_root(self._data_dir, tenant) / LIVE
         manifest: dict[str, str] = {}
-        for parent, folders, files in os.walk(live):
-            folders[:] = [each for each in folders if not os.path.islink(f"{parent}/{each}")]
+        if not live.is_dir():
+            return manifest  # no call has run yet
+        for parent, _, files, folder_descriptor in os.fwalk(live):
+            relative = os.path.relpath(parent, live)
             for name in files:
                 if name.startswith(_NOT_STATE):
                     continue
-                path = os.path.join(parent, name)
-                data = _read_regular(path)
+                data = _read_regular(name, folder_descriptor)
                 if data is not None:
-                    manifest[os.path.relpath(path, live)] = self._store.put_blob(data)
+                    path = name if relative == "." else f"{relative}/{name}"
+                    manifest[path] = self._store.put_blob(data)
         return manifest
 
     def restore(self, tenant: str, captured: Mapping[str, str]) -> None:
         """Make the tenant's live state exactly ``captured``; call it while it is :meth:`held`.
 
-        The folder itself stays (a sandbox shows it as it is): what it holds is replaced.
+        The folder itself stays (a sandbox shows it as it is): what it holds is replaced,
+        by renames from a folder beside it, which never follow a link put there meanwhile.
         """
-        live = state_root(self._data_dir, tenant) / LIVE
+        root = state_root(self._data_dir, tenant)
+        live = root / LIVE
         live.mkdir(parents=True, exist_ok=True)
-        for entry in list(live.iterdir()):
-            if entry.is_dir() and not entry.is_symlink():
-                remove_folder(entry)
-            else:
-                entry.unlink()
-        self._store.lay_out(live, captured)
-        (live / SHARED).mkdir(exist_ok=True)
-        open_up(live)
-        self._made = {path for path in self._made if not path.is_relative_to(live)}
+        staging = root / f".tmp-{uuid.uuid4().hex}"
+        try:
+            self._store.lay_out(staging, captured)
+            (staging / SHARED).mkdir(exist_ok=True)
+            open_up(staging)
+            for entry in os.listdir(live):
+                _remove_entry(live / entry)
+            for entry in os.listdir(staging):
+                _remove_entry(live / entry)  # made again meanwhile by running code
+                os.rename(staging / entry, live / entry)
+        finally:
+            remove_folder(staging)
 
 
-def _read_regular(path: str) -> bytes | None:
+def _read_regular(name: str, folder_descriptor: int) -> bytes | None:
     """The content of a regular file, or ``None`` for a link, a FIFO or a file gone."""
     try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        descriptor = os.open(name, _NO_LINK, dir_fd=folder_descriptor)
     except OSError:
         return None
     with os.fdopen(descriptor, "rb") as file:
@@ -294,3 +328,10 @@ def _changes(view: Path, captured: Mapping[str, str]) -> str:
             line = line.replace(said, meant)
         differences.append(line)
     return "; ".join(differences)
+
+
+def _remove_entry(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        remove_folder(path)
+    else:
+        path.unlink(missing_ok=True)

@@ -781,10 +781,12 @@ def remove_folder(root: Path) -> None:
     if root.is_symlink():
         root.unlink()
         return
-    for folder, _, _ in os.walk(root):
-        # An entry can only be removed from a folder its owner may write to.
-        with contextlib.suppress(OSError):
-            os.chmod(folder, stat.S_IRWXU)
+    # An entry can only be removed from a folder its owner may write to. By descriptor:
+    # tenant code may swap a folder for a link meanwhile, which must not be followed.
+    with contextlib.suppress(OSError):
+        for _, _, _, descriptor in os.fwalk(root):
+            with contextlib.suppress(OSError):
+                os.fchmod(descriptor, stat.S_IRWXU)
     shutil.rmtree(root, ignore_errors=True)
 
 
