@@ -498,7 +498,7 @@ def test_health_has_the_established_fields(tmp_path: Path) -> None:
         "details": {},
         "unloaded": [],
     }
-    assert health["tenants"] == {"count": 1}
+    assert health["tenants"] == {"count": 1, "sealed": []}
     assert isinstance(health["uptime"], int)
 
 

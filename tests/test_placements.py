@@ -190,7 +190,7 @@ async def test_removing_a_tenant_leaves_no_module_worker_or_process(
     assert network.list_tenants() == ["stays"]
     assert _tenant_keys("gone") == set()
     assert "gone" not in network.health()["workers"]
-    assert network.health()["tenants"] == {"count": 1}
+    assert network.health()["tenants"] == {"count": 1, "sealed": []}
     if pid is not None:
         await _wait_gone(pid)
         with pytest.raises(ProcessLookupError):

@@ -98,7 +98,7 @@ def test_health_shows_each_caller_only_what_it_may_see(server: Server) -> None:
     assert anonymous["mods"]["loaded"] == ["shared_artifact"]
     assert anonymous["counts"] == {"mods": 2, "failed_mods": 0, "workers": 1}
     assert anonymous["workers"] == {}
-    assert anonymous["tenants"] == {"count": 3}
+    assert anonymous["tenants"] == {"count": 3, "sealed": []}
     text = json.dumps(anonymous)
     assert not any(name in text for name in ("alice", "bob", "carol", "shared_cache")), text
 
@@ -106,7 +106,7 @@ def test_health_shows_each_caller_only_what_it_may_see(server: Server) -> None:
     assert bob["mods"]["loaded"] == ["shared_artifact"]
     assert bob["workers"] == {}
     # Counts too are of bob's own tenant: how many others there are is not his to know.
-    assert bob["tenants"] == {"count": 1}
+    assert bob["tenants"] == {"count": 1, "sealed": []}
     assert bob["namespaces"]["loaded"] <= 1 < health(ADMIN)["namespaces"]["loaded"]
     assert "alice" not in json.dumps(bob) and "carol" not in json.dumps(bob)
     carol = health(server.tokens["carol"])
