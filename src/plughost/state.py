@@ -124,9 +124,12 @@ def prepare(root: Path) -> tuple[Path, Path]:
 
 
 class _Gate:
-    """A tenant's writing calls, and the captures that wait for them to end."""
+    """A tenant's writing calls, the captures that wait for them to end, and the live
+    folders its calls have made (a tenant removed gets a new gate, so none is stale)."""
 
-    def __init__(self) -> None:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.made: set[str] = set()
         self.writers = 0
         self.capturing: asyncio.Event | None = None  # set when a capture under way ends
         self.idle = asyncio.Event()
@@ -155,6 +158,12 @@ class TenantStates:
         for views in (self._data_dir / "tenants").glob(f"*/state/{VIEWS}"):
             remove_folder(views)
 
+    def _gate(self, tenant: str) -> _Gate:
+        gate = self._gates.get(tenant)
+        if gate is None:
+            gate = self._gates[tenant] = _Gate(state_root(self._data_dir, tenant))
+        return gate
+
     def forget(self, tenant: str) -> None:
         """A removed tenant: forget its seal and its writing calls."""
         self.seals.pop(tenant, None)
@@ -181,9 +190,9 @@ class TenantStates:
             ReadOnlyStateError: a read-only call changed its state, or failed writing.
         """
         folder = user_folder(user)
-        root = state_root(self._data_dir, tenant)
+        gate = self._gate(tenant)
+        root = gate.root
         if captured is None:
-            gate = self._gates.setdefault(tenant, _Gate())
             while gate.capturing is not None:
                 await gate.capturing.wait()
             sealing = self.seals.get(tenant)
@@ -193,10 +202,10 @@ class TenantStates:
             gate.writers += 1
             gate.idle.clear()
             try:
-                path = root / LIVE / folder
-                if not os.path.isdir(path):  # one stat, on the loop: it is every call's
-                    await asyncio.to_thread(self._make_live, root, folder)
                 live, shared = f"{LIVE}/{folder}", f"{LIVE}/{SHARED}"
+                if live not in gate.made:
+                    await asyncio.to_thread(self._make_live, root, folder)
+                    gate.made.add(live)
                 yield CallState(tenant, None, root, live, shared, user, False)
             finally:
                 gate.writers -= 1
@@ -247,7 +256,7 @@ class TenantStates:
     @contextlib.asynccontextmanager
     async def held(self, tenant: str) -> AsyncIterator[None]:
         """Hold the tenant's writing calls: wait for those in flight, keep new ones back."""
-        gate = self._gates.setdefault(tenant, _Gate())
+        gate = self._gate(tenant)
         while gate.capturing is not None:
             await gate.capturing.wait()
         ended = gate.capturing = asyncio.Event()
@@ -301,6 +310,7 @@ class TenantStates:
                 os.rename(staging / entry, live / entry)
         finally:
             remove_folder(staging)
+            self._gate(tenant).made.clear()  # what calls made is gone with the old state
 
 
 def _read_regular(name: str, folder_descriptor: int) -> bytes | None:
