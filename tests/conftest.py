@@ -140,3 +140,12 @@ class SharedFolder:
         bwrap = network.health()["workers"][tenant]["pid"]
         children = Path(f"/proc/{bwrap}/task/{bwrap}/children").read_text().split()
         return Path(f"/proc/{children[0]}/root/tmp")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Keep each phase's report on its test (``item.rep_call``): a fixture that saves what a
+    failed test saw (the operator page's screenshot) reads it at teardown."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report

@@ -67,6 +67,9 @@ def test_no_route_answers_500_or_breaks_its_schema(
     headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 16
+    # The live feed is a stream that ends only when its client goes: a request of a case
+    # would never return. test_feed and test_operator_page follow it.
+    operations = [operation for operation in operations if operation.path != "/api/feed"]
     problems: list[str] = []
     statuses: dict[int, int] = {}
     runs = [(op, mode) for op in operations for mode in schemathesis.GenerationMode]

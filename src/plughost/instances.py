@@ -25,6 +25,7 @@ from .errors import (
     PlughostError,
 )
 from .events import topic_allowed
+from .feed import Publish
 from .mod import (
     FailedMod,
     LoadedMod,
@@ -56,6 +57,7 @@ class Instances:
         lookup: resolves a name as the dispatcher does.
         unload_timeout: how long an unload waits for a mod's running handlers.
         shared_topics: absolute topics every tenant's instances may subscribe to.
+        tell: tells the network's feed of each load, unload and restart.
     """
 
     def __init__(
@@ -67,7 +69,9 @@ class Instances:
         lookup: Lookup,
         unload_timeout: float,
         shared_topics: frozenset[str] = frozenset(),
+        tell: Publish | None = None,
     ) -> None:
+        self._tell = tell or (lambda kind, tenant, message: None)
         self._mods = mods
         self._store = store
         self._catalog = catalog
@@ -120,6 +124,7 @@ class Instances:
                     await stop_mod(loaded, self.unload_timeout)
                     raise ModLoadError(mod_path, "record", str(exc), exc) from exc
             self._mods.register(loaded)
+        self._tell("mod_loaded", tenant, f"mod {key} loaded from {mod_path}")
         return loaded
 
     async def unload(
@@ -146,6 +151,7 @@ class Instances:
                 self._mods.record_unload(report)
             finally:
                 await forgotten
+        self._tell("mod_unloaded", mod.tenant, f"mod {mod.key} unloaded: {report.message}")
         return report
 
     async def load_recorded(
@@ -305,6 +311,7 @@ class Instances:
                 raise
             self._mods.register(new)
         await stop_mod(old, self.unload_timeout)
+        self._tell("instance_restarted", new.tenant, f"instance {rpc_name} restarted")
         return new.instance
 
 

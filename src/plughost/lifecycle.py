@@ -2,15 +2,16 @@
 
 Every stateful thing health reports on owns a :class:`Lifecycle`. Its state
 changes only through :meth:`Lifecycle.set`, which refuses a transition the
-table does not allow (a bug, so it raises) and logs every change, so that
-health and the log never disagree with what the code believes.
+table does not allow (a bug, so it raises), logs every change, and tells its
+listener (the network's feed, for a worker), so that health, the log and the
+feed never disagree with what the code believes.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Generic, TypeVar
 
 log = logging.getLogger("plughost.lifecycle")
@@ -89,6 +90,7 @@ class Lifecycle(Generic[S]):
         subject: which one, for errors and the log.
         initial: the state it starts in.
         transitions: the allowed changes, from each state.
+        listener: told of each change, with the lifecycle and the state it left.
     """
 
     def __init__(
@@ -97,8 +99,10 @@ class Lifecycle(Generic[S]):
         subject: str,
         initial: S,
         transitions: Mapping[S, frozenset[S]],
+        listener: Callable[[Lifecycle[S], S], None] | None = None,
     ) -> None:
         self.kind = kind
+        self._listener = listener
         self.subject = subject
         self._state = initial
         self._transitions = transitions
@@ -122,3 +126,5 @@ class Lifecycle(Generic[S]):
         if log.isEnabledFor(logging.DEBUG):
             why = f" ({error})" if error else ""
             log.debug("%s %s: %s -> %s%s", self.kind, self.subject, old.value, new.value, why)
+        if self._listener is not None and new is not old:
+            self._listener(self, old)

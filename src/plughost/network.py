@@ -31,6 +31,7 @@ from .dispatch import Dispatcher
 from .environments import Environments
 from .errors import NotStartedError, OutsideTenantError
 from .events import Event, EventResponse, check_shared_topics, confine_event, resolve_topic
+from .feed import Feed
 from .instances import Instances
 from .loader import code_cache
 from .manifest import Placement, SandboxLimits
@@ -42,7 +43,6 @@ from .mod import (
     ModRegistry,
     ModRoots,
     ModUnloadReport,
-    mod_key,
 )
 from .naming import Namespace
 from .placements.base import Placement as PlacementImpl
@@ -53,16 +53,9 @@ from .runtime import Runtime
 from .state import TenantStates
 from .storage import install_call_environ
 from .store import Deployment, GarbageReport, Sealing, Snapshot, Store
+from .system_events import SystemEvents
 from .tenants import Tenants
 from .tokens import Tokens
-
-SYSTEM_EVENTS = (
-    "system.mod.load",
-    "system.mod.unload",
-    "system.mod.list",
-    "system.instance.restart",
-    "system.instance.unload",
-)
 
 
 @dataclass(frozen=True)
@@ -143,6 +136,8 @@ class Network:
         self._environments = Environments(self.data_dir / "envs", install_timeout=install_timeout)
         self._catalog = Catalog(self._store)
         self._states = TenantStates(self.data_dir, self._store)
+        self.feed = Feed()
+        """What just happened: deploys, swaps, mods, workers, refused requests."""
         self._tokens = Tokens(self._store)
         self._runtime = Runtime(max_loaded_namespaces)
         self._threads = AgentThreads(agent_threads)
@@ -155,7 +150,7 @@ class Network:
             self._threads,
             self.data_dir,
             self.metrics,
-            system=self._system_event,
+            system=SystemEvents(self).answer,
             call_agent=self.call_agent,
             deadlines=self._deadlines,
             call_timeout=call_timeout,
@@ -170,6 +165,7 @@ class Network:
             self._dispatch.mod_for,
             unload_timeout,
             self._dispatch.shared_topics,
+            self.feed.publish,
         )
         workers: dict[str, Any] = {
             "data_dir": self.data_dir,
@@ -178,6 +174,7 @@ class Network:
             "call_timeout": call_timeout,
             "max_inflight": worker_max_inflight,
             "shared_topics": self._dispatch.shared_topics,
+            "tell": self.feed.publish,
         }
         placements: list[PlacementImpl] = [
             InProcess(
@@ -209,6 +206,7 @@ class Network:
             self.limits,
             self._environments,
             self._states,
+            self.feed.publish,
         )
 
     # -- lifecycle -----------------------------------------------------------------
@@ -721,67 +719,6 @@ class Network:
         self._check_started()
         return await self._dispatch.rpc(name, method, *args, tenant=tenant, **kwargs)
 
-    async def _system_event(self, event: Event, confine_to: str | None) -> EventResponse:
-        payload, name = event.payload, event.event_name
-        tenant = payload.get("tenant", event.tenant)
-        if confine_to is not None and tenant != confine_to:
-            raise OutsideTenantError(confine_to, str(tenant))
-        if name == "system.mod.load":
-            mod_path = payload.get("mod_path")
-            if not mod_path:
-                return EventResponse(success=False, message="mod_path is required")
-            config = payload.get("config") or {}
-            if not isinstance(config, dict):
-                return EventResponse(success=False, message="config must be an object")
-            mod = await self.load_mod(
-                str(mod_path), config, mod_id=payload.get("mod_id"), tenant=tenant
-            )
-            key = mod_key(mod.mod_id, mod.tenant)
-            return EventResponse(
-                success=True, message=f"mod {key!r} loaded", data={"mod_id": mod.mod_id}
-            )
-        if name == "system.mod.unload":
-            target = payload.get("mod_id") or payload.get("mod_path")
-            if not target:
-                return EventResponse(success=False, message="mod_path or mod_id is required")
-            report = await self.unload_mod(
-                str(target),
-                tenant=tenant,
-                confine_to=confine_to,
-                verify=payload.get("verify") is True,
-            )
-            data = {
-                "mod_id": report.mod_id,
-                "mod_path": report.mod_path,
-                "verified": report.verified,
-                "leaked": report.leaked,
-            }
-            if report.shutdown_error:
-                data["shutdown_error"] = report.shutdown_error
-            return EventResponse(success=True, message=report.message, data=data)
-        if name == "system.mod.list":
-            return EventResponse(
-                success=True, data={"mods": self.mod_status(confine_to)["details"]}
-            )
-        if name in ("system.instance.restart", "system.instance.unload"):
-            rpc_name = payload.get("rpc_name")
-            if not rpc_name:
-                return EventResponse(success=False, message="rpc_name is required")
-            if name == "system.instance.unload":
-                unloaded = await self.unload(str(rpc_name), confine_to=confine_to)
-                return EventResponse(
-                    success=True, message=unloaded.message, data={"rpc_name": rpc_name}
-                )
-            reload = bool(payload.get("reload", True))
-            await self.restart(str(rpc_name), reload=reload, confine_to=confine_to)
-            return EventResponse(
-                success=True, message=f"{rpc_name!r} restarted", data={"rpc_name": rpc_name}
-            )
-        return EventResponse(
-            success=False,
-            message=f"unknown system event {name!r}; known: {', '.join(SYSTEM_EVENTS)}",
-        )
-
     # -- tokens ----------------------------------------------------------------------
 
     async def issue_tenant_token(self, tenant: str, *, replace: bool = False) -> str | None:
@@ -833,6 +770,22 @@ class Network:
     def loaded_namespaces(self) -> list[Namespace]:
         """The namespaces loaded now, least recently used first."""
         return self._runtime.loaded()
+
+    def namespaces(self, confine_to: str | None = None) -> list[dict[str, Any]]:
+        """The loaded namespaces the caller may see, least recently used first: each one's
+        namespace, tenant, snapshot, version, state, placement, calls in flight and memory
+        estimate in bytes (in process: its modules, shallow; in a worker: the worker's)."""
+        return self._runtime.describe(confine_to)
+
+    def call_series(self, tenant: str, window: int = 300, step: int = 5) -> dict[str, Any]:
+        """The tenant's calls over the last ``window`` seconds, in steps of ``step``: calls
+        and errors a second, and the p50 and p99 latency in ms (see ``plughost.call_stats``).
+
+        Raises:
+            UnknownTenantError: no such tenant.
+        """
+        self._catalog.deployment(tenant)
+        return self._tenants.stats.series(tenant, window, step)
 
     def health(self, confine_to: str | None = None, *, counts_only: bool = False) -> dict[str, Any]:
         """The document ``GET /api/health`` returns, as the caller may see it.

@@ -88,6 +88,10 @@ class Unit(abc.ABC):
         """False while it cannot serve (a worker restarting or failed)."""
         return True
 
+    def memory(self) -> int | None:
+        """An estimate of the bytes it holds, if one can be made."""
+        return None
+
     @abc.abstractmethod
     def unload(self) -> asyncio.Task[None] | None:
         """Let the code go: at once, or by a task the runtime waits for when it closes."""
@@ -220,6 +224,24 @@ class Runtime:
             unit.lifecycle.set(NamespaceState.DRAINING)
         if unit.in_flight == 0:
             self._unload(unit)
+
+    def describe(self, tenant: str | None = None) -> list[dict[str, Any]]:
+        """The loaded namespaces (of ``tenant``, or all), least recently used first: each
+        one's namespace, state, calls in flight and memory estimate."""
+        return [
+            {
+                "namespace": repr(unit.namespace),
+                "tenant": unit.namespace.tenant,
+                "snapshot": unit.namespace.snapshot,
+                "version": unit.namespace.version,
+                "state": unit.lifecycle.state.value,
+                "in_flight": unit.in_flight,
+                "memory_bytes": unit.memory(),
+                "placement": (unit.describe() or {}).get("placement", "inprocess"),
+            }
+            for unit in self._entries.values()
+            if tenant in (None, unit.namespace.tenant)
+        ]
 
     def units(self) -> list[Unit]:
         """Every loaded unit, retired ones still draining included."""

@@ -23,6 +23,7 @@ from typing import Any
 
 from .agent import AgentInfo
 from .bundle import BundleFiles, BundleLimits, BundleSource, read_bundle
+from .call_stats import CallStats
 from .catalog import Catalog, GoneError, Location
 from .environments import Environment, Environments, Progress
 from .errors import (
@@ -33,6 +34,7 @@ from .errors import (
     TenantSealedError,
     UnknownTenantError,
 )
+from .feed import Publish
 from .instances import Instances, check_name
 from .manifest import MANIFEST, dependencies_in
 from .manifest import Placement as PlacementName
@@ -70,6 +72,7 @@ class Tenants:
         limits: bounds every bundle.
         environments: where tenants' own libraries are installed.
         states: the tenants' state, and their seals.
+        tell: tells the network's feed of each deploy, swap, snapshot, seal and removal.
     """
 
     def __init__(
@@ -84,7 +87,9 @@ class Tenants:
         limits: BundleLimits,
         environments: Environments,
         states: TenantStates,
+        tell: Publish,
     ) -> None:
+        self._tell = tell
         self._store = store
         self._states = states
         self._environments = environments
@@ -106,6 +111,8 @@ class Tenants:
         self._staging: list[tuple[str, frozenset[str]]] = []  # (digest, blobs) being deployed
         self._coming: set[asyncio.Task[None]] = set()  # units not up at the start, awaited
         self._pinned: Counter[str] = Counter()  # bundle digests of namespaces about to load
+        self.stats = CallStats()
+        """Each tenant's recent calls, for the operator page's charts."""
         self._calls_ok = metrics.calls.labels("ok")
         self._calls_failed = metrics.calls.labels("error")
 
@@ -294,6 +301,8 @@ class Tenants:
             finally:
                 if old is not None:
                     self._runtime.release(old)
+            what = "deployed" if current is None else f"swapped in for v{current.version}"
+            self._tell("deploy", tenant, f"v{version} {what} ({chosen}, {len(agents)} agents)")
             return deployment
 
     async def _environment(
@@ -346,7 +355,9 @@ class Tenants:
                 self._runtime.retire(namespace)
             self._libraries.pop(tenant, None)
             self.progress.pop(tenant, None)
+            self.stats.forget(tenant)
             await self._collect_locked()
+        self._tell("removal", tenant, "tenant removed")
 
     # -- snapshots ----------------------------------------------------------------------
 
@@ -366,7 +377,8 @@ class Tenants:
                 state = await asyncio.to_thread(self._states.capture, tenant)
             snapshot = await asyncio.to_thread(self._store.create_snapshot, deployment, name, state)
             self._catalog.add_snapshot(snapshot)
-            return snapshot
+        self._tell("snapshot", tenant, f"snapshot {name!r} taken of v{deployment.version}")
+        return snapshot
 
     async def delete_snapshot(self, tenant: str, name: str) -> None:
         """Delete a snapshot; calls running in it finish first."""
@@ -377,6 +389,7 @@ class Tenants:
             await asyncio.to_thread(self._store.delete_snapshot, tenant, name)
             self._runtime.retire(self._catalog.drop_snapshot(tenant, name))
             await self._collect_locked()
+        self._tell("snapshot_deleted", tenant, f"snapshot {name!r} deleted")
 
     # -- seals --------------------------------------------------------------------------
 
@@ -394,7 +407,8 @@ class Tenants:
                 )
                 await asyncio.to_thread(self._store.record_seal, sealing)
                 self._states.seals[tenant] = sealing
-            return sealing
+        self._tell("seal", tenant, f"sealed by {sealed_by!r} ({trigger}) at v{sealing.version}")
+        return sealing
 
     async def unseal(self, tenant: str) -> None:
         """Unseal the tenant: its live state is again what it was when it was sealed."""
@@ -407,6 +421,7 @@ class Tenants:
                 await asyncio.to_thread(self._store.delete_seal, tenant)
                 del self._states.seals[tenant]
                 await asyncio.to_thread(self._states.restore, tenant, sealing.state)
+        self._tell("unseal", tenant, "unsealed")
 
     # -- calls --------------------------------------------------------------------------
 
@@ -477,9 +492,13 @@ class Tenants:
                 result = await unit.call(agent, args, release, state)
         except Exception:
             self._calls_failed.inc()
+            if tenant in self._catalog:  # a name that is no tenant's gets no series
+                self.stats.record(tenant, time.perf_counter() - started, False)
             raise
         self._calls_ok.inc()
-        self._metrics.call_seconds.observe(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        self._metrics.call_seconds.observe(elapsed)
+        self.stats.record(tenant, elapsed, True)
         return result
 
     # -- garbage ------------------------------------------------------------------------

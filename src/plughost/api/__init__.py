@@ -22,7 +22,7 @@ from fastapi import FastAPI
 from .. import __version__
 from .._body_limit import BodyLimit
 from ..network import Network
-from . import agents, docs, events, health, instances, mods, snapshots, state, swarm, tenants
+from . import agents, docs, events, health, instances, mods, snapshots, state, swarm, tenants, ui
 from .access_log import AccessLog
 from .admin_token import admin_token_for
 from .errors import EXCEPTION_HANDLERS, body_too_large
@@ -99,6 +99,7 @@ def create_app(
     for name in compat:
         app.include_router(COMPAT[name])
     docs.serve(app)
+    ui.serve(app)
     return app
 
 

@@ -133,7 +133,31 @@ ERRORS_OF_TEXT_ROUTES: dict[int | str, dict[str, Any]] = {
 # -- the exception handlers ----------------------------------------------------------
 
 
+_REFUSALS = frozenset({401, 403, 423, 429})
+"""Statuses the feed tells of: a request refused, rather than one that failed."""
+
+
+def _tell_refused(request: Request, status: int, code: str) -> None:
+    # Imported here: auth is above this module (it raises ApiError).
+    from .auth import principal_if_any
+    from .state import network_of_app
+
+    try:
+        principal = principal_if_any(request)
+    except ApiError:
+        principal = None  # a bad token: the admin's to see
+    tenant = principal.tenant if principal is not None else None
+    what = f"{request.method} {request.url.path}: {status} {code}"
+    feed = network_of_app(request.app).feed
+    if principal is None:
+        feed.publish_for_admin("refused", None, f"{what} (no valid token)")
+    else:
+        feed.publish_for_admin("refused", tenant, what)
+
+
 async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+    if exc.status in _REFUSALS:
+        _tell_refused(request, exc.status, exc.code)
     return error_response(exc.status, exc.code, exc.message)
 
 
@@ -147,6 +171,8 @@ def status_of(exc: PlughostError) -> tuple[int, str]:
 
 async def _plughost_error(request: Request, exc: PlughostError) -> JSONResponse:
     status, code = status_of(exc)
+    if status in _REFUSALS:
+        _tell_refused(request, status, code)
     return error_response(status, code, str(exc))
 
 

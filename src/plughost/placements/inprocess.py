@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -110,6 +111,19 @@ class InProcessUnit(Unit):
             for agent in self.loaded.agents.values()
             for pattern, handler in agent.handlers
         ]
+
+    def memory(self) -> int | None:
+        # Shallow: the modules, their globals and the code of their functions and classes.
+        total = 0
+        for module in self.loaded.bundle.modules.values():
+            values = vars(module)
+            total += sys.getsizeof(module) + sys.getsizeof(values)
+            for value in values.values():
+                total += sys.getsizeof(value)
+                code = getattr(value, "__code__", None)
+                if code is not None:
+                    total += sys.getsizeof(code.co_code) + sys.getsizeof(code)
+        return total
 
     def unload(self) -> None:
         self.loaded.unload()

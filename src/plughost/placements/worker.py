@@ -45,6 +45,7 @@ from ..errors import (
     WorkerStartFailed,
 )
 from ..events import Event, EventResponse
+from ..feed import Publish
 from ..lifecycle import WORKER_TRANSITIONS, Lifecycle, WorkerState
 from ..mod import Host, LoadedMod, Mod, ResolvedModPath
 from ..naming import Namespace
@@ -396,8 +397,10 @@ class Supervisor:
         max_backoff: float = _MAX_BACKOFF,
         max_inflight: int = 64,
         recycle_after_timeout: bool = False,
+        tell: Publish | None = None,
     ) -> None:
         self.spec = spec
+        self._tell = tell
         self._max_inflight = max_inflight
         self._recycle_after_timeout = recycle_after_timeout
         self._in_flight = 0
@@ -414,12 +417,26 @@ class Supervisor:
         self._backoff = first_backoff
         self._forgotten: set[str] = set()
         self.restarts = 0
-        self.lifecycle = Lifecycle("worker", spec.tenant, WorkerState.STARTING, WORKER_TRANSITIONS)
+        self.lifecycle = Lifecycle(
+            "worker", spec.tenant, WorkerState.STARTING, WORKER_TRANSITIONS, self._changed
+        )
         self.ready: Ready = ({}, [])
 
     @property
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
+
+    def _changed(self, lifecycle: Lifecycle[WorkerState], old: WorkerState) -> None:
+        if self._tell is None:
+            return
+        spec, new = self.spec, lifecycle.state
+        which = f"snapshot {spec.snapshot!r}" if spec.snapshot else f"v{spec.version}"
+        why = f": {lifecycle.error}" if lifecycle.error else ""
+        self._tell(
+            f"worker_{new.value}",
+            spec.tenant,
+            f"worker of {which}: {old.value} -> {new.value}{why}",
+        )
 
     @property
     def state(self) -> WorkerState:
@@ -548,6 +565,8 @@ class Supervisor:
         self.spec = self._without_forgotten()
         self.restarts += 1
         self.lifecycle.set(WorkerState.READY, f"renewed: {reason}")
+        if self._tell is not None:
+            self._tell("worker_renewed", self.spec.tenant, f"worker renewed: {reason}")
         if old is not None:
             await old.stop(timeout=0)  # if stop() cancels this meanwhile, it stops old itself
         self._retiring = None
@@ -662,6 +681,17 @@ class WorkerUnit(Unit):
     @property
     def healthy(self) -> bool:
         return self.supervisor.state is WorkerState.READY
+
+    def memory(self) -> int | None:
+        # The worker's resident memory (its keeper and sandbox launcher are not counted).
+        pid = self.supervisor.pid
+        if pid is None:
+            return None
+        try:
+            with open(f"/proc/{pid}/statm") as statm:
+                return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            return None
 
     def unload(self) -> asyncio.Task[None]:
         return asyncio.get_running_loop().create_task(
@@ -782,8 +812,10 @@ class Worker(Placement):
         call_timeout: float,
         max_inflight: int,
         shared_topics: frozenset[str],
+        tell: Publish | None = None,
     ) -> None:
         self._host = host
+        self._tell = tell
         self._shared_topics = tuple(sorted(shared_topics))
         self._max_inflight = max_inflight
         self._on_request = on_request
@@ -829,6 +861,7 @@ class Worker(Placement):
             process=self._process(launch, spec),
             max_inflight=self._max_inflight,
             recycle_after_timeout=self.recycle_after_timeout,
+            tell=self._tell,
         )
 
     async def start(self, launch: Launch) -> Started:

@@ -1,0 +1,109 @@
+"""Agent calls per tenant over the last minutes: rates, errors and latency quantiles.
+
+Prometheus (:mod:`plughost.metrics`) counts calls for the whole network,
+since the start; the operator page charts each tenant's recent calls. Each
+tenant keeps one bucket a second, for :data:`KEEP_SECONDS`: how many calls
+ended, how many failed, and a histogram of their durations in bins a quarter
+apart (so a quantile is known to within 25 %). Recording a call is a few
+dictionary and list operations on the event loop's thread, which alone
+records and reads.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+KEEP_SECONDS = 600
+_SMALLEST = 1e-5  # seconds: the upper bound of the first bin
+_GROWTH = 1.25
+_BINS = 80  # up to about 5 hours
+
+
+@dataclass
+class _Second:
+    at: int
+    calls: int = 0
+    errors: int = 0
+    bins: list[int] = field(default_factory=lambda: [0] * _BINS)
+
+
+def _bin(seconds: float) -> int:
+    if seconds <= _SMALLEST:
+        return 0
+    return min(_BINS - 1, math.ceil(math.log(seconds / _SMALLEST, _GROWTH)))
+
+
+def _upper(index: int) -> float:
+    return _SMALLEST * _GROWTH**index
+
+
+class CallStats:
+    """Each tenant's calls, a bucket a second, for the last :data:`KEEP_SECONDS`."""
+
+    def __init__(self, clock: Any = time.time) -> None:
+        self._clock = clock
+        self._tenants: dict[str, deque[_Second]] = {}
+
+    def record(self, tenant: str, seconds: float, ok: bool) -> None:
+        """Count one call of ``tenant`` that took ``seconds`` and succeeded or not."""
+        now = int(self._clock())
+        seconds_kept = self._tenants.get(tenant)
+        if seconds_kept is None:
+            seconds_kept = self._tenants[tenant] = deque(maxlen=KEEP_SECONDS)
+        if not seconds_kept or seconds_kept[-1].at != now:
+            seconds_kept.append(_Second(now))
+        bucket = seconds_kept[-1]
+        bucket.calls += 1
+        if not ok:
+            bucket.errors += 1
+        bucket.bins[_bin(seconds)] += 1
+
+    def forget(self, tenant: str) -> None:
+        """A removed tenant: its calls are no one's to chart."""
+        self._tenants.pop(tenant, None)
+
+    def series(self, tenant: str, window: int = 300, step: int = 5) -> dict[str, list[Any]]:
+        """The tenant's last ``window`` seconds in steps of ``step``: for each step its end
+        (``at``, Unix seconds), ``calls_per_s``, ``errors_per_s``, ``p50_ms`` and ``p99_ms``
+        (``None`` for a step without calls)."""
+        window = max(step, min(window, KEEP_SECONDS))
+        now = int(self._clock())
+        first = now - window + 1
+        steps = window // step
+        calls = [0] * steps
+        errors = [0] * steps
+        bins = [[0] * _BINS for _ in range(steps)]
+        for bucket in self._tenants.get(tenant, ()):
+            if bucket.at < first:
+                continue
+            index = min(steps - 1, (bucket.at - first) // step)
+            calls[index] += bucket.calls
+            errors[index] += bucket.errors
+            merged = bins[index]
+            for position, count in enumerate(bucket.bins):
+                if count:
+                    merged[position] += count
+        return {
+            "at": [first + (index + 1) * step - 1 for index in range(steps)],
+            "calls_per_s": [count / step for count in calls],
+            "errors_per_s": [count / step for count in errors],
+            "p50_ms": [_quantile(each, 0.5) for each in bins],
+            "p99_ms": [_quantile(each, 0.99) for each in bins],
+        }
+
+
+def _quantile(bins: list[int], q: float) -> float | None:
+    total = sum(bins)
+    if not total:
+        return None
+    rank = q * total
+    seen = 0
+    for index, count in enumerate(bins):
+        seen += count
+        if seen >= rank:
+            return round(_upper(index) * 1000, 3)
+    return round(_upper(_BINS - 1) * 1000, 3)
