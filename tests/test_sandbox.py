@@ -199,7 +199,7 @@ sandbox:
   open_files: 128
   message_mb: 4
   tenants:
-    spinner: {cpu_seconds: 2}
+    spinner: {cpu_seconds: 1}
 """
 
 
@@ -392,10 +392,10 @@ def test_cpu_time_in_all_is_limited_and_the_worker_is_restarted_with_the_limit_n
     sandboxes: Sandboxes,
 ) -> None:
     before = sandboxes.worker("spinner")
-    # spinner may use 2 s of CPU in all; each call may run 3 s.
+    # spinner may use 1 s of CPU in all; each call may run 3 s.
     answer = sandboxes.contained("spinner", "Spin", renews=True)
     assert answer.status_code == 503, answer.text
-    reason = "the worker reached its cpu_seconds limit (2 s of CPU time)"
+    reason = "the worker reached its cpu_seconds limit (1 s of CPU time)"
     assert reason in answer.json()["error"]["message"]
     sandboxes.until_ready("spinner", before["restarts"] + 1)
 

@@ -12,9 +12,11 @@ from typing import Any
 import pytest
 
 from plughost import (
+    CallTimeoutError,
     Deployment,
     Network,
     ReadOnlyStateError,
+    StateTooLargeError,
     TenantSealedError,
     UnknownTenantError,
 )
@@ -343,3 +345,110 @@ class Linker(BasicAgent):
     assert decoy.stat().st_mode & 0o777 == 0o700
     assert secret.stat().st_mode & 0o777 == 0o600
     assert secret.read_text() == "host secret"
+
+
+async def test_a_sealed_sandbox_is_shown_no_writable_state(network: Network) -> None:
+    """A sandbox is shown its live state by a mount; sealing renews it without that mount,
+    so its code cannot keep writing there, and unsealing gives it back."""
+    raw = """\
+import os
+from agents.basic_agent import BasicAgent
+
+class Raw(BasicAgent):
+    name = "Raw"
+    def perform(self, **kwargs):
+        try:
+            with open("/state/live/shared/raw.txt", "a") as out:
+                out.write("x")
+        except OSError as exc:
+            return f"refused: {type(exc).__name__}"
+        return "written"
+"""
+    await network.deploy("hostile", bundle({"raw_agent.py": raw}), placement="sandbox")
+    assert await network.call_agent("hostile", "Raw", {}) == "written"
+    await network.seal_tenant("hostile")
+    for _ in range(3):
+        assert await network.call_agent("hostile", "Raw", {}) == "refused: FileNotFoundError"
+    await network.unseal_tenant("hostile")
+    assert await network.call_agent("hostile", "Raw", {}) == "written"
+    live = network.data_dir / "tenants" / "hostile" / "state" / "live" / "shared" / "raw.txt"
+    assert live.read_text() == "xx"
+
+
+async def test_a_deep_tree_and_a_fifo_in_a_sandboxs_state_hold_up_nothing(
+    tmp_path: Path,
+) -> None:
+    maker = """\
+import os
+from agents.basic_agent import BasicAgent
+
+class Maker(BasicAgent):
+    name = "Maker"
+    def perform(self, **kwargs):
+        os.mkfifo("/state/live/shared/pipe")
+        path = "/state/live/shared"
+        for _ in range(1500):
+            path += "/d"
+            os.mkdir(path)
+        return "made"
+"""
+    data = tmp_path / "data"
+    async with Network(data) as network:
+        await network.deploy("hostile", bundle({"maker_agent.py": maker}), placement="sandbox")
+        await network.deploy("quiet", MEMORY)
+        assert await network.call_agent("hostile", "Maker", {}) == "made"
+        with pytest.raises(StateTooLargeError, match="deeper than 64"):
+            await network.create_snapshot("hostile", "deep")
+        assert network.list_snapshots("hostile") == []
+        await network.create_snapshot("quiet", "fine")  # another tenant is not held up
+        await network.remove_tenant("hostile")
+        assert not (data / "tenants" / "hostile").exists()
+    async with Network(data) as network:  # and the folder starts again
+        assert network.list_tenants() == ["quiet"]
+
+
+async def test_a_snapshot_waits_for_a_call_past_its_deadline_to_stop_writing(
+    tmp_path: Path,
+) -> None:
+    slow_writer = """\
+import time
+from agents.basic_agent import BasicAgent
+
+class Writer(BasicAgent):
+    name = "Writer"
+    def perform(self, **kwargs):
+        with open(self.storage.path / "big.txt", "w") as out:
+            for _ in range(20):
+                out.write("x" * 1000)
+                out.flush()
+                time.sleep(0.03)
+        return "done"
+"""
+    async with Network(tmp_path / "data", call_timeout=0.2) as network:
+        await network.deploy("acme", bundle({"writer_agent.py": slow_writer}))
+        with pytest.raises(CallTimeoutError):
+            await network.call_agent("acme", "Writer", {})
+        snapshot = await network.create_snapshot("acme", "after")
+        blob = snapshot.state["shared/big.txt"]
+        assert len((network.data_dir / "blobs" / blob[:2] / blob).read_bytes()) == 20_000
+
+
+async def test_the_environment_of_a_call_reads_as_one_mapping(network: Network) -> None:
+    probe = """\
+import os
+from agents.basic_agent import BasicAgent
+
+class Probe(BasicAgent):
+    name = "Probe"
+    def perform(self, **kwargs):
+        names = list(os.environ)
+        copied = os.environ.copy()
+        os.environ.pop("BRAINSTEM_MEMORY_PATH")  # has no effect within a call
+        return {"len": len(os.environ), "iterated": len(names),
+                "in": "BRAINSTEM_MEMORY_PATH" in os.environ,
+                "copied": copied["BRAINSTEM_MEMORY_PATH"] == os.environ["BRAINSTEM_MEMORY_PATH"]}
+"""
+    await network.deploy("acme", bundle({"probe_agent.py": probe}))
+    answer = await network.call_agent("acme", "Probe", {})
+    assert answer["len"] == answer["iterated"] and answer["in"] and answer["copied"]
+    assert MEMORY_VARIABLE not in os.environ

@@ -35,6 +35,7 @@ from .events import Event, EventResponse, as_response, matches, resolve_topic, t
 from .metrics import Metrics
 from .mod import LoadedMod, ModRegistry, calling_tenant_var, mod_key
 from .runtime import Runtime
+from .storage import no_call_state
 
 SystemHandler = Callable[[Event, str | None], Awaitable[EventResponse]]
 AgentCaller = Callable[[str, str, Mapping[str, Any]], Awaitable[Any]]
@@ -252,12 +253,14 @@ class Dispatcher:
             if not self._acting[acting]:
                 del self._acting[acting]
 
-        if not inspect.iscoroutinefunction(function):
-            return await self._threads.run(functools.partial(function, *args, **kwargs), finished)
-        try:
-            return await function(*args, **kwargs)
-        finally:
-            finished()
+        with no_call_state():  # a mod of another tenant must not see the caller's state
+            if not inspect.iscoroutinefunction(function):
+                call = functools.partial(function, *args, **kwargs)
+                return await self._threads.run(call, finished)
+            try:
+                return await function(*args, **kwargs)
+            finally:
+                finished()
 
     async def drained(self, tenant: str, timeout: float) -> None:
         """Wait (up to ``timeout`` seconds) until no handler or RPC method runs for ``tenant``;

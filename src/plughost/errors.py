@@ -315,6 +315,20 @@ class TenantSealedError(PlughostError):
         )
 
 
+class StateTooLargeError(PlughostError):
+    """A tenant's state is past what a snapshot or a seal may capture; nothing was taken.
+
+    Attributes:
+        tenant: whose state it is.
+        limit: which limit, in words.
+    """
+
+    def __init__(self, tenant: str, limit: str) -> None:
+        self.tenant = tenant
+        self.limit = limit
+        super().__init__(f"the state of tenant {tenant!r} cannot be captured: {limit}")
+
+
 class ReadOnlyStateError(PlughostError):
     """A call wrote to a state that is read-only: a snapshot's, or a sealed tenant's.
     What it wrote was discarded.

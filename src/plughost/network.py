@@ -502,17 +502,25 @@ class Network:
     # -- seals -----------------------------------------------------------------------
 
     async def seal_tenant(
-        self, tenant: str, *, sealed_by: str = "admin", trigger: str = "manual"
+        self,
+        tenant: str,
+        *,
+        sealed_by: str = "admin",
+        trigger: str = "manual",
+        actor: str | None = None,
     ) -> Sealing:
         """Seal a tenant, durably (idempotent): a redeploy, its removal and a snapshot's
         deletion raise ``TenantSealedError``; its calls read the state it had when sealed
         (a write raises ``ReadOnlyStateError``); calls and new snapshots go on.
 
+        ``sealed_by`` is who asks (the admin, or the tenant), ``actor`` who they say seals it.
+
         Raises:
             UnknownTenantError: no such tenant.
+            StateTooLargeError: its state is past what a seal captures.
         """
         self._check_started()
-        return await self._tenants.seal(tenant, sealed_by, trigger)
+        return await self._tenants.seal(tenant, sealed_by, trigger, actor or sealed_by)
 
     async def unseal_tenant(self, tenant: str) -> None:
         """Unseal a tenant (the admin's act); its live state is the one it was sealed with."""

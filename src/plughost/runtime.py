@@ -92,6 +92,12 @@ class Unit(abc.ABC):
         """An estimate of the bytes it holds, if one can be made."""
         return None
 
+    async def state_sealed(self, sealed: bool) -> None:
+        """Its tenant was sealed (or unsealed): code that is shown the tenant's live state
+        writable by a mount, which a seal cannot take back, starts again without it (or
+        with it), and this returns once it has."""
+        return None
+
     @abc.abstractmethod
     def unload(self) -> asyncio.Task[None] | None:
         """Let the code go: at once, or by a task the runtime waits for when it closes."""

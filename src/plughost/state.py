@@ -31,15 +31,16 @@ import contextlib
 import os
 import stat
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 
-from .bundle import folder_differences
-from .errors import AgentError, InvalidNameError, ReadOnlyStateError
+from .errors import AgentError, InvalidNameError, ReadOnlyStateError, StateTooLargeError
+from .folders import FILE, FOLDER, MAX_DEPTH, TooDeep, read_regular, regular_sha256, walk
 from .naming import TENANT_NAME_RULE, check_tenant_name
 from .storage import CallState
 from .store import Sealing, Store, remove_folder, tenant_data_dir
 
+SEALED = "sealed"  # a file beside live/: the tenant is sealed
 LIVE = "live"
 VIEWS = "views"
 SHARED = "shared"
@@ -50,7 +51,9 @@ USER_NAME_RULE = TENANT_NAME_RULE
 _NOT_STATE = (".values.lock", ".values-")
 # Errors a write to a read-only view meets, in a call that lets them through.
 _WRITE_REFUSED = frozenset({"PermissionError", "OSError", "ReadOnlyStateError"})
-_NO_LINK = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+MAX_STATE_FILES = 100_000
+MAX_STATE_BYTES = 1 << 30
+"""What one capture (a snapshot's, a seal's) may hold: past it, it is refused."""
 
 
 def state_root(data_dir: Path, tenant: str) -> Path:
@@ -77,19 +80,21 @@ def open_up(folder: Path) -> None:
     """Let every user read and write the live state under ``folder``: a tenant's sandboxes
     each run under a uid of their own, and only they are shown it.
 
-    By descriptor, never following a link: a sandbox writes here, and may swap a folder or
-    a file for a link to a host file while this runs.
+    By descriptor, never following a link (see :mod:`plughost.folders`): a sandbox writes
+    here, and may swap a folder or a file for a link to a host file while this runs.
+    Folders deeper than ``MAX_DEPTH`` are left as they are.
     """
-    for _, _, files, folder_descriptor in os.fwalk(folder):
-        os.fchmod(folder_descriptor, 0o777)
-        for name in files:
-            with contextlib.suppress(OSError):
-                descriptor = os.open(name, _NO_LINK, dir_fd=folder_descriptor)
-                try:
-                    if stat.S_ISREG(os.fstat(descriptor).st_mode):
-                        os.fchmod(descriptor, 0o666)
-                finally:
-                    os.close(descriptor)
+    with contextlib.suppress(TooDeep, FileNotFoundError):
+        for listed in walk(folder):
+            os.fchmod(listed.descriptor, 0o777)
+            for name in listed.others:
+                with contextlib.suppress(OSError):
+                    descriptor = os.open(name, FILE, dir_fd=listed.descriptor)
+                    try:
+                        if stat.S_ISREG(os.fstat(descriptor).st_mode):
+                            os.fchmod(descriptor, 0o666)
+                    finally:
+                        os.close(descriptor)
 
 
 def make_folder(live: Path, relative: str) -> None:
@@ -99,17 +104,23 @@ def make_folder(live: Path, relative: str) -> None:
     Raises:
         OSError: a part is a link or not a folder, or ``live`` is gone.
     """
-    descriptor = os.open(live, os.O_RDONLY | os.O_DIRECTORY)
+    descriptor = os.open(live, FOLDER)
     try:
         for part in relative.split("/"):
             with contextlib.suppress(FileExistsError):
                 os.mkdir(part, 0o777, dir_fd=descriptor)
-            child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=descriptor)
+            child = os.open(part, FOLDER, dir_fd=descriptor)
             os.close(descriptor)
             descriptor = child
             os.fchmod(descriptor, 0o777)
     finally:
         os.close(descriptor)
+
+
+def is_sealed(root: Path) -> bool:
+    """Whether the tenant whose state folder is ``root`` is sealed: its sandboxes are then
+    shown no live state, only the read-only copies its calls read."""
+    return (root / SEALED).exists()
 
 
 def prepare(root: Path) -> tuple[Path, Path]:
@@ -136,6 +147,37 @@ class _Gate:
         self.idle.set()
 
 
+class StateLease:
+    """The state one call runs with (``state``), and, for a call that may write the live
+    state, its hold on it: a capture waits until every hold is released.
+
+    The hold ends with the ``with`` block, unless the call's runner :meth:`keep` s it: a
+    call past its deadline may still be writing, and its hold ends only when its work
+    has really stopped.
+    """
+
+    def __init__(self, state: CallState, gate: _Gate | None) -> None:
+        self.state = state
+        self.kept = False
+        self._gate = gate
+        if gate is not None:
+            gate.writers += 1
+            gate.idle.clear()
+
+    def keep(self) -> Callable[[], None]:
+        """Keep the hold past the ``with`` block, until the function returned is called."""
+        self.kept = True
+        return self.release
+
+    def release(self) -> None:
+        """End the hold; again is nothing."""
+        gate, self._gate = self._gate, None
+        if gate is not None:
+            gate.writers -= 1
+            if not gate.writers:
+                gate.idle.set()
+
+
 class TenantStates:
     """The state of every tenant of one data folder, and the seals that freeze it.
 
@@ -157,6 +199,21 @@ class TenantStates:
         self.seals = self._store.seals()
         for views in (self._data_dir / "tenants").glob(f"*/state/{VIEWS}"):
             remove_folder(views)
+        # The marker follows the store: a crash between the two left one as it was.
+        for marker in (self._data_dir / "tenants").glob(f"*/state/{SEALED}"):
+            if marker.parent.parent.name not in self.seals:
+                marker.unlink()
+        for tenant in self.seals:
+            self.mark_sealed(tenant, True)
+
+    def mark_sealed(self, tenant: str, sealed: bool) -> None:
+        """Mark the tenant's state folder sealed or not, for its sandboxes to come."""
+        marker = state_root(self._data_dir, tenant) / SEALED
+        if sealed:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.touch()
+        else:
+            marker.unlink(missing_ok=True)
 
     def _gate(self, tenant: str) -> _Gate:
         gate = self._gates.get(tenant)
@@ -178,8 +235,8 @@ class TenantStates:
         user: str | None,
         snapshot: str | None = None,
         captured: Mapping[str, str] | None = None,
-    ) -> AsyncIterator[CallState]:
-        """The state one call runs with, for as long as it runs.
+    ) -> AsyncIterator[StateLease]:
+        """The state one call runs with, for as long as it runs (see :class:`StateLease`).
 
         ``captured`` is the state of the snapshot a call runs in. A call of the live
         code of a sealed tenant reads the state captured when it was sealed; any
@@ -199,18 +256,16 @@ class TenantStates:
             if sealing is not None:  # sealed while it waited, perhaps
                 captured = sealing.state
         if captured is None:
-            gate.writers += 1
-            gate.idle.clear()
+            live, shared = f"{LIVE}/{folder}", f"{LIVE}/{SHARED}"
+            lease = StateLease(CallState(tenant, None, root, live, shared, user, False), gate)
             try:
-                live, shared = f"{LIVE}/{folder}", f"{LIVE}/{SHARED}"
                 if live not in gate.made:
                     await asyncio.to_thread(self._make_live, root, folder)
                     gate.made.add(live)
-                yield CallState(tenant, None, root, live, shared, user, False)
+                yield lease
             finally:
-                gate.writers -= 1
-                if not gate.writers:
-                    gate.idle.set()
+                if not lease.kept:
+                    lease.release()
             return
         view = f"{VIEWS}/{uuid.uuid4().hex}"
         await asyncio.to_thread(self._lay_out_view, root / view, captured, folder)
@@ -218,7 +273,7 @@ class TenantStates:
         state = CallState(tenant, snapshot, root, own, shared, user, True)
         try:
             try:
-                yield state
+                yield StateLease(state, None)
             except AgentError as exc:
                 if exc.error_type in _WRITE_REFUSED:
                     detail = f"the call failed writing: {exc.error_type}: {exc.message}"
@@ -271,22 +326,33 @@ class TenantStates:
         """Store the tenant's live state as blobs and return its manifest (path -> sha256).
 
         Call it while the tenant is :meth:`held`. Only regular files are read, by
-        descriptor: a link (to a folder or a file) is never followed, even one that a
+        descriptor (see :mod:`plughost.folders`): a link is never followed, even one a
         sandbox's code swaps in while this runs.
+
+        Raises:
+            StateTooLargeError: the state passes a limit; nothing is captured.
         """
         live = state_root(self._data_dir, tenant) / LIVE
         manifest: dict[str, str] = {}
         if not live.is_dir():
             return manifest  # no call has run yet
-        for parent, _, files, folder_descriptor in os.fwalk(live):
-            relative = os.path.relpath(parent, live)
-            for name in files:
-                if name.startswith(_NOT_STATE):
-                    continue
-                data = _read_regular(name, folder_descriptor)
-                if data is not None:
-                    path = name if relative == "." else f"{relative}/{name}"
-                    manifest[path] = self._store.put_blob(data)
+        size = 0
+        try:
+            for listed in walk(live):
+                for name in listed.others:
+                    if name.startswith(_NOT_STATE):
+                        continue
+                    data = read_regular(name, listed.descriptor)
+                    if data is None:
+                        continue
+                    size += len(data)
+                    if len(manifest) >= MAX_STATE_FILES or size > MAX_STATE_BYTES:
+                        raise StateTooLargeError(
+                            tenant, f"over {MAX_STATE_FILES} files or {MAX_STATE_BYTES} bytes"
+                        )
+                    manifest[listed.child(name)] = self._store.put_blob(data)
+        except TooDeep:
+            raise StateTooLargeError(tenant, f"folders nest deeper than {MAX_DEPTH}") from None
         return manifest
 
     def restore(self, tenant: str, captured: Mapping[str, str]) -> None:
@@ -313,31 +379,23 @@ class TenantStates:
             self._gate(tenant).made.clear()  # what calls made is gone with the old state
 
 
-def _read_regular(name: str, folder_descriptor: int) -> bytes | None:
-    """The content of a regular file, or ``None`` for a link, a FIFO or a file gone."""
-    try:
-        descriptor = os.open(name, _NO_LINK, dir_fd=folder_descriptor)
-    except OSError:
-        return None
-    with os.fdopen(descriptor, "rb") as file:
-        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
-            return None
-        return file.read()
-
-
 def _changes(view: Path, captured: Mapping[str, str]) -> str:
     """What a call changed in its view, in words; empty if nothing."""
-    words = {
-        "is not part of the bundle": "was written",
-        "differs from the stored content": "was changed",
-        "is missing": "was removed",
-    }
-    differences = []
-    for line in folder_differences(view, captured):
-        for said, meant in words.items():
-            line = line.replace(said, meant)
-        differences.append(line)
-    return "; ".join(differences)
+    seen: set[str] = set()
+    changed: list[str] = []
+    try:
+        for listed in walk(view):
+            for name in listed.others:
+                path = listed.child(name)
+                seen.add(path)
+                if path not in captured:
+                    changed.append(f"{path} was written")
+                elif regular_sha256(name, listed.descriptor) != captured[path]:
+                    changed.append(f"{path} was changed")
+    except TooDeep:
+        changed.append(f"folders were made deeper than {MAX_DEPTH}")
+    changed += [f"{path} was removed" for path in sorted(set(captured) - seen)]
+    return "; ".join(changed)
 
 
 def _remove_entry(path: Path) -> None:

@@ -122,6 +122,19 @@ def running_with(state: CallState | None) -> Iterator[None]:
         _state.reset(state_token)
 
 
+@contextlib.contextmanager
+def no_call_state() -> Iterator[None]:
+    """Run the code inside with no call's state: a mod's handler, even one an agent's call
+    reached (an event it sent, a topic it published to), is no part of that call."""
+    state_token = _state.set(None)
+    memory_token = _memory.set(None)
+    try:
+        yield
+    finally:
+        _memory.reset(memory_token)
+        _state.reset(state_token)
+
+
 def current() -> Storage:
     """The state of the call running now.
 
@@ -211,7 +224,7 @@ class Storage:
         state = self._state
         if state.read_only:
             raise ReadOnlyStateError(state.tenant, state.snapshot, "storage writes are refused")
-        self.path.mkdir(parents=True, exist_ok=True)
+        self.path.mkdir(exist_ok=True)  # not its parents: a tenant removed stays removed
         with open(self.path / ".values.lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             values = self._values()
@@ -251,8 +264,7 @@ class _CallEnviron(_Environ):  # type: ignore[valid-type,misc]
 
     def __delitem__(self, key: str) -> None:
         if key == MEMORY_VARIABLE and _memory.get() is not None:
-            # Within a call, the variable names the call's file; a deletion is not shared.
-            raise KeyError(key)
+            return  # within a call it names the call's file, whatever the call does
         super().__delitem__(key)
 
     def __iter__(self) -> Iterator[str]:
@@ -267,7 +279,7 @@ class _CallEnviron(_Environ):  # type: ignore[valid-type,misc]
 
     def __len__(self) -> int:
         length: int = super().__len__()
-        if _memory.get() is not None and not super().__contains__(MEMORY_VARIABLE):
+        if _memory.get() is not None and self.encodekey(MEMORY_VARIABLE) not in self._data:
             length += 1
         return length
 

@@ -43,7 +43,6 @@ import logging
 import os
 import shutil
 import sqlite3
-import stat
 import tempfile
 import threading
 import time
@@ -55,6 +54,7 @@ from typing import Any
 
 from .bundle import folder_differences, manifest_digest
 from .errors import DataFolderInUseError, DuplicateSnapshotError
+from .folders import remove_tree
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,8 @@ CREATE TABLE IF NOT EXISTS seals (
     sealed_by TEXT NOT NULL,
     trigger TEXT NOT NULL,
     version INTEGER NOT NULL,
-    state TEXT NOT NULL
+    state TEXT NOT NULL,
+    actor TEXT NOT NULL DEFAULT ''
 );
 """
 _SCHEMA_VERSION = 3
@@ -172,6 +173,8 @@ class Sealing:
     trigger: str
     version: int
     state: dict[str, str] = field(default_factory=dict, repr=False)
+    actor: str = ""
+    """Who sealed it as the caller said (``sealed_by`` is who the caller's token is)."""
 
 
 @dataclass(frozen=True)
@@ -563,7 +566,7 @@ class Store:
         """Record that a tenant is sealed (its blobs of state are stored already)."""
         with self._transaction() as db:
             db.execute(
-                "INSERT INTO seals VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO seals VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     sealing.tenant,
                     sealing.sealed_at,
@@ -571,6 +574,7 @@ class Store:
                     sealing.trigger,
                     sealing.version,
                     json.dumps(sealing.state),
+                    sealing.actor,
                 ),
             )
 
@@ -582,10 +586,10 @@ class Store:
     def seals(self) -> dict[str, Sealing]:
         """Every sealed tenant's seal, by tenant."""
         rows = self._query(
-            "SELECT tenant, sealed_at, sealed_by, trigger, version, state FROM seals"
+            "SELECT tenant, sealed_at, sealed_by, trigger, version, state, actor FROM seals"
         )
         return {
-            row[0]: Sealing(row[0], row[1], row[2], row[3], row[4], json.loads(row[5]))
+            row[0]: Sealing(row[0], row[1], row[2], row[3], row[4], json.loads(row[5]), row[6])
             for row in rows
         }
 
@@ -778,16 +782,9 @@ def remove_folder(root: Path) -> None:
 
     A link is removed itself: what it leads to is never walked, made writable or removed.
     """
-    if root.is_symlink():
-        root.unlink()
-        return
-    # An entry can only be removed from a folder its owner may write to. By descriptor:
-    # tenant code may swap a folder for a link meanwhile, which must not be followed.
-    with contextlib.suppress(OSError):
-        for _, _, _, descriptor in os.fwalk(root):
-            with contextlib.suppress(OSError):
-                os.fchmod(descriptor, stat.S_IRWXU)
-    shutil.rmtree(root, ignore_errors=True)
+    # By descriptor, without recursion: tenant code may have written deep trees, and swap a
+    # folder for a link while this runs (plughost.folders).
+    remove_tree(root)
 
 
 def tenant_data_dir(data_dir: Path, tenant: str) -> Path:

@@ -18,7 +18,7 @@ import logging
 import re
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 from .agent import AgentInfo
@@ -393,7 +393,7 @@ class Tenants:
 
     # -- seals --------------------------------------------------------------------------
 
-    async def seal(self, tenant: str, sealed_by: str, trigger: str) -> Sealing:
+    async def seal(self, tenant: str, sealed_by: str, trigger: str, actor: str) -> Sealing:
         """Seal the tenant (see ``Network.seal_tenant``); a sealed one stays as it was."""
         async with self._tenant_lock(tenant):
             deployment = self._catalog.deployment(tenant)
@@ -403,12 +403,21 @@ class Tenants:
             async with self._states.held(tenant), self.write_lock:
                 state = await asyncio.to_thread(self._states.capture, tenant)
                 sealing = Sealing(
-                    tenant, time.time(), sealed_by, trigger, deployment.version, state
+                    tenant, time.time(), sealed_by, trigger, deployment.version, state, actor
                 )
+                # Marked first: a crash before the record leaves a mark the next start drops.
+                await asyncio.to_thread(self._states.mark_sealed, tenant, True)
                 await asyncio.to_thread(self._store.record_seal, sealing)
                 self._states.seals[tenant] = sealing
-        self._tell("seal", tenant, f"sealed by {sealed_by!r} ({trigger}) at v{sealing.version}")
+            await self._sealed_units(tenant, True)
+        said = f"sealed by {sealed_by} ({actor}: {trigger}) at v{sealing.version}"
+        self._tell("seal", tenant, said)
         return sealing
+
+    async def _sealed_units(self, tenant: str, sealed: bool) -> None:
+        unit = self._runtime.get(self._catalog.live_namespace(tenant))
+        if unit is not None:
+            await unit.state_sealed(sealed)
 
     async def unseal(self, tenant: str) -> None:
         """Unseal the tenant: its live state is again what it was when it was sealed."""
@@ -418,9 +427,12 @@ class Tenants:
             if sealing is None:
                 return
             async with self._states.held(tenant), self.write_lock:
+                # Restored first: if it fails, the tenant stays sealed, its state kept.
+                await asyncio.to_thread(self._states.restore, tenant, sealing.state)
                 await asyncio.to_thread(self._store.delete_seal, tenant)
                 del self._states.seals[tenant]
-                await asyncio.to_thread(self._states.restore, tenant, sealing.state)
+                await asyncio.to_thread(self._states.mark_sealed, tenant, False)
+            await self._sealed_units(tenant, False)
         self._tell("unseal", tenant, "unsealed")
 
     # -- calls --------------------------------------------------------------------------
@@ -485,11 +497,13 @@ class Tenants:
         the tenant or of ``user``."""
         started = time.perf_counter()
         try:
+            self._catalog.deployment(tenant)  # a name that is no tenant's gets no folder
             captured = None if snapshot is None else self._catalog.snapshot(tenant, snapshot).state
-            async with self._states.call(tenant, user, snapshot, captured) as state:
+            async with self._states.call(tenant, user, snapshot, captured) as lease:
                 unit = await self._acquire(tenant, snapshot)
-                release = functools.partial(self._runtime.release, unit)
-                result = await unit.call(agent, args, release, state)
+                # The unit releases once its work has stopped, which may be after the call.
+                release = functools.partial(_release_both, self._runtime, unit, lease.keep())
+                result = await unit.call(agent, args, release, lease.state)
         except Exception:
             self._calls_failed.inc()
             if tenant in self._catalog:  # a name that is no tenant's gets no series
@@ -533,6 +547,11 @@ class Tenants:
             except Exception:
                 # The next pass retries; a pass that fails must not end the loop.
                 log.exception("garbage collection failed")
+
+
+def _release_both(runtime: Runtime, unit: Unit, state: Callable[[], None]) -> None:
+    runtime.release(unit)
+    state()
 
 
 def _launch(

@@ -41,6 +41,7 @@ from ..errors import (
     PlughostError,
     ReadOnlyStateError,
     RpcError,
+    StateTooLargeError,
     TenantSealedError,
     UnknownAgentError,
     UnknownRpcError,
@@ -82,6 +83,7 @@ _STATUSES: list[tuple[type[Exception], int, str]] = [
     (CallTimeoutError, 504, "call_timeout"),
     (TenantSealedError, 423, "tenant_sealed"),
     (ReadOnlyStateError, 423, "state_read_only"),
+    (StateTooLargeError, 422, "state_too_large"),
     (NotStartedError, 503, "not_started"),
 ]
 

@@ -36,7 +36,10 @@ class SealingModel(BaseModel):
     tenant: str
     sealed: bool
     sealed_at: float | None = None
-    sealed_by: str | None = None
+    sealed_by: str | None = Field(
+        default=None, description="who sealed it: the admin, or the tenant"
+    )
+    actor: str | None = Field(default=None, description="who sealed it, as the caller said")
     trigger: str | None = None
     version: int | None = Field(default=None, description="the version that was live then")
 

@@ -25,11 +25,10 @@ from pydantic import BaseModel, Field, ValidationError
 
 from .. import __version__
 from ..errors import DuplicateSnapshotError, PlughostError, UnknownAgentError
-from ..naming import TENANT_NAME_PATTERN
+from ..naming import TENANT_NAME_PATTERN, check_tenant_name
 from ..network import Network
 from .auth import Principal, principal_if_any, principal_of
 from .errors import ApiError, status_of
-from .parameters import TenantName
 from .state import ServedNetwork
 
 SCHEMA = "rapp-swarm/1.0"
@@ -127,7 +126,7 @@ async def deploy(request: Request, network: ServedNetwork) -> JSONResponse:
 
 
 @router.get("/{guid}/healthz")
-async def swarm_healthz(guid: TenantName, request: Request, network: ServedNetwork) -> JSONResponse:
+async def swarm_healthz(guid: str, request: Request, network: ServedNetwork) -> JSONResponse:
     try:
         _allowed(request, guid)
         swarm = _swarm(network, guid)
@@ -147,13 +146,13 @@ async def swarm_healthz(guid: TenantName, request: Request, network: ServedNetwo
 
 
 @router.post("/{guid}/agent")
-async def call_agent(guid: TenantName, request: Request, network: ServedNetwork) -> JSONResponse:
+async def call_agent(guid: str, request: Request, network: ServedNetwork) -> JSONResponse:
     """Run an agent of the swarm by name: ``{name, args, user_guid}``."""
     return await _call(guid, None, request, network)
 
 
 @router.get("/{guid}/seal")
-async def sealing(guid: TenantName, request: Request, network: ServedNetwork) -> JSONResponse:
+async def sealing(guid: str, request: Request, network: ServedNetwork) -> JSONResponse:
     try:
         _allowed(request, guid)
         sealing = _sealing(network, guid)
@@ -165,13 +164,13 @@ async def sealing(guid: TenantName, request: Request, network: ServedNetwork) ->
 
 
 @router.post("/{guid}/seal")
-async def seal(guid: TenantName, request: Request, network: ServedNetwork) -> JSONResponse:
+async def seal(guid: str, request: Request, network: ServedNetwork) -> JSONResponse:
     """Seal the swarm (``{actor, trigger}``); sealing a sealed swarm changes nothing."""
     try:
         principal = _allowed(request, guid)
         body = _SealRequest.model_validate_json(await request.body() or b"{}")
-        actor = body.actor or principal.tenant or "admin"
-        await network.seal_tenant(guid, sealed_by=actor, trigger=body.trigger)
+        caller = f"tenant {principal.tenant}" if principal.tenant else "admin"
+        await network.seal_tenant(guid, sealed_by=caller, trigger=body.trigger, actor=body.actor)
         sealing = _sealing(network, guid)
     except ValidationError as exc:
         return _error(400, "invalid_request", _problems(exc))
@@ -181,7 +180,7 @@ async def seal(guid: TenantName, request: Request, network: ServedNetwork) -> JS
 
 
 @router.post("/{guid}/snapshot")
-async def snapshot(guid: TenantName, request: Request, network: ServedNetwork) -> JSONResponse:
+async def snapshot(guid: str, request: Request, network: ServedNetwork) -> JSONResponse:
     """Snapshot the swarm's code and state under a label: ``{label}``."""
     try:
         _allowed(request, guid)
@@ -205,7 +204,7 @@ async def snapshot(guid: TenantName, request: Request, network: ServedNetwork) -
 
 
 @router.get("/{guid}/snapshots")
-async def snapshots(guid: TenantName, request: Request, network: ServedNetwork) -> JSONResponse:
+async def snapshots(guid: str, request: Request, network: ServedNetwork) -> JSONResponse:
     try:
         _allowed(request, guid)
         taken = network.list_snapshots(guid)
@@ -219,14 +218,14 @@ async def snapshots(guid: TenantName, request: Request, network: ServedNetwork) 
 
 @router.post("/{guid}/snapshots/{snap}/agent")
 async def call_snapshot_agent(
-    guid: TenantName, snap: str, request: Request, network: ServedNetwork
+    guid: str, snap: str, request: Request, network: ServedNetwork
 ) -> JSONResponse:
     """Run an agent of a snapshot, with the state the swarm had then (read-only)."""
     return await _call(guid, snap, request, network)
 
 
 @router.delete("/{guid}")
-async def remove(guid: TenantName, request: Request, network: ServedNetwork) -> JSONResponse:
+async def remove(guid: str, request: Request, network: ServedNetwork) -> JSONResponse:
     """Remove the swarm with its snapshots and state (admin); a sealed one stays (423)."""
     try:
         principal_of(request).require_admin()
@@ -260,6 +259,10 @@ async def _call(guid: str, snap: str | None, request: Request, network: Network)
 def _allowed(request: Request, guid: str) -> Principal:
     principal = principal_of(request)
     principal.require_tenant(guid)
+    try:
+        check_tenant_name(guid)
+    except ValueError:
+        raise ApiError(404, "unknown_tenant", f"no swarm {guid!r}") from None
     return principal
 
 
@@ -288,7 +291,7 @@ def _sealing(network: Network, guid: str) -> dict[str, Any]:
     return {
         "status": "sealed",
         "sealed_at": _iso(seal.sealed_at),
-        "sealed_by": seal.sealed_by,
+        "sealed_by": seal.actor,  # the swarm server's sealed_by: the actor its caller named
         "trigger": seal.trigger,
     }
 

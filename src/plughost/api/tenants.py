@@ -197,8 +197,8 @@ async def seal_tenant(
     changes nothing; only the admin unseals."""
     principal.require_tenant(tenant)
     body = body or SealRequest()
-    actor = body.actor or (principal.tenant or "admin")
-    await network.seal_tenant(tenant, sealed_by=actor, trigger=body.trigger)
+    caller = f"tenant {principal.tenant}" if principal.tenant else "admin"
+    await network.seal_tenant(tenant, sealed_by=caller, trigger=body.trigger, actor=body.actor)
     return sealing_model(network, tenant)
 
 
@@ -233,6 +233,7 @@ def sealing_model(network: Network, tenant: str) -> SealingModel:
         sealed=True,
         sealed_at=seal.sealed_at,
         sealed_by=seal.sealed_by,
+        actor=seal.actor,
         trigger=seal.trigger,
         version=seal.version,
     )

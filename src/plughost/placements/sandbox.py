@@ -51,7 +51,7 @@ from typing import Any
 from ..errors import PlacementUnavailableError, WorkerStartFailed
 from ..manifest import SandboxLimits, read_manifest
 from ..protocol import WorkerSpec
-from ..state import LIVE, VIEWS, prepare
+from ..state import LIVE, VIEWS, is_sealed, prepare
 from . import seccomp
 from .base import Launch, Started
 from .process_group import kill_session
@@ -444,8 +444,10 @@ class _SandboxProcess(_Process):
         """The tenant's live state folder (none for a snapshot's sandbox) and views'."""
         if self.spec.state is None:
             return None
-        live, views = prepare(Path(self.spec.state))
-        return (live if self.spec.snapshot is None else None), views
+        root = Path(self.spec.state)
+        live, views = prepare(root)
+        writable = self.spec.snapshot is None and not is_sealed(root)
+        return (live if writable else None), views
 
     def _first_frame(self) -> dict[str, Any]:
         libraries = LIBRARIES if self.spec.libraries else None
@@ -500,6 +502,7 @@ class Sandbox(Worker):
 
     name = "sandbox"
     recycle_after_timeout = True
+    mounts_state = True
 
     def __init__(
         self,

@@ -551,6 +551,12 @@ class Supervisor:
             return
         self._restarting = asyncio.get_running_loop().create_task(self._renew(reason))
 
+    async def renewed(self, reason: str) -> None:
+        """:meth:`renew`, and wait until the new process has taken over (or failed to)."""
+        self.renew(reason)
+        if self._restarting is not None:
+            await asyncio.shield(self._restarting)
+
     async def _renew(self, reason: str) -> None:
         old, forgotten = self._process, set(self._forgotten)
         try:
@@ -638,10 +644,13 @@ class WorkerUnit(Unit):
     tenant's declared instances.
     """
 
-    def __init__(self, launch: Launch, supervisor: Supervisor, placement: str) -> None:
+    def __init__(
+        self, launch: Launch, supervisor: Supervisor, placement: str, *, mounts_state: bool
+    ) -> None:
         super().__init__(launch.namespace, launch.digest, evictable=not launch.live)
         self.supervisor = supervisor
         self.placement = placement
+        self._mounts_state = mounts_state
 
     def agents(self) -> list[AgentInfo]:
         return [
@@ -681,6 +690,12 @@ class WorkerUnit(Unit):
     @property
     def healthy(self) -> bool:
         return self.supervisor.state is WorkerState.READY
+
+    async def state_sealed(self, sealed: bool) -> None:
+        if self._mounts_state and self.namespace.snapshot is None:
+            await self.supervisor.renewed(
+                "its tenant was sealed" if sealed else "its tenant was unsealed"
+            )
 
     def memory(self) -> int | None:
         # The worker's resident memory (its keeper and sandbox launcher are not counted).
@@ -827,6 +842,9 @@ class Worker(Placement):
 
     recycle_after_timeout: ClassVar[bool] = False
     """Whether a request past its deadline restarts the worker (see :class:`Supervisor`)."""
+    mounts_state: ClassVar[bool] = False
+    """Whether the worker is shown its tenant's live state by a mount, which it can write
+    while the mount stands: a seal renews it (see :meth:`WorkerUnit.state_sealed`)."""
 
     def _spec(self, launch: Launch) -> WorkerSpec:
         """What the worker of ``launch`` runs."""
@@ -877,12 +895,13 @@ class Worker(Placement):
             )
         control = RemoteControl(supervisor, self._host, self.name)
         return Started(
-            WorkerUnit(launch, supervisor, self.name), [control.stub(i) for i in described]
+            WorkerUnit(launch, supervisor, self.name, mounts_state=self.mounts_state),
+            [control.stub(i) for i in described],
         )
 
     async def resume(self, launch: Launch) -> Started:
         supervisor = self._supervisor(launch)
-        unit = WorkerUnit(launch, supervisor, self.name)
+        unit = WorkerUnit(launch, supervisor, self.name, mounts_state=self.mounts_state)
         control = RemoteControl(supervisor, self._host, self.name)
         try:
             _, described = await supervisor.start()
