@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from hypothesis import settings
+from playwright.sync_api import Browser, sync_playwright
 
 from plughost import Namespace, Network
 from plughost.loader import LoadedBundle, load_bundle, loaded_namespaces
@@ -22,6 +23,17 @@ STALL_ATTEMPTS = 3
 """Runs a fairness check may take to see no stall over 100 ms. A stall the code causes shows in
 every run; one the machine causes (another process on the core at that moment) seldom twice."""
 Load = Callable[..., LoadedBundle]
+CHROMIUM = "/usr/bin/chromium"
+"""Debian's chromium: Playwright's own browser download is not used (CI installs this one)."""
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture
@@ -149,3 +161,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = yield
     setattr(item, f"rep_{report.when}", report)
     return report
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's headless Chromium, driven by Playwright. No skip when it is missing: a page
+    nobody can load must fail the run."""
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield launched
+        finally:
+            launched.close()

@@ -9,21 +9,10 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, Route, sync_playwright
+from playwright.sync_api import Browser, Page, Route
 
 from .server import ServerProcess
 
-CHROMIUM = "/usr/bin/chromium"
-"""Debian's chromium: Playwright's own browser download is not used (CI installs this one)."""
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 OPERATIONS = ["/api/health", "/api/tenants/{tenant}/bundle", "/api/tenants/{tenant}/snapshots"]
 RENDERED = 30_000
 """Milliseconds a page has to show its operations."""
@@ -36,17 +25,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         yield process
     finally:
         process.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    # No skip when the browser is missing: a docs page nobody can load must fail the run.
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            launched.close()
 
 
 def offline_page(browser: Browser) -> tuple[Page, list[str]]:

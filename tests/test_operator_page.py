@@ -17,10 +17,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from .server import ServerProcess
-from .test_docs_page import CHROMIUM, CHROMIUM_ARGS, offline_page
+from .test_docs_page import offline_page
 
 ADMIN = "admin-token-for-the-operator-page"
 SHOWN = 20_000
@@ -45,16 +45,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     started = ServerProcess(tmp_path_factory.mktemp("operator"), admin_token=ADMIN).start()
     yield started
     assert started.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            launched.close()
 
 
 @pytest.fixture

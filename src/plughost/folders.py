@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -81,29 +82,30 @@ def walk(root: Path, max_depth: int = MAX_DEPTH) -> Iterator[Listed]:
 def read_regular(name: str, folder: int) -> bytes | None:
     """The content of the regular file ``name`` in the open folder ``folder``; ``None`` for
     a link, a FIFO, a device or a file gone."""
-    try:
-        descriptor = os.open(name, FILE, dir_fd=folder)
-    except OSError:
-        return None
-    with os.fdopen(descriptor, "rb") as file:
-        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
-            return None
-        return file.read()
+    with _regular(name, folder) as file:
+        return None if file is None else file.read()
 
 
 def regular_sha256(name: str, folder: int) -> str | None:
     """The sha256 hex of a regular file, read in pieces; ``None`` as :func:`read_regular`."""
-    try:
-        descriptor = os.open(name, FILE, dir_fd=folder)
-    except OSError:
-        return None
-    with os.fdopen(descriptor, "rb") as file:
-        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+    with _regular(name, folder) as file:
+        if file is None:
             return None
         digest = hashlib.sha256()
         while piece := file.read(1 << 20):
             digest.update(piece)
         return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def _regular(name: str, folder: int) -> Iterator[BinaryIO | None]:
+    try:
+        descriptor = os.open(name, FILE, dir_fd=folder)
+    except OSError:
+        yield None
+        return
+    with os.fdopen(descriptor, "rb") as file:
+        yield file if stat.S_ISREG(os.fstat(file.fileno()).st_mode) else None
 
 
 def remove_tree(root: Path) -> None:
