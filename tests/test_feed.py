@@ -114,3 +114,30 @@ async def test_namespaces_are_listed_least_recently_used_first(network: Network)
     assert all(each["state"] == "live" and each["in_flight"] == 0 for each in listed)
     assert all(each["memory_bytes"] > 0 for each in listed)
     assert [each["tenant"] for each in network.namespaces("alice")] == ["alice"]
+
+
+async def test_a_removed_tenant_and_a_replaced_token_take_their_entries_and_followers(
+    network: Network,
+) -> None:
+    await network.deploy("alice", agent_bundle("a"))
+    await network.create_snapshot("alice", "jan")
+    follower = network.feed.follow("alice")
+    assert len(await next_entries(follower, 2)) == 2
+    await network.issue_tenant_token("alice", replace=True)
+    with pytest.raises(StopAsyncIteration):
+        await asyncio.wait_for(anext(follower), 10)  # the old token's stream ends
+    assert network.feed.recent("alice") == []
+    await network.remove_tenant("alice")
+    await network.deploy("alice", agent_bundle("new owner"))
+    assert [e.kind for e in network.feed.recent("alice")] == ["deploy"]
+    removal = [e for e in network.feed.recent(None) if e.kind == "removal"]
+    assert [e.message for e in removal] == ["tenant alice removed"]
+
+
+async def test_a_flood_of_refusals_pushes_out_no_other_entry(network: Network) -> None:
+    await network.deploy("alice", agent_bundle("a"))
+    for _ in range(5000):
+        network.feed.publish_for_admin("refused", None, "GET /api/tenants: 401 unauthorized")
+    assert [e.kind for e in network.feed.recent("alice")] == ["deploy"]
+    kinds = [e.kind for e in network.feed.recent(None)]
+    assert kinds[0] == "deploy" and kinds.count("refused") == 200

@@ -259,3 +259,16 @@ def test_the_page_loads_nothing_from_elsewhere(server: ServerProcess) -> None:
     for url in json.loads(imports.group(1))["imports"].values():
         assert url.startswith("/ui-assets/"), url
         assert httpx.get(server.url + url).status_code == 200, url
+
+
+def test_a_feed_client_that_goes_away_leaves_no_error_behind(server: ServerProcess) -> None:
+    headers = {"Authorization": f"Bearer {ADMIN}"}
+    for _ in range(3):
+        with httpx.stream("GET", f"{server.url}/api/feed", headers=headers, timeout=30) as feed:
+            assert feed.status_code == 200
+            assert feed.headers["content-type"].startswith("text/event-stream")
+            assert next(feed.iter_lines()) == ": feed"
+    # The server is still well, and wrote no error of the streams it ended.
+    assert httpx.get(f"{server.url}/api/health").json()["status"] == "healthy"
+    log = server.log.read_text()
+    assert "Traceback" not in log and "Exception in ASGI application" not in log, log

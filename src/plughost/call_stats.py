@@ -20,7 +20,7 @@ from typing import Any
 KEEP_SECONDS = 600
 _SMALLEST = 1e-5  # seconds: the upper bound of the first bin
 _GROWTH = 1.25
-_BINS = 80  # up to about 5 hours
+_BINS = 80  # up to about 7.5 minutes; a longer call counts in the last bin
 
 
 @dataclass
@@ -72,8 +72,8 @@ class CallStats:
         (``None`` for a step without calls)."""
         window = max(step, min(window, KEEP_SECONDS))
         now = int(self._clock())
-        first = now - window + 1
         steps = window // step
+        first = now - steps * step + 1  # whole steps only: the last one ends now
         calls = [0] * steps
         errors = [0] * steps
         bins = [[0] * _BINS for _ in range(steps)]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import heapq
 import itertools
 import time
 from collections import deque
@@ -26,6 +27,8 @@ from typing import Any
 
 KEEP = 1000
 """Entries kept, newest last; a follower that joins late replays from them."""
+KEEP_REFUSALS = 200
+"""Refused requests kept, apart: a flood of them pushes out no other entry."""
 _FOLLOWER_BACKLOG = 1000  # entries a slow follower may fall behind before it is cut off
 
 
@@ -66,6 +69,9 @@ class Entry:
         }
 
 
+REFUSED = "refused"
+"""The kind of a refused request's entry."""
+
 Publish = Callable[[str, str | None, str], None]
 """How a part of the network tells the feed of a change: ``(kind, tenant, message)``."""
 
@@ -78,8 +84,11 @@ class Feed:
 
     def __init__(self, keep: int = KEEP) -> None:
         self._entries: deque[Entry] = deque(maxlen=keep)
-        self._ids = itertools.count(1)
-        self._followers: set[asyncio.Queue[Entry | None]] = set()
+        self._refusals: deque[Entry] = deque(maxlen=KEEP_REFUSALS)
+        # From the clock: a page that follows across a restart of the server asks for the
+        # entries past its last one, and the new ones are past it.
+        self._ids = itertools.count(time.time_ns() // 1000)
+        self._followers: dict[asyncio.Queue[Entry | None], str | None] = {}
 
     def publish(self, kind: str, tenant: str | None, message: str) -> None:
         """Record a change of ``tenant``'s (``None``: a global mod's, seen by everyone)."""
@@ -91,26 +100,41 @@ class Feed:
 
     def _add(self, kind: str, tenant: str | None, message: str, seen: Seen) -> None:
         entry = Entry(next(self._ids), time.time(), kind, tenant, message, seen)
-        self._entries.append(entry)
-        for follower in list(self._followers):
-            try:
+        (self._refusals if kind == REFUSED else self._entries).append(entry)
+        for follower, confine_to in list(self._followers.items()):
+            if not entry.visible_to(confine_to):
+                continue
+            if follower.qsize() >= _FOLLOWER_BACKLOG:
+                # Too far behind: it is ended (the end has a place of its own in its queue),
+                # and its client reconnects from the last entry it read.
+                del self._followers[follower]
+                follower.put_nowait(None)
+            else:
                 follower.put_nowait(entry)
-            except asyncio.QueueFull:
-                # Too far behind: it is ended, and its client reconnects from where it was.
-                self._followers.discard(follower)
+
+    def forget(self, tenant: str) -> None:
+        """A removed tenant, or one whose token was replaced: its entries go, and whoever
+        follows it now stops (a new token, or a new tenant of the name, starts afresh)."""
+        for kept in (self._entries, self._refusals):
+            mine = [entry for entry in kept if entry.tenant == tenant]
+            for entry in mine:
+                kept.remove(entry)
+        for follower, confine_to in list(self._followers.items()):
+            if confine_to == tenant:
+                del self._followers[follower]
                 with contextlib.suppress(asyncio.QueueFull):
-                    follower.get_nowait()
                     follower.put_nowait(None)
 
     def recent(self, confine_to: str | None, after: int = 0) -> list[Entry]:
         """The kept entries the caller may see, numbered past ``after``, oldest first."""
-        return [e for e in self._entries if e.id > after and e.visible_to(confine_to)]
+        kept = heapq.merge(self._entries, self._refusals, key=lambda entry: entry.id)
+        return [e for e in kept if e.id > after and e.visible_to(confine_to)]
 
     async def follow(self, confine_to: str | None, after: int = 0) -> AsyncGenerator[Entry, None]:
         """The kept entries past ``after`` the caller may see, then each new one as it comes;
         ends when the follower falls too far behind."""
-        queue: asyncio.Queue[Entry | None] = asyncio.Queue(_FOLLOWER_BACKLOG)
-        self._followers.add(queue)
+        queue: asyncio.Queue[Entry | None] = asyncio.Queue(_FOLLOWER_BACKLOG + 1)
+        self._followers[queue] = confine_to
         try:
             last = after
             for entry in self.recent(confine_to, after):
@@ -123,4 +147,4 @@ class Feed:
                 if coming.id > last and coming.visible_to(confine_to):
                     yield coming
         finally:
-            self._followers.discard(queue)
+            self._followers.pop(queue, None)

@@ -151,7 +151,8 @@ class Instances:
                 self._mods.record_unload(report)
             finally:
                 await forgotten
-        self._tell("mod_unloaded", mod.tenant, f"mod {mod.key} unloaded: {report.message}")
+        # Not the report's text: what a global mod's shutdown raised is the admin's to read.
+        self._tell("mod_unloaded", mod.tenant, f"mod {mod.key} unloaded")
         return report
 
     async def load_recorded(

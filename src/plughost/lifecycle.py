@@ -127,4 +127,7 @@ class Lifecycle(Generic[S]):
             why = f" ({error})" if error else ""
             log.debug("%s %s: %s -> %s%s", self.kind, self.subject, old.value, new.value, why)
         if self._listener is not None and new is not old:
-            self._listener(self, old)
+            try:
+                self._listener(self, old)
+            except Exception:  # a listener's failure must not stop what changed state
+                log.exception("%s %s: its listener failed", self.kind, self.subject)

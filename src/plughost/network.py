@@ -206,7 +206,7 @@ class Network:
             self.limits,
             self._environments,
             self._states,
-            self.feed.publish,
+            self.feed,
         )
 
     # -- lifecycle -----------------------------------------------------------------
@@ -741,7 +741,10 @@ class Network:
         self._check_started()
         async with self._tenants.write_lock:
             self._catalog.deployment(tenant)
-            return await self._tokens.issue(tenant, replace=replace)
+            token = await self._tokens.issue(tenant, replace=replace)
+        if replace:
+            self.feed.forget(tenant)  # what the old token followed, it follows no more
+        return token
 
     def tenant_for_token(self, token: str) -> str | None:
         """The tenant a token belongs to, or ``None``. Looks up the token's hash only."""

@@ -34,7 +34,7 @@ from .errors import (
     TenantSealedError,
     UnknownTenantError,
 )
-from .feed import Publish
+from .feed import Feed
 from .instances import Instances, check_name
 from .manifest import MANIFEST, dependencies_in
 from .manifest import Placement as PlacementName
@@ -72,7 +72,8 @@ class Tenants:
         limits: bounds every bundle.
         environments: where tenants' own libraries are installed.
         states: the tenants' state, and their seals.
-        tell: tells the network's feed of each deploy, swap, snapshot, seal and removal.
+        tell: tells the network's feed of each deploy, swap, snapshot and seal.
+        feed: the network's feed, which forgets a removed tenant.
     """
 
     def __init__(
@@ -87,9 +88,11 @@ class Tenants:
         limits: BundleLimits,
         environments: Environments,
         states: TenantStates,
-        tell: Publish,
+        feed: Feed,
     ) -> None:
-        self._tell = tell
+        self._tell = feed.publish
+        self._tell_admin = feed.publish_for_admin
+        self._forget = feed.forget
         self._store = store
         self._states = states
         self._environments = environments
@@ -357,7 +360,8 @@ class Tenants:
             self.progress.pop(tenant, None)
             self.stats.forget(tenant)
             await self._collect_locked()
-        self._tell("removal", tenant, "tenant removed")
+        self._forget(tenant)
+        self._tell_admin("removal", None, f"tenant {tenant} removed")
 
     # -- snapshots ----------------------------------------------------------------------
 

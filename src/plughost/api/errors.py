@@ -51,6 +51,7 @@ from ..errors import (
     WorkerCrashed,
     WorkerStartFailed,
 )
+from ..feed import REFUSED
 
 # Most specific first: the first matching class decides the status.
 _STATUSES: list[tuple[type[Exception], int, str]] = [
@@ -152,9 +153,9 @@ def _tell_refused(request: Request, status: int, code: str) -> None:
     what = f"{request.method} {request.url.path}: {status} {code}"
     feed = network_of_app(request.app).feed
     if principal is None:
-        feed.publish_for_admin("refused", None, f"{what} (no valid token)")
+        feed.publish_for_admin(REFUSED, None, f"{what} (no valid token)")
     else:
-        feed.publish_for_admin("refused", tenant, what)
+        feed.publish_for_admin(REFUSED, tenant, what)
 
 
 async def _api_error(request: Request, exc: ApiError) -> JSONResponse:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import re
@@ -38,7 +39,7 @@ router = APIRouter()
 def serve(app: FastAPI) -> None:
     """Serve the page at ``/`` and its files under :data:`ASSETS` on ``app``."""
     folder = resources.files("plughost") / "ui"
-    page = (folder / "index.html").read_text()
+    page = (folder / "index.html").read_text(encoding="utf-8")
     # The import map is the page's one inline script: allowed by its hash, no other.
     inline = _IMPORT_MAP.search(page)
     assert inline is not None, "the page's import map is missing"
@@ -48,7 +49,7 @@ def serve(app: FastAPI) -> None:
         " img-src 'self' data:; connect-src 'self'; base-uri 'none'; frame-ancestors 'none'"
     )
     app.state.operator_page = (page, policy)
-    app.mount(ASSETS, StaticFiles(directory=str(folder)), name="ui-assets")
+    app.mount(ASSETS, StaticFiles(directory=str(folder / "assets")), name="ui-assets")
     app.include_router(router)
 
 
@@ -104,8 +105,11 @@ async def _events(entries: AsyncGenerator[Entry, None]) -> AsyncIterator[bytes]:
             waiting = None
             yield f"id: {entry.id}\ndata: {json.dumps(entry.to_json())}\n\n".encode()
     finally:
+        # The client went (or the feed cut it off): the wait ends before the follower closes.
         if waiting is not None:
             waiting.cancel()
+            with contextlib.suppress(BaseException):
+                await waiting
         await entries.aclose()
 
 

@@ -628,16 +628,24 @@ function Dashboard({ api, who, onLogout }) {
   useEffect(() => {
     refresh();
     const timer = setInterval(refresh, REFRESH_MS);
+    // A change seen in the feed is shown at once, but a burst of them refreshes once.
+    let soon = null;
     const stop = followFeed(
       api,
       (entry) => {
         setData((old) => ({ ...old, feed: [entry, ...old.feed].slice(0, FEED_KEEP) }));
-        refresh();
+        if (entry.kind !== "refused" && soon === null) {
+          soon = setTimeout(() => {
+            soon = null;
+            refresh();
+          }, 200);
+        }
       },
       setFeedState,
     );
     return () => {
       clearInterval(timer);
+      clearTimeout(soon);
       stop();
     };
   }, [api]);
