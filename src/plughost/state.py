@@ -355,12 +355,16 @@ class TenantStates:
             raise StateTooLargeError(tenant, f"folders nest deeper than {MAX_DEPTH}") from None
         return manifest
 
-    def restore(self, tenant: str, captured: Mapping[str, str]) -> None:
+    async def restore(self, tenant: str, captured: Mapping[str, str]) -> None:
         """Make the tenant's live state exactly ``captured``; call it while it is :meth:`held`.
 
         The folder itself stays (a sandbox shows it as it is): what it holds is replaced,
         by renames from a folder beside it, which never follow a link put there meanwhile.
         """
+        await asyncio.to_thread(self._restore, tenant, captured)
+        self._gate(tenant).made.clear()  # what calls made is gone with the old state
+
+    def _restore(self, tenant: str, captured: Mapping[str, str]) -> None:
         root = state_root(self._data_dir, tenant)
         live = root / LIVE
         live.mkdir(parents=True, exist_ok=True)
@@ -376,7 +380,6 @@ class TenantStates:
                 os.rename(staging / entry, live / entry)
         finally:
             remove_folder(staging)
-            self._gate(tenant).made.clear()  # what calls made is gone with the old state
 
 
 def _changes(view: Path, captured: Mapping[str, str]) -> str:

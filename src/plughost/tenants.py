@@ -72,8 +72,8 @@ class Tenants:
         limits: bounds every bundle.
         environments: where tenants' own libraries are installed.
         states: the tenants' state, and their seals.
-        tell: tells the network's feed of each deploy, swap, snapshot and seal.
-        feed: the network's feed, which forgets a removed tenant.
+        feed: told of each deploy, swap, snapshot, seal and removal; forgets a removed
+            tenant.
     """
 
     def __init__(
@@ -432,7 +432,7 @@ class Tenants:
                 return
             async with self._states.held(tenant), self.write_lock:
                 # Restored first: if it fails, the tenant stays sealed, its state kept.
-                await asyncio.to_thread(self._states.restore, tenant, sealing.state)
+                await self._states.restore(tenant, sealing.state)
                 await asyncio.to_thread(self._store.delete_seal, tenant)
                 del self._states.seals[tenant]
                 await asyncio.to_thread(self._states.mark_sealed, tenant, False)
