@@ -9,6 +9,7 @@ README shows it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -18,6 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect
+
+from plughost.api.ui import MAX_STREAMS
 
 from .server import ServerProcess
 from .test_docs_page import offline_page
@@ -274,3 +277,21 @@ def test_a_feed_client_that_goes_away_leaves_no_error_behind(server: ServerProce
     assert httpx.get(f"{server.url}/api/health").json()["status"] == "healthy"
     log = server.log.read_text()
     assert "Traceback" not in log and "Exception in ASGI application" not in log, log
+
+
+def test_a_token_holds_a_bounded_number_of_feed_streams(server: ServerProcess) -> None:
+    headers = {"Authorization": f"Bearer {ADMIN}"}
+    readers = []  # kept: a reader let go closes its stream
+    with contextlib.ExitStack() as streams:
+        for _ in range(MAX_STREAMS):
+            feed = streams.enter_context(
+                httpx.stream("GET", f"{server.url}/api/feed", headers=headers, timeout=30)
+            )
+            readers.append(feed.iter_lines())
+            assert next(readers[-1]) == ": feed"  # open, and counted
+        refused = httpx.get(f"{server.url}/api/feed", headers=headers, timeout=30)
+        assert refused.status_code == 429
+        assert refused.json()["error"]["code"] == "too_many_streams"
+    # Once they are closed, the token follows again.
+    with httpx.stream("GET", f"{server.url}/api/feed", headers=headers, timeout=30) as feed:
+        assert feed.status_code == 200

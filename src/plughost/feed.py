@@ -125,6 +125,10 @@ class Feed:
                 with contextlib.suppress(asyncio.QueueFull):
                     follower.put_nowait(None)
 
+    def following(self, confine_to: str | None) -> int:
+        """How many follow the feed as the caller (``None``: the admin) now."""
+        return sum(1 for each in self._followers.values() if each == confine_to)
+
     def recent(self, confine_to: str | None, after: int = 0) -> list[Entry]:
         """The kept entries the caller may see, numbered past ``after``, oldest first."""
         kept = heapq.merge(self._entries, self._refusals, key=lambda entry: entry.id)

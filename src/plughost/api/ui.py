@@ -25,11 +25,13 @@ from fastapi.staticfiles import StaticFiles
 
 from ..feed import Entry
 from .auth import Auth
-from .errors import ERRORS
+from .errors import ERRORS, ApiError
 from .parameters import TenantName
 from .state import ServedNetwork
 
 ASSETS = "/ui-assets"
+MAX_STREAMS = 16
+"""Feed streams one token may hold open at once."""
 _KEEPALIVE_SECONDS = 15.0
 _IMPORT_MAP = re.compile(r'<script type="importmap">(.*?)</script>', re.S)
 
@@ -78,7 +80,12 @@ async def feed(
 ) -> StreamingResponse:
     """What happens, live, as server-sent events (``id:`` and a JSON ``data:`` line each):
     deploys, swaps, snapshots, seals, mods, instance restarts, worker state changes and
-    refused requests, those the token may see. Replays the kept ones past ``after``."""
+    refused requests, those the token may see. Replays the kept ones past ``after``. A
+    token follows it at most :data:`MAX_STREAMS` times at once (then 429)."""
+    if network.feed.following(principal.tenant) >= MAX_STREAMS:
+        raise ApiError(
+            429, "too_many_streams", f"this token follows the feed {MAX_STREAMS} times already"
+        )
     entries = network.feed.follow(principal.tenant, after)
     return StreamingResponse(
         _events(entries),
