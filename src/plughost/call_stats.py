@@ -11,7 +11,7 @@ records and reads.
 
 from __future__ import annotations
 
-import math
+import bisect
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -31,14 +31,15 @@ class _Second:
     bins: list[int] = field(default_factory=lambda: [0] * _BINS)
 
 
-def _bin(seconds: float) -> int:
-    if seconds <= _SMALLEST:
-        return 0
-    return min(_BINS - 1, math.ceil(math.log(seconds / _SMALLEST, _GROWTH)))
-
-
 def _upper(index: int) -> float:
     return _SMALLEST * _GROWTH**index
+
+
+_BOUNDS = [_upper(index) for index in range(_BINS - 1)]  # past the last: the last bin
+
+
+def _bin(seconds: float) -> int:
+    return bisect.bisect_left(_BOUNDS, seconds)
 
 
 class CallStats:

@@ -106,20 +106,24 @@ _memory: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 )
 
 
-@contextlib.contextmanager
-def running_with(state: CallState | None) -> Iterator[None]:
-    """Run the code inside with ``state`` as its call's state (nothing if ``None``)."""
+Entered = tuple[contextvars.Token[CallState | None], contextvars.Token[str | None]] | None
+
+
+def enter(state: CallState | None) -> Entered:
+    """Make ``state`` the call's state in this context (nothing if ``None``), until
+    :func:`leave`. (Two functions, not a context manager: every call does this.)"""
     if state is None:
-        yield
-        return
-    state_token = _state.set(state)
-    # Joined as text: every call does this, and a Path costs ten times more.
-    memory_token = _memory.set(f"{state.root}/{state.folder}/{MEMORY_FILE}")
-    try:
-        yield
-    finally:
-        _memory.reset(memory_token)
-        _state.reset(state_token)
+        return None
+    # Joined as text: a Path costs ten times more.
+    memory = f"{state.root}/{state.folder}/{MEMORY_FILE}"
+    return _state.set(state), _memory.set(memory)
+
+
+def leave(entered: Entered) -> None:
+    """Undo :func:`enter`."""
+    if entered is not None:
+        _memory.reset(entered[1])
+        _state.reset(entered[0])
 
 
 @contextlib.contextmanager

@@ -503,11 +503,16 @@ class Tenants:
         try:
             self._catalog.deployment(tenant)  # a name that is no tenant's gets no folder
             captured = None if snapshot is None else self._catalog.snapshot(tenant, snapshot).state
-            async with self._states.call(tenant, user, snapshot, captured) as lease:
+            lease = await self._states.begin(tenant, user, snapshot, captured)
+            try:
                 unit = await self._acquire(tenant, snapshot)
                 # The unit releases once its work has stopped, which may be after the call.
                 release = functools.partial(_release_both, self._runtime, unit, lease.keep())
                 result = await unit.call(agent, args, release, lease.state)
+            except BaseException as exc:
+                await self._states.end(lease, exc)
+                raise
+            await self._states.end(lease, None)
         except Exception:
             self._calls_failed.inc()
             if tenant in self._catalog:  # a name that is no tenant's gets no series

@@ -32,7 +32,7 @@ from ..loader import Libraries
 from ..manifest import InstanceSpec
 from ..mod import FailedMod, LoadedMod, LocalControl, ResolvedModPath, stop_mod
 from ..runtime import Handler, Unit
-from ..storage import CallState, running_with
+from ..storage import CallState, enter, leave
 from .base import Launch, Placement, Started
 
 _PLAIN = frozenset({str, int, float, bool, type(None)})
@@ -75,27 +75,29 @@ class InProcessUnit(Unit):
         if problem is not None:
             release()
             raise InvalidArgumentsError(tenant, slot.name, problem)
+        # Set in this task's context, which a sync agent's thread runs in too.
+        entered = enter(state)
         try:
-            # Set in this task's context, which a sync agent's thread runs in too.
-            with running_with(state):
-                if slot.is_async:
-                    try:
-                        result = await self._deadlines.run(
-                            slot.instance.perform(**args), self._call_timeout
-                        )
-                    finally:
-                        release()
-                else:
-                    call = functools.partial(slot.instance.perform, **args)
+            if slot.is_async:
+                try:
                     result = await self._deadlines.run(
-                        self._threads.run(call, release), self._call_timeout
+                        slot.instance.perform(**args), self._call_timeout
                     )
+                finally:
+                    release()
+            else:
+                call = functools.partial(slot.instance.perform, **args)
+                result = await self._deadlines.run(
+                    self._threads.run(call, release), self._call_timeout
+                )
         except DeadlineExceeded:
             raise CallTimeoutError(tenant, agent, self._call_timeout) from None
         except PlughostError:
             raise
         except Exception as exc:
             raise AgentError(tenant, agent, type(exc).__name__, str(exc)) from exc
+        finally:
+            leave(entered)
         if type(result) not in _PLAIN:
             # What a worker could not send back is refused here too: one contract everywhere.
             try:

@@ -46,7 +46,7 @@ from ..events import Event, as_response, matches, topic_allowed
 from ..mod import LoadedMod, LocalControl, ResolvedModPath, stop_mod
 from ..naming import Namespace
 from ..protocol import InstanceSpecTuple, RemoteError, WorkerSpec
-from ..storage import CallState, install_call_environ, running_with
+from ..storage import CallState, enter, install_call_environ, leave
 from .process_group import kill_session
 
 _THREADS = 32  # sync calls a worker runs at once, as many as a host's agent threads
@@ -276,14 +276,16 @@ class _Worker:
         problem = slot.check(args)
         if problem is not None:
             raise RemoteError("invalid_arguments", slot.name, problem)
+        entered = enter(state)  # the thread of a sync agent runs in this context
         try:
-            with running_with(state):  # the thread of a sync agent runs in this context
-                if slot.is_async:
-                    return await slot.instance.perform(**args)
-                call = functools.partial(slot.instance.perform, **args)
-                return await self.threads.run(call, lambda: None)
+            if slot.is_async:
+                return await slot.instance.perform(**args)
+            call = functools.partial(slot.instance.perform, **args)
+            return await self.threads.run(call, lambda: None)
         except Exception as exc:
             raise RemoteError("agent", type(exc).__name__, str(exc)) from exc
+        finally:
+            leave(entered)
 
     async def _start_instance(self, folder: str, spec: InstanceSpecTuple) -> LoadedMod:
         path, name, config, expose = spec
