@@ -51,6 +51,7 @@ USER_NAME_RULE = TENANT_NAME_RULE
 _NOT_STATE = (".values.lock", ".values-")
 # Errors a write to a read-only view meets, in a call that lets them through.
 _WRITE_REFUSED = frozenset({"PermissionError", "OSError", "ReadOnlyStateError"})
+_USERS_KEPT = 10_000  # users whose live folder a tenant's gate remembers making
 MAX_STATE_FILES = 100_000
 MAX_STATE_BYTES = 1 << 30
 """What one capture (a snapshot's, a seal's) may hold: past it, it is refused."""
@@ -135,12 +136,13 @@ def prepare(root: Path) -> tuple[Path, Path]:
 
 
 class _Gate:
-    """A tenant's writing calls, the captures that wait for them to end, and the live
-    folders its calls have made (a tenant removed gets a new gate, so none is stale)."""
+    """A tenant's writing calls, the captures that wait for them to end, and the state of
+    each user whose live folder its calls have made (a tenant removed gets a new gate, so
+    none is stale)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.made: set[str] = set()
+        self.live: dict[str | None, CallState] = {}
         self.writers = 0
         self.capturing: asyncio.Event | None = None  # set when a capture under way ends
         self.idle = asyncio.Event()
@@ -254,7 +256,6 @@ class TenantStates:
         Raises:
             InvalidNameError: ``user`` breaks the naming rule.
         """
-        folder = user_folder(user)
         gate = self._gate(tenant)
         root = gate.root
         if captured is None:
@@ -264,16 +265,24 @@ class TenantStates:
             if sealing is not None:  # sealed while it waited, perhaps
                 captured = sealing.state
         if captured is None:
-            live, shared = f"{LIVE}/{folder}", f"{LIVE}/{SHARED}"
-            lease = StateLease(CallState(tenant, None, root, live, shared, user, False), gate)
-            if live not in gate.made:
-                try:
-                    await asyncio.to_thread(self._make_live, root, folder)
-                except BaseException:
-                    lease.release()
-                    raise
-                gate.made.add(live)
+            known = gate.live.get(user)
+            if known is not None:  # every call of this user after the first
+                return StateLease(known, gate)
+            folder = user_folder(user)
+            state = CallState(
+                tenant, None, root, f"{LIVE}/{folder}", f"{LIVE}/{SHARED}", user, False
+            )
+            lease = StateLease(state, gate)  # held before anything awaits: see held()
+            try:
+                await asyncio.to_thread(self._make_live, root, folder)
+            except BaseException:
+                lease.release()
+                raise
+            if len(gate.live) >= _USERS_KEPT:
+                gate.live.clear()
+            gate.live[user] = state
             return lease
+        folder = user_folder(user)
         view = f"{VIEWS}/{uuid.uuid4().hex}"
         await asyncio.to_thread(self._lay_out_view, root / view, captured, folder)
         own, shared = f"{view}/{folder}", f"{view}/{SHARED}"
@@ -380,7 +389,7 @@ class TenantStates:
         by renames from a folder beside it, which never follow a link put there meanwhile.
         """
         await asyncio.to_thread(self._restore, tenant, captured)
-        self._gate(tenant).made.clear()  # what calls made is gone with the old state
+        self._gate(tenant).live.clear()  # what calls made is gone with the old state
 
     def _restore(self, tenant: str, captured: Mapping[str, str]) -> None:
         root = state_root(self._data_dir, tenant)

@@ -501,18 +501,25 @@ class Tenants:
         the tenant or of ``user``."""
         started = time.perf_counter()
         try:
-            self._catalog.deployment(tenant)  # a name that is no tenant's gets no folder
-            captured = None if snapshot is None else self._catalog.snapshot(tenant, snapshot).state
-            lease = await self._states.begin(tenant, user, snapshot, captured)
+            # First: a name that is no tenant's (or snapshot's) gets no state folder.
+            unit = await self._acquire(tenant, snapshot)
             try:
-                unit = await self._acquire(tenant, snapshot)
+                snapshot_state = (
+                    None if snapshot is None else self._catalog.snapshot(tenant, snapshot).state
+                )
+                lease = await self._states.begin(tenant, user, snapshot, snapshot_state)
+            except BaseException:
+                self._runtime.release(unit)
+                raise
+            try:
                 # The unit releases once its work has stopped, which may be after the call.
                 release = functools.partial(_release_both, self._runtime, unit, lease.keep())
                 result = await unit.call(agent, args, release, lease.state)
             except BaseException as exc:
                 await self._states.end(lease, exc)
                 raise
-            await self._states.end(lease, None)
+            if lease.view is not None:  # a live call's hold went with its release
+                await self._states.end(lease, None)
         except Exception:
             self._calls_failed.inc()
             if tenant in self._catalog:  # a name that is no tenant's gets no series
