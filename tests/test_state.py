@@ -86,6 +86,24 @@ def bundle(files: dict[str, str]) -> dict[str, Any]:
 MEMORY = bundle({"memory_agent.py": MEMORY_AGENT})
 
 
+def writer_agent(pause: float) -> str:
+    """An agent that writes 20,000 bytes to its state in 20 pieces, ``pause`` s apart."""
+    return f"""\
+import time
+from agents.basic_agent import BasicAgent
+
+class Writer(BasicAgent):
+    name = "Writer"
+    def perform(self, **kwargs):
+        with open(self.storage.path / "big.txt", "w") as out:
+            for _ in range(20):
+                out.write("x" * 1000)
+                out.flush()
+                time.sleep({pause})
+        return "done"
+"""
+
+
 def facts(answer: Any) -> list[str]:
     listed: list[str] = answer["facts"]
     return listed
@@ -285,20 +303,7 @@ async def test_no_deploy_lands_after_a_seal_even_when_they_race(network: Network
 async def test_a_snapshot_waits_for_a_write_in_flight_and_never_holds_half_of_it(
     network: Network,
 ) -> None:
-    writer = """\
-import time
-from agents.basic_agent import BasicAgent
-
-class Writer(BasicAgent):
-    name = "Writer"
-    def perform(self, **kwargs):
-        with open(self.storage.path / "big.txt", "w") as out:
-            for _ in range(20):
-                out.write("x" * 1000)
-                out.flush()
-                time.sleep(0.01)
-        return "done"
-"""
+    writer = writer_agent(pause=0.01)
     await network.deploy("acme", bundle({"writer_agent.py": writer}))
     call = asyncio.create_task(network.call_agent("acme", "Writer", {}))
     await asyncio.sleep(0.05)
@@ -410,20 +415,7 @@ class Maker(BasicAgent):
 async def test_a_snapshot_waits_for_a_call_past_its_deadline_to_stop_writing(
     tmp_path: Path,
 ) -> None:
-    slow_writer = """\
-import time
-from agents.basic_agent import BasicAgent
-
-class Writer(BasicAgent):
-    name = "Writer"
-    def perform(self, **kwargs):
-        with open(self.storage.path / "big.txt", "w") as out:
-            for _ in range(20):
-                out.write("x" * 1000)
-                out.flush()
-                time.sleep(0.03)
-        return "done"
-"""
+    slow_writer = writer_agent(pause=0.03)
     async with Network(tmp_path / "data", call_timeout=0.2) as network:
         await network.deploy("acme", bundle({"writer_agent.py": slow_writer}))
         with pytest.raises(CallTimeoutError):

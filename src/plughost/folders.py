@@ -82,13 +82,13 @@ def walk(root: Path, max_depth: int = MAX_DEPTH) -> Iterator[Listed]:
 def read_regular(name: str, folder: int) -> bytes | None:
     """The content of the regular file ``name`` in the open folder ``folder``; ``None`` for
     a link, a FIFO, a device or a file gone."""
-    with _regular(name, folder) as file:
+    with open_regular(name, folder) as file:
         return None if file is None else file.read()
 
 
 def regular_sha256(name: str, folder: int) -> str | None:
     """The sha256 hex of a regular file, read in pieces; ``None`` as :func:`read_regular`."""
-    with _regular(name, folder) as file:
+    with open_regular(name, folder) as file:
         if file is None:
             return None
         digest = hashlib.sha256()
@@ -98,7 +98,9 @@ def regular_sha256(name: str, folder: int) -> str | None:
 
 
 @contextlib.contextmanager
-def _regular(name: str, folder: int) -> Iterator[BinaryIO | None]:
+def open_regular(name: str, folder: int) -> Iterator[BinaryIO | None]:
+    """The regular file ``name`` in the open folder ``folder``, open to read; ``None`` for
+    a link (never followed), a FIFO (never waited on), a device or a file gone."""
     try:
         descriptor = os.open(name, FILE, dir_fd=folder)
     except OSError:

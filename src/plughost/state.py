@@ -29,13 +29,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import stat
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 
 from .errors import AgentError, InvalidNameError, ReadOnlyStateError, StateTooLargeError
-from .folders import FILE, FOLDER, MAX_DEPTH, TooDeep, read_regular, regular_sha256, walk
+from .folders import (
+    FOLDER,
+    MAX_DEPTH,
+    TooDeep,
+    open_regular,
+    read_regular,
+    regular_sha256,
+    walk,
+)
 from .naming import TENANT_NAME_RULE, check_tenant_name
 from .storage import CallState
 from .store import Sealing, Store, remove_folder, tenant_data_dir
@@ -89,13 +96,9 @@ def open_up(folder: Path) -> None:
         for listed in walk(folder):
             os.fchmod(listed.descriptor, 0o777)
             for name in listed.others:
-                with contextlib.suppress(OSError):
-                    descriptor = os.open(name, FILE, dir_fd=listed.descriptor)
-                    try:
-                        if stat.S_ISREG(os.fstat(descriptor).st_mode):
-                            os.fchmod(descriptor, 0o666)
-                    finally:
-                        os.close(descriptor)
+                with open_regular(name, listed.descriptor) as file:
+                    if file is not None:
+                        os.fchmod(file.fileno(), 0o666)
 
 
 def make_folder(live: Path, relative: str) -> None:

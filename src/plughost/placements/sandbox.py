@@ -55,7 +55,8 @@ from ..state import LIVE, VIEWS, is_sealed, prepare
 from . import seccomp
 from .base import Launch, Started
 from .process_group import kill_session
-from .worker import ENTRY, ProcessFactory, Worker, _Process, describe_exit
+from .worker import Worker
+from .worker_spawn import ENTRY, ProcessFactory, _Process, describe_exit
 
 logger = logging.getLogger("plughost.sandbox")
 

@@ -3,9 +3,9 @@
 import { h, render } from "preact";
 import { useCallback, useEffect, useMemo, useRef, useState } from "preact/hooks";
 import htm from "htm";
-import uPlot from "uplot";
 
 const html = htm.bind(h);
+const uPlot = window.uPlot; // uPlot's browser build, loaded by the page before this module
 const TOKEN = "plughost-token";
 const REFRESH_MS = 2000;
 const FEED_KEEP = 300;
