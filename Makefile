@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 $(BIN)/plughost: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,ray]'
 	touch $@
 
 serve: $(BIN)/plughost
@@ -33,7 +33,7 @@ test: lint /usr/bin/chromium /usr/bin/bwrap
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null
 
 bench: $(BIN)/plughost
-	$(BIN)/pip install --quiet -e '.[test,bench]'
+	$(BIN)/pip install --quiet -e '.[test,ray,bench]'
 	$(BIN)/python -m bench
 
 clean:

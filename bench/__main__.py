@@ -9,7 +9,19 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from . import dependencies, http, loader, mods, network, peers, placements, sandbox, scale, workers
+from . import (
+    dependencies,
+    http,
+    loader,
+    mods,
+    network,
+    peers,
+    placements,
+    ray_cluster,
+    sandbox,
+    scale,
+    workers,
+)
 from .report import Outcome
 
 GROUPS: dict[str, tuple[Callable[[], Outcome], ...]] = {
@@ -20,6 +32,7 @@ GROUPS: dict[str, tuple[Callable[[], Outcome], ...]] = {
     "workers": workers.BENCHMARKS,
     "placements": placements.BENCHMARKS,
     "sandbox": sandbox.BENCHMARKS,
+    "ray": ray_cluster.BENCHMARKS,
     "dependencies": dependencies.BENCHMARKS,
     "peers": peers.BENCHMARKS,
     "scale": scale.BENCHMARKS,

@@ -8,6 +8,7 @@ ratios say what a redeploy costs the callers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import statistics
 import tempfile
 import time
@@ -17,9 +18,10 @@ from plughost import Network
 from plughost.manifest import Placement
 
 from .network import five_agent_bundle
+from .ray_cluster import ray_cluster
 from .report import Outcome
 
-PLACEMENTS: tuple[Placement, ...] = ("inprocess", "process", "sandbox")
+PLACEMENTS: tuple[Placement, ...] = ("inprocess", "process", "sandbox", "ray")
 CALLERS = 32
 REDEPLOYS = 50
 STEADY_CALLS = 200  # per caller, for the baseline
@@ -78,7 +80,9 @@ def hot_swap_every_placement() -> Outcome:
     failed = 0
     ratios = []
     for placement in PLACEMENTS:
-        with tempfile.TemporaryDirectory(prefix="plughost-bench-") as tmp:
+        # A ray tenant's worker runs on a cluster of two nodes made on this machine.
+        cluster = ray_cluster() if placement == "ray" else contextlib.nullcontext()
+        with cluster, tempfile.TemporaryDirectory(prefix="plughost-bench-") as tmp:
             steady, steady_failed, swapping, swap_failed, elapsed = asyncio.run(
                 _one(Path(tmp) / "data", placement)
             )

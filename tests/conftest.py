@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import textwrap
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
+import ray
 from hypothesis import settings
 from playwright.sync_api import Browser, sync_playwright
+from ray.cluster_utils import Cluster
 
 from plughost import Namespace, Network
 from plughost.loader import LoadedBundle, load_bundle, loaded_namespaces
@@ -17,12 +20,18 @@ from plughost.naming import ROOT_PACKAGE
 
 WriteBundle = Callable[..., Path]
 
-PLACEMENTS = ["inprocess", "process", "sandbox"]
+PLACEMENTS = ["inprocess", "process", "sandbox", "ray"]
 """Every placement: each guarantee's test runs in each. A new placement joins by its name."""
+STATEFUL_PLACEMENTS = [name for name in PLACEMENTS if name != "ray"]
+"""The placements whose calls keep tenant state: a ray node shares no disk with the host,
+where the state lives (``test_state`` shows what a ray tenant is told instead)."""
+RAY_NODES = 2
+"""The nodes of the tests' Ray cluster: its tenants must be seen on more than one."""
 STALL_ATTEMPTS = 3
 """Runs a fairness check may take to see no stall over 100 ms. A stall the code causes shows in
 every run; one the machine causes (another process on the core at that moment) seldom twice."""
 Load = Callable[..., LoadedBundle]
+RAY_OBJECT_STORE = 100 << 20  # bytes a node keeps bundles in: Ray's default is 30 % of RAM
 CHROMIUM = "/usr/bin/chromium"
 """Debian's chromium: Playwright's own browser download is not used (CI installs this one)."""
 CHROMIUM_ARGS = [
@@ -34,6 +43,33 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ray_cluster() -> Iterator[Cluster]:
+    """A Ray cluster of :data:`RAY_NODES` nodes on this machine, which this process is
+    connected to: a network here runs its ``ray`` tenants on it. Started once (it takes
+    seconds), for every test, since tests of every module deploy ray tenants. One node has
+    a custom resource, ``camera``, that a tenant may ask for."""
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "object_store_memory": RAY_OBJECT_STORE},
+        connect=False,
+    )
+    try:
+        for _ in range(RAY_NODES - 1):
+            cluster.add_node(
+                num_cpus=1, object_store_memory=RAY_OBJECT_STORE, resources={"camera": 1}
+            )
+        ray.init(address=cluster.address)
+        cluster.wait_for_nodes()
+        # Servers the tests start (``ServerProcess``) join it too, as Ray's own variable says.
+        os.environ["RAY_ADDRESS"] = cluster.address
+        yield cluster
+    finally:
+        os.environ.pop("RAY_ADDRESS", None)
+        ray.shutdown()
+        cluster.shutdown()
 
 
 @pytest.fixture

@@ -290,6 +290,7 @@ def test_health_says_sandboxes_can_be_made_here(sandboxes: Sandboxes) -> None:
         "inprocess": "available",
         "process": "available",
         "sandbox": "available",
+        "ray": "available",
     }
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from plughost import (
+    AgentError,
     CallTimeoutError,
     Deployment,
     Network,
@@ -22,7 +23,7 @@ from plughost import (
 )
 from plughost.storage import MEMORY_VARIABLE
 
-from .conftest import PLACEMENTS
+from .conftest import STATEFUL_PLACEMENTS
 
 # An agent file as the swarm server's memory agents are written: it finds its memory file
 # through the environment, at call time.
@@ -109,10 +110,20 @@ def facts(answer: Any) -> list[str]:
     return listed
 
 
-@pytest.fixture(params=PLACEMENTS)
+@pytest.fixture(params=STATEFUL_PLACEMENTS)
 def placement(request: pytest.FixtureRequest) -> str:
     name: str = request.param
     return name
+
+
+async def test_a_ray_tenant_is_told_that_its_calls_keep_no_state(network: Network) -> None:
+    await network.deploy("acme", bundle({"notes_agent.py": KEY_VALUE}), placement="ray")
+    with pytest.raises(AgentError, match=r"placement keeps no tenant state \(ray\)"):
+        await network.call_agent("acme", "Notes", {"key": "k", "value": "v"})
+    await network.deploy("acme", MEMORY)
+    with pytest.raises(AgentError, match="TypeError"):  # no BRAINSTEM_MEMORY_PATH to open
+        await network.call_agent("acme", "Memory", {"fact": "lost"}, user="ann")
+    assert not list((network.data_dir / "tenants" / "acme").rglob("*.json"))
 
 
 async def test_each_tenant_and_each_user_keeps_its_own_memory(

@@ -153,6 +153,10 @@ def serve(
             help="Serve another server's API too: rapp (the swarm server's /api/swarm/...)."
         ),
     ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(help="The Ray cluster of the ray placement [config ray_address]."),
+    ] = None,
 ) -> None:
     """Run the server until SIGINT or SIGTERM."""
     import uvicorn
@@ -173,6 +177,8 @@ def serve(
         settings.data_dir = data_dir
     if access_log is not None:
         settings.access_log = access_log
+    if ray_address is not None:
+        settings.ray_address = ray_address
     for name in compat or []:
         if name not in COMPAT:
             typer.echo(f"error: unknown --compat {name!r}; known: {', '.join(COMPAT)}", err=True)
@@ -467,7 +473,7 @@ def tenant_deploy(
     path: Path,
     placement: Annotated[
         str | None,
-        typer.Option(help="inprocess, process or sandbox (default: the bundle's choice)."),
+        typer.Option(help="inprocess, process, sandbox or ray (default: the bundle's choice)."),
     ] = None,
     settings: Annotated[
         list[str] | None,

@@ -106,6 +106,8 @@ class NetworkConfig(BaseModel):
     mod_roots: list[str] | None = None
     mods: list[ModEntry] = Field(default_factory=list)
     sandbox: SandboxEntry = Field(default_factory=SandboxEntry)
+    ray_address: str | None = None
+    """The Ray cluster of the ``ray`` placement (``ray.init``'s ``address``, "auto" too)."""
 
     def network(self) -> Network:
         """A :class:`Network` with these settings (not yet started)."""
@@ -126,6 +128,7 @@ class NetworkConfig(BaseModel):
             sandbox_limits=SandboxLimits(**self.sandbox.model_dump(exclude={"tenants"})),
             sandbox_tenant_limits=dict(self.sandbox.tenants),
             install_timeout=self.install_timeout,
+            ray_address=self.ray_address,
         )
 
 

@@ -2,12 +2,16 @@
 
 Example::
 
-    placement = "process"            # or "inprocess", "sandbox"; unset: as the tenant runs now
+    placement = "process"            # or "inprocess", "sandbox", "ray"; unset: as it runs now
 
     dependencies = ["toolz==0.12.0"] # libraries of its own, installed at deploy
 
     [sandbox]                        # with placement = "sandbox": lower limits than the
     memory_mb = 256                  # network gives the tenant (never higher)
+
+    [ray]                            # with placement = "ray": what its actor reserves
+    num_cpus = 0.5                   # on its node (unset: Ray's default for actors)
+    resources = {camera = 1}         # custom resources of the cluster's nodes
 
     [[mods]]
     path = "camera_module"           # a module of the bundle, optionally "module:Class"
@@ -32,7 +36,7 @@ from .errors import BundleRejectedError
 from .naming import TENANT_NAME_PATTERN
 
 MANIFEST = "plughost.toml"
-Placement = Literal["inprocess", "process", "sandbox"]
+Placement = Literal["inprocess", "process", "sandbox", "ray"]
 _MIB = 1 << 20
 _TOPIC_SEGMENT = r"^[A-Za-z0-9_.-]+$"  # an exposed topic is one segment: /<it>
 
@@ -124,6 +128,17 @@ class SandboxLimits(BaseModel):
         return self.model_copy(update=wanted)
 
 
+class RayResources(BaseModel):
+    """What a tenant's Ray actor reserves on its node (the ``ray`` placement)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_cpus: float | None = Field(default=None, ge=0)
+    """CPUs it reserves; unset, Ray's default for an actor (one to be placed, none held)."""
+    resources: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
+    """Custom resources of the cluster's nodes (``{"camera": 1}``): it runs where they are."""
+
+
 class Manifest(BaseModel):
     """What ``plughost.toml`` says; a bundle without one gets these defaults.
 
@@ -138,6 +153,7 @@ class Manifest(BaseModel):
     """Requirements as pip takes them (``"toolz==0.12.0"``): the libraries it imports."""
     sandbox: SandboxLimits = Field(default_factory=SandboxLimits)
     """Only what the table sets counts (see :meth:`SandboxLimits.lowered_to`)."""
+    ray: RayResources = Field(default_factory=RayResources)
 
     @field_validator("dependencies")
     @classmethod

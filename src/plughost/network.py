@@ -47,6 +47,7 @@ from .mod import (
 from .naming import Namespace
 from .placements.base import Placement as PlacementImpl
 from .placements.inprocess import InProcess
+from .placements.ray_cluster import Ray
 from .placements.sandbox import Sandbox
 from .placements.worker import Worker
 from .runtime import Runtime
@@ -94,6 +95,8 @@ class Network:
         sandbox_tenant_limits: a tenant's own sandbox limits: those each sets replace
             ``sandbox_limits``'.
         install_timeout: seconds the install of a bundle's dependencies may take.
+        ray_address: the Ray cluster of the ``ray`` placement; unset, this process's
+            connection to Ray, or a local instance started at the first ray start.
 
     Use as ``async with Network(...) as network:`` or ``start()`` / ``stop()``.
     """
@@ -118,6 +121,7 @@ class Network:
         sandbox_limits: SandboxLimits | None = None,
         sandbox_tenant_limits: Mapping[str, SandboxLimits] | None = None,
         install_timeout: float = 300.0,
+        ray_address: str | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.network_id = network_id
@@ -191,6 +195,13 @@ class Network:
                 self._deadlines,
                 limits=sandbox_limits or SandboxLimits(),
                 tenant_limits=sandbox_tenant_limits or {},
+                **workers,
+            ),
+            Ray(
+                self._dispatch,
+                self._dispatch.answer_worker,
+                self._deadlines,
+                ray_address=ray_address,
                 **workers,
             ),
         ]

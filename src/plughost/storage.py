@@ -143,11 +143,16 @@ def current() -> Storage:
     """The state of the call running now.
 
     Raises:
-        RuntimeError: no call is running here (code at import, a mod's handler).
+        RuntimeError: no call is running here (code at import, a mod's handler), or its
+            placement keeps no state (``ray``).
     """
     state = _state.get()
     if state is None:
-        raise RuntimeError("self.storage is the state of a call, and no agent call runs here")
+        raise RuntimeError(
+            "self.storage is the state of a call, and none is here: no agent call runs"
+            " (code at import, a mod's handler), or the call's placement keeps no tenant"
+            " state (ray)"
+        )
     return Storage(state)
 
 

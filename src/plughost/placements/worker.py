@@ -119,6 +119,11 @@ class Supervisor:
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
 
+    @property
+    def process(self) -> WorkerProcess | None:
+        """The worker process that answers now, if one does."""
+        return self._process
+
     def _changed(self, lifecycle: Lifecycle[WorkerState], old: WorkerState) -> None:
         if self._tell is None:
             return
@@ -560,6 +565,10 @@ class Worker(Placement):
         """What makes the worker processes of ``launch``, which run ``spec``."""
         return _Process
 
+    def _unit(self, launch: Launch, supervisor: Supervisor) -> WorkerUnit:
+        """The unit of ``launch``, whose worker ``supervisor`` keeps."""
+        return WorkerUnit(launch, supervisor, self.name, mounts_state=self.mounts_state)
+
     def _supervisor(self, launch: Launch) -> Supervisor:
         async def answer(kind: str, args: tuple[Any, ...]) -> Any:
             return await self._on_request(launch.tenant, kind, args)
@@ -587,14 +596,11 @@ class Worker(Placement):
                 f"{len(launch.instances)} instances declared, {len(described)} came up",
             )
         control = RemoteControl(supervisor, self._host, self.name)
-        return Started(
-            WorkerUnit(launch, supervisor, self.name, mounts_state=self.mounts_state),
-            [control.stub(i) for i in described],
-        )
+        return Started(self._unit(launch, supervisor), [control.stub(i) for i in described])
 
     async def resume(self, launch: Launch) -> Started:
         supervisor = self._supervisor(launch)
-        unit = WorkerUnit(launch, supervisor, self.name, mounts_state=self.mounts_state)
+        unit = self._unit(launch, supervisor)
         control = RemoteControl(supervisor, self._host, self.name)
         try:
             _, described = await supervisor.start()

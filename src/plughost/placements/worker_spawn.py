@@ -1,9 +1,10 @@
 """One worker process, as the host sees it: started with its spec, spoken to over its socket,
 and ended with everything it started; why it ended, in words.
 
-:class:`~plughost.placements.worker.Supervisor` keeps one of these running; the
-``sandbox`` placement starts its processes inside bubblewrap by overriding the hooks
-(``_popen``, ``_first_frame``, ``_exit_reason``, ...).
+:class:`~plughost.placements.worker.Supervisor` keeps one of these running. Its hooks
+(``_popen``, ``_first_frame``, ``_exit_reason``, ...) are where the other placements differ:
+the ``sandbox`` placement starts the process inside bubblewrap, the ``ray`` placement has a
+Ray actor on a node of the cluster start it there (``_launch``, ``_exit_status``, ...).
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ class _Process:
         host_end, worker_end = socket.socketpair()
         with worker_end:
             try:
-                self.process = await asyncio.to_thread(self._popen, worker_end.fileno())
+                await self._launch(worker_end)
             except BaseException:
                 host_end.close()
                 raise
@@ -126,6 +127,10 @@ class _Process:
         except BaseException:
             await self.stop(timeout=5)
             raise
+
+    async def _launch(self, worker_end: socket.socket) -> None:
+        """Start what runs the worker, on the socket ``worker_end`` (closed after this)."""
+        self.process = await asyncio.to_thread(self._popen, worker_end.fileno())
 
     def _popen(self, descriptor: int) -> subprocess.Popen[bytes]:
         """Start the worker's process on the socket ``descriptor`` (runs in a thread)."""
@@ -204,12 +209,15 @@ class _Process:
 
     async def _exited(self) -> None:
         """The worker closed its end: wait a moment for its process to end, to say why."""
-        returncode = None
-        if self.process is not None and await asyncio.to_thread(self._ended, _EXIT_GRACE):
-            # Unreaped, its id is still its own: what its killed keeper left goes now.
-            self.kill()
-            returncode = await asyncio.to_thread(self.process.wait)
-        self._lost(self._exit_reason(returncode))
+        self._lost(self._exit_reason(await self._exit_status(_EXIT_GRACE)))
+
+    async def _exit_status(self, grace: float) -> int | None:
+        """The worker's exit status, if its process ends within ``grace`` seconds."""
+        if self.process is None or not await asyncio.to_thread(self._ended, grace):
+            return None
+        # Unreaped, its id is still its own: what its killed keeper left goes now.
+        self.kill()
+        return await asyncio.to_thread(self.process.wait)
 
     async def _reap(self) -> None:
         """Wait for the killed process to end, so that its id is given back."""
@@ -288,6 +296,15 @@ class _Process:
             self._requests.drop(message)  # cancelled or timed out: a late answer is ignored
             raise
 
+    async def _ended_after_stop(self, timeout: float) -> None:
+        """Give the worker, asked to stop, ``timeout`` seconds to exit; then end it and
+        everything it started."""
+        if self.process is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                await asyncio.to_thread(self.process.wait, timeout)
+            self.kill()  # also what the worker's code may have started
+            await asyncio.to_thread(self.process.wait)
+
     def kill(self) -> None:
         """Kill the worker and everything it started (its session), unless it was reaped:
         its keeper killed the session then, and its id may be another process's now."""
@@ -301,11 +318,7 @@ class _Process:
         if self._connection is not None:
             with contextlib.suppress(PlughostError, TimeoutError, RemoteError, TypeError):
                 await self.request("stop", timeout=timeout)
-        if self.process is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                await asyncio.to_thread(self.process.wait, timeout)
-            self.kill()  # also what the worker's code may have started
-            await asyncio.to_thread(self.process.wait)
+        await self._ended_after_stop(timeout)
         self._lost("stopped")
         if self._exiting is not None:
             await self._exiting
