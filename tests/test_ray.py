@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 import ray
-from ray.cluster_utils import Cluster
 
 from plughost import BundleRejectedError, Network, WorkerStartFailed
 
@@ -99,7 +98,8 @@ async def test_the_bundle_reaches_its_node_through_ray_not_by_a_host_path(
     answer = await network.call_agent("far", "Where")
     file = Path(answer["file"])
     assert not file.is_relative_to(network.data_dir.resolve())
-    assert file.parent.name == "bundle" and file.parent.parent.name.startswith("plughost-far-")
+    assert file.parent.name == "bundle"
+    assert file.parent.parent.name.startswith("plughost-ray-far-")
     # The worker's keeper is a child of the actor's process, on its node.
     assert answer["keeper"] == network.health()["workers"]["far"]["pid"]
 
@@ -109,6 +109,7 @@ async def test_a_lost_actor_is_replaced_by_the_supervisor_on_a_node_ray_chooses(
 ) -> None:
     await network.deploy("fragile", where_bundle(), placement="ray")
     first = network.health()["workers"]["fragile"]
+    folder = Path((await network.call_agent("fragile", "Where"))["file"]).parent.parent
     actor_process = parent_of(first["pid"])
     os.kill(actor_process, signal.SIGKILL)  # as when its node goes
 
@@ -123,27 +124,49 @@ async def test_a_lost_actor_is_replaced_by_the_supervisor_on_a_node_ray_chooses(
     assert any("Ray actor was lost (ActorDiedError" in message for message in said), said
     assert (await network.call_agent("fragile", "Where"))["keeper"] == now["pid"]
     await until(lambda: not alive(first["pid"]), "the lost actor's worker is gone")
+    # The lost actor could not remove its folder: the next actor on the node did.
+    assert not folder.exists()
 
 
 async def test_resources_asked_in_plughost_toml_decide_the_node(
-    network: Network, ray_cluster: Cluster
+    network: Network, tmp_path: Path
 ) -> None:
     camera_nodes = {
         node["NodeID"] for node in ray.nodes() if node["Alive"] and "camera" in node["Resources"]
     }
     assert len(camera_nodes) == 1
     asks = "[ray]\nnum_cpus = 0.25\nresources = {camera = 0.5}\n"
-    for tenant in ("cam1", "cam2"):
-        await network.deploy(tenant, where_bundle(asks), placement="ray")
-        assert network.health()["workers"][tenant]["node"] in camera_nodes
+    # One tenant could take another's device: only the resources the operator lets them.
+    with pytest.raises(BundleRejectedError, match=r"resources tenants may not ask for.*camera"):
+        await network.deploy("cam0", where_bundle(asks), placement="ray")
+    assert "cam0" not in network.list_tenants()
 
-    with pytest.raises(WorkerStartFailed, match=r"no node of the Ray cluster has .*lidar"):
-        await network.deploy(
-            "lidar", where_bundle("[ray]\nresources = {lidar = 1}\n"), placement="ray"
-        )
-    assert "lidar" not in network.list_tenants()
-    with pytest.raises(BundleRejectedError, match="num_cpus"):
-        await network.deploy("bad", where_bundle("[ray]\nnum_cpus = -1\n"), placement="ray")
+    async with Network(tmp_path / "cameras", ray_resources=["camera", "lidar"]) as cameras:
+        for tenant in ("cam1", "cam2"):
+            await cameras.deploy(tenant, where_bundle(asks), placement="ray")
+            assert cameras.health()["workers"][tenant]["node"] in camera_nodes
+        with pytest.raises(WorkerStartFailed, match=r"no node of the Ray cluster has .*lidar"):
+            await cameras.deploy(
+                "lidar", where_bundle("[ray]\nresources = {lidar = 1}\n"), placement="ray"
+            )
+        assert "lidar" not in cameras.list_tenants()
+        with pytest.raises(BundleRejectedError, match="num_cpus"):
+            await cameras.deploy("bad", where_bundle("[ray]\nnum_cpus = -1\n"), placement="ray")
+
+
+async def test_an_actor_that_finds_no_free_node_fails_its_deploy_at_the_start_deadline(
+    tmp_path: Path,
+) -> None:
+    whole_cpu = "[ray]\nnum_cpus = 1\n"  # each node of the tests' cluster has one
+    async with Network(tmp_path / "data", worker_start_timeout=10) as network:
+        for tenant in ("first", "second"):
+            await network.deploy(tenant, where_bundle(whole_cpu), placement="ray")
+        with pytest.raises(WorkerStartFailed, match=r"not placed and started within 10 s"):
+            await network.deploy("third", where_bundle(whole_cpu), placement="ray")
+        assert "third" not in network.list_tenants()
+        await network.remove_tenant("first")  # its CPU is free again
+        await network.deploy("third", where_bundle(whole_cpu), placement="ray")
+        assert (await network.call_agent("third", "Where"))["keeper"] > 0
 
 
 async def test_stopping_the_network_leaves_no_actor_worker_or_node_folder(tmp_path: Path) -> None:

@@ -108,6 +108,8 @@ class NetworkConfig(BaseModel):
     sandbox: SandboxEntry = Field(default_factory=SandboxEntry)
     ray_address: str | None = None
     """The Ray cluster of the ``ray`` placement (``ray.init``'s ``address``, "auto" too)."""
+    ray_resources: list[str] = Field(default_factory=list)
+    """The custom resources of the cluster's nodes a tenant's ``[ray]`` table may ask for."""
 
     def network(self) -> Network:
         """A :class:`Network` with these settings (not yet started)."""
@@ -129,6 +131,7 @@ class NetworkConfig(BaseModel):
             sandbox_tenant_limits=dict(self.sandbox.tenants),
             install_timeout=self.install_timeout,
             ray_address=self.ray_address,
+            ray_resources=list(self.ray_resources),
         )
 
 

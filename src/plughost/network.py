@@ -97,6 +97,8 @@ class Network:
         install_timeout: seconds the install of a bundle's dependencies may take.
         ray_address: the Ray cluster of the ``ray`` placement; unset, this process's
             connection to Ray, or a local instance started at the first ray start.
+        ray_resources: the custom resources of the cluster's nodes a tenant's ``[ray]``
+            table may ask for (none by default: one tenant could take another's).
 
     Use as ``async with Network(...) as network:`` or ``start()`` / ``stop()``.
     """
@@ -122,6 +124,7 @@ class Network:
         sandbox_tenant_limits: Mapping[str, SandboxLimits] | None = None,
         install_timeout: float = 300.0,
         ray_address: str | None = None,
+        ray_resources: list[str] | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.network_id = network_id
@@ -202,6 +205,7 @@ class Network:
                 self._dispatch.answer_worker,
                 self._deadlines,
                 ray_address=ray_address,
+                ray_resources=frozenset(ray_resources or ()),
                 **workers,
             ),
         ]

@@ -42,8 +42,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import PlacementUnavailableError, WorkerStartFailed
-from ..manifest import RayResources, read_manifest
+from ..errors import BundleRejectedError, PlacementUnavailableError, WorkerStartFailed
+from ..manifest import MANIFEST, RayResources, read_manifest
 from ..protocol import WorkerSpec
 from .base import Launch, Started
 from .process_group import kill_session
@@ -56,6 +56,9 @@ EXTRA = "pip install 'plughost[ray]'"
 """What installs the placement's dependency."""
 _CHUNK = 1 << 20  # bytes relayed in one actor call, at most
 _ACTOR_CONCURRENCY = 8  # an actor's calls at once: a send, a receive, a stop and spares
+_FOLDER_PREFIX = "plughost-ray-"
+_OWNER = "owner"  # in a node folder: the actor process that made it
+_CLOSE_WAIT = 5.0  # seconds an actor is given to end its worker and remove its folder
 Files = list[tuple[str, int, bytes]]
 """A folder's regular files, shipped through the object store: ``(relative path, mode, data)``."""
 
@@ -86,6 +89,35 @@ def unpack(files: Files, folder: Path) -> None:
         target.chmod(mode | stat.S_IRUSR)
 
 
+def _process_identity(pid: int) -> str | None:
+    """``"<pid> <start time>"`` of a running process, which no later process repeats."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return f"{pid} {fields[19]}" if fields[0] != "Z" else None
+
+
+def sweep_abandoned(top: Path) -> list[Path]:
+    """Remove the node folders under ``top`` whose actor has ended without removing its
+    own (killed, or its process lost): each names its owner in a file, by pid and start
+    time. Returns what it removed."""
+    removed = []
+    for folder in top.glob(f"{_FOLDER_PREFIX}*"):
+        try:
+            owner = (folder / _OWNER).read_text().split()
+        except OSError:
+            continue  # being made, or not one of ours
+        if (
+            len(owner) == 2
+            and owner[0].isdigit()
+            and _process_identity(int(owner[0])) != " ".join(owner)
+        ):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
 class NodeKeeper:
     """The actor on a node: the keeper of one worker, and its link to the host.
 
@@ -107,8 +139,10 @@ class NodeKeeper:
         """
         import ray
 
-        folder = Path(tempfile.mkdtemp(prefix=f"plughost-{self._tenant}-"))
+        await asyncio.to_thread(sweep_abandoned, Path(tempfile.gettempdir()))
+        folder = Path(tempfile.mkdtemp(prefix=f"{_FOLDER_PREFIX}{self._tenant}-"))
         self._folder = folder
+        (folder / _OWNER).write_text(_process_identity(os.getpid()) or "")
         await asyncio.to_thread(unpack, bundle, folder / "bundle")
         if libraries is not None:
             await asyncio.to_thread(unpack, libraries, folder / "libraries")
@@ -233,21 +267,24 @@ class _RayProcess(_Process):
         connection: _Connection,
         shipment: _Shipment,
         wanted: RayResources,
+        availability: str,
     ) -> None:
         super().__init__(spec, on_request, on_exit)
         self._ray = connection
         self._shipment = shipment
         self._wanted = wanted
+        self._availability = availability
         self._actor: Any = None
-        self._closing: Any = None
+        self._ended_by_host = False  # by the host: kill() or _end_actor()
+        self._closing: Any = None  # the actor's close(), under way or done
         self.where: dict[str, Any] = {}
         self._actor_lost: str | None = None
-        self._relays: list[asyncio.Task[None]] = []
+        self._relaying: asyncio.Task[None] | None = None
 
     @property
     def pid(self) -> int | None:
         """The worker's process id on its node, while its actor runs it."""
-        return self.where.get("pid") if self._closing is None else None
+        return None if self._ended_by_host else self.where.get("pid")
 
     @property
     def _started_pid(self) -> int | None:
@@ -259,24 +296,48 @@ class _RayProcess(_Process):
         return None if self._actor is None else str(self._actor._actor_id.hex())
 
     async def _launch(self, worker_end: socket.socket) -> None:
+        if self._availability != "available":
+            raise WorkerStartFailed(
+                self.spec.tenant, "ray", "PlacementUnavailableError", self._availability
+            )
         try:
-            await self._ray.ensure()
-            await self._check_resources()
-            bundle, libraries = await self._shipment.refs()
-            self._actor = _keeper().options(**self._options()).remote(self.spec.tenant)
-            self.where = await self._actor.start.remote(bundle, libraries)
+            # Placing the actor waits for a node with what it asks free: not for ever.
+            await asyncio.wait_for(self._start_actor(), self.spec.start_timeout)
+        except TimeoutError:
+            self._end_actor()
+            raise WorkerStartFailed(
+                self.spec.tenant,
+                "timeout",
+                "TimeoutError",
+                f"its Ray actor was not placed and started within {self.spec.start_timeout:.0f}"
+                f" s (no node had {self._asked() or 'a worker'} free)",
+            ) from None
         except WorkerStartFailed:
+            self._end_actor()
             raise
-        except Exception as exc:
-            self.kill()
-            raise WorkerStartFailed(self.spec.tenant, "ray", type(exc).__name__, str(exc)) from None
+        except BaseException as exc:
+            self._end_actor()
+            if not isinstance(exc, Exception):
+                raise  # cancelled: by a stop that no longer sees this process
+            raise WorkerStartFailed(
+                self.spec.tenant, "ray", _error_type(exc), _first_line(exc)
+            ) from None
         relay = worker_end.dup()
         relay.setblocking(False)
-        loop = asyncio.get_running_loop()
-        self._relays = [
-            loop.create_task(self._to_worker(relay)),
-            loop.create_task(self._to_host(relay)),
-        ]
+        self._relaying = asyncio.get_running_loop().create_task(self._relay(relay))
+
+    async def _start_actor(self) -> None:
+        await self._ray.ensure()
+        await self._check_resources()
+        bundle, libraries = await self._shipment.refs()
+        self._actor = _keeper().options(**self._options()).remote(self.spec.tenant)
+        self.where = await self._actor.start.remote(bundle, libraries)
+
+    def _asked(self) -> dict[str, float]:
+        asked = dict(self._wanted.resources)
+        if self._wanted.num_cpus is not None:
+            asked["CPU"] = self._wanted.num_cpus
+        return asked
 
     def _options(self) -> dict[str, Any]:
         options: dict[str, Any] = {
@@ -294,9 +355,7 @@ class _RayProcess(_Process):
         """Refuse at once what no node of the cluster has (Ray would wait for it forever)."""
         import ray
 
-        asked = dict(self._wanted.resources)
-        if self._wanted.num_cpus is not None:
-            asked["CPU"] = self._wanted.num_cpus
+        asked = self._asked()
         nodes = await asyncio.to_thread(ray.nodes)
         if not asked or any(
             node.get("Alive")
@@ -311,31 +370,36 @@ class _RayProcess(_Process):
             f"no node of the Ray cluster has what its [ray] table asks: {asked}",
         )
 
-    async def _to_worker(self, relay: socket.socket) -> None:
-        """Relay the host's frames to the worker until the host's end closes; the relay
-        socket is closed here only, once no other task waits on it."""
-        loop = asyncio.get_running_loop()
+    async def _relay(self, relay: socket.socket) -> None:
+        """Relay frames both ways; the socket is closed once neither direction uses it."""
         try:
-            while data := await loop.sock_recv(relay, _CHUNK):
-                await self._actor.send.remote(data)
-        except Exception:  # the actor is gone: _to_host tells why
-            pass
+            await asyncio.gather(self._to_worker(relay), self._to_host(relay))
         finally:
             relay.close()
 
+    async def _to_worker(self, relay: socket.socket) -> None:
+        """The host's frames to the worker, until the host's end closes."""
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(Exception):  # the worker or its actor is gone: see _to_host
+            while data := await loop.sock_recv(relay, _CHUNK):
+                await self._actor.send.remote(data)
+
     async def _to_host(self, relay: socket.socket) -> None:
+        """The worker's frames to the host, until the worker's end closes; then the host's
+        end reads the end of them."""
         loop = asyncio.get_running_loop()
         try:
             while data := await self._actor.receive.remote():
                 await loop.sock_sendall(relay, data)
         except Exception as exc:  # the actor is gone: its node, or Ray, lost it
-            if self._closing is None:
-                self._actor_lost = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            self._lost_actor(exc)
         finally:
-            # The host's end reads the end of the worker's frames, and closes: then
-            # _to_worker ends too.
             with contextlib.suppress(OSError):
                 relay.shutdown(socket.SHUT_WR)
+
+    def _lost_actor(self, error: BaseException) -> None:
+        if not self._ended_by_host and self._actor_lost is None:  # lost, not ended by the host
+            self._actor_lost = f"{_error_type(error)}: {_first_line(error)}"
 
     def _first_frame(self) -> dict[str, Any]:
         spec = replace(
@@ -353,12 +417,12 @@ class _RayProcess(_Process):
         return describe_exit(returncode)
 
     async def _exit_status(self, grace: float) -> int | None:
-        if self._actor is None or self._actor_lost is not None:
+        if self._actor is None or self._actor_lost is not None or self._ended_by_host:
             return None
         try:
             status: int | None = await self._actor.exit_status.remote(grace)
         except Exception as exc:
-            self._actor_lost = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            self._lost_actor(exc)
             return None
         return status
 
@@ -366,20 +430,49 @@ class _RayProcess(_Process):
         return None  # the actor reaps its worker when it closes
 
     async def _ended_after_stop(self, timeout: float) -> None:
-        if self._actor is not None and self._actor_lost is None:
+        if self._actor is not None and self._actor_lost is None and not self._ended_by_host:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._actor.exit_status.remote(timeout), timeout + 5)
         self.kill()
         if self._closing is not None:
-            with contextlib.suppress(Exception):
-                await self._closing
-        for relay in self._relays:
-            relay.cancel()
+            try:
+                await asyncio.wait_for(self._closing, _CLOSE_WAIT)
+            except TimeoutError:
+                self._end_actor()  # it does not answer: Ray ends it (its folder is swept)
+            except Exception:
+                pass  # ended: exit_actor, or it was gone already
+        if self._relaying is not None:
+            self._relaying.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._relaying
 
     def kill(self) -> None:
         """End the worker, what it started, its folder and its actor."""
-        if self._actor is not None and self._closing is None:
+        if self._actor is not None and not self._ended_by_host:
+            self._ended_by_host = True
             self._closing = self._actor.close.remote()
+
+    def _end_actor(self) -> None:
+        """End the actor at once, placed or not (what it made on its node is swept)."""
+        import ray
+
+        if self._actor is not None:
+            self._ended_by_host = True
+            with contextlib.suppress(Exception):
+                ray.kill(self._actor)
+
+
+def _error_type(error: BaseException) -> str:
+    """The type of what failed: a Ray task error's cause, not its wrapper."""
+    cause = getattr(error, "cause", None)
+    return type(cause if isinstance(cause, BaseException) else error).__name__
+
+
+def _first_line(error: BaseException) -> str:
+    """A Ray error's first line: the rest is the remote traceback."""
+    cause = getattr(error, "cause", None)
+    text = str(cause if isinstance(cause, BaseException) else error)
+    return text.splitlines()[0] if text else ""
 
 
 @functools.cache
@@ -403,7 +496,7 @@ class RayUnit(WorkerUnit):
     def describe(self) -> dict[str, Any]:
         found = super().describe()
         process = self.supervisor.process
-        if isinstance(process, _RayProcess):
+        if isinstance(process, _RayProcess) and process.pid is not None:  # not a lost one
             found.update(
                 actor=process.actor,
                 node=process.where.get("node"),
@@ -421,13 +514,22 @@ class Ray(Worker):
     Args:
         ray_address: the cluster (as ``ray.init`` takes it); ``None``: the connection this
             process has, or a local Ray instance started at the first ray start.
+        ray_resources: the custom resources a tenant's ``[ray]`` table may ask for; a
+            deploy asking for another is refused.
     """
 
     name = "ray"
 
-    def __init__(self, *args: Any, ray_address: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        ray_address: str | None = None,
+        ray_resources: frozenset[str] = frozenset(),
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._connection = _Connection(ray_address)
+        self._resources = ray_resources
         self.availability = availability()
 
     def check(self) -> str:
@@ -438,7 +540,23 @@ class Ray(Worker):
             raise PlacementUnavailableError(
                 self.name, self.availability.removeprefix("unavailable: ")
             )
+        asked = read_manifest(launch.folder).ray.resources
+        refused = sorted(set(asked) - self._resources)
+        if launch.live and refused:  # a deploy; a stored bundle runs without them (_wanted)
+            allowed = ", ".join(sorted(self._resources)) or "none"
+            raise BundleRejectedError(
+                f"[ray] asks for resources tenants may not ask for here: {', '.join(refused)}"
+                f" (allowed by the network's ray_resources: {allowed})",
+                MANIFEST,
+            )
         return await super().start(launch)
+
+    def _wanted(self, launch: Launch) -> RayResources:
+        """What the launch's actor reserves: its ``[ray]`` table, but resources the network
+        does not let tenants ask for (another tenant's device, a node's own name)."""
+        wanted = read_manifest(launch.folder).ray
+        allowed = {name: need for name, need in wanted.resources.items() if name in self._resources}
+        return wanted.model_copy(update={"resources": allowed})
 
     def _unit(self, launch: Launch, supervisor: Supervisor) -> WorkerUnit:
         return RayUnit(launch, supervisor, self.name, mounts_state=False)
@@ -446,9 +564,13 @@ class Ray(Worker):
     def _process(self, launch: Launch, spec: WorkerSpec) -> ProcessFactory:
         libraries = launch.environment.folder if launch.environment else None
         shipment = _Shipment(launch.folder, libraries)
-        wanted = read_manifest(launch.folder).ray
+        wanted = self._wanted(launch)
         return functools.partial(
-            _RayProcess, connection=self._connection, shipment=shipment, wanted=wanted
+            _RayProcess,
+            connection=self._connection,
+            shipment=shipment,
+            wanted=wanted,
+            availability=self.availability,
         )
 
     async def close(self) -> None:
