@@ -19,7 +19,7 @@ disk with the host. For that reason a ray tenant's calls get no tenant state
 Where the cluster is: ``ray_address`` (``Network(ray_address=...)``, config
 ``ray_address``, ``plughost serve --ray-address``); unset, a process already
 connected to Ray keeps its connection, else Ray's own ``RAY_ADDRESS``, else the first
-ray start starts a local Ray instance and logs it. Ray is an optional dependency
+ray start starts a new local Ray instance and logs it. Ray is an optional dependency
 (``plughost[ray]``): without it the placement is unavailable and a ray deploy is refused.
 """
 
@@ -98,11 +98,10 @@ def _process_identity(pid: int) -> str | None:
     return f"{pid} {fields[19]}" if fields[0] != "Z" else None
 
 
-def sweep_abandoned(top: Path) -> list[Path]:
+def sweep_abandoned(top: Path) -> None:
     """Remove the node folders under ``top`` whose actor has ended without removing its
     own (killed, or its process lost): each names its owner in a file, by pid and start
-    time. Returns what it removed."""
-    removed = []
+    time."""
     for folder in top.glob(f"{_FOLDER_PREFIX}*"):
         try:
             owner = (folder / _OWNER).read_text().split()
@@ -114,8 +113,6 @@ def sweep_abandoned(top: Path) -> list[Path]:
             and _process_identity(int(owner[0])) != " ".join(owner)
         ):
             shutil.rmtree(folder, ignore_errors=True)
-            removed.append(folder)
-    return removed
 
 
 class NodeKeeper:
