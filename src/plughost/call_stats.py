@@ -38,34 +38,30 @@ def _upper(index: int) -> float:
 _BOUNDS = [_upper(index) for index in range(_BINS - 1)]  # past the last: the last bin
 
 
-def _bin(seconds: float) -> int:
-    return bisect.bisect_left(_BOUNDS, seconds)
-
-
 class CallStats:
     """Each tenant's calls, a bucket a second, for the last :data:`KEEP_SECONDS`."""
 
     def __init__(self, clock: Any = time.time) -> None:
         self._clock = clock
         self._tenants: dict[str, deque[_Second]] = {}
+        self._current: dict[str, _Second] = {}  # each tenant's latest second, the one counted in
 
     def record(self, tenant: str, seconds: float, ok: bool) -> None:
         """Count one call of ``tenant`` that took ``seconds`` and succeeded or not."""
         now = int(self._clock())
-        seconds_kept = self._tenants.get(tenant)
-        if seconds_kept is None:
-            seconds_kept = self._tenants[tenant] = deque(maxlen=KEEP_SECONDS)
-        if not seconds_kept or seconds_kept[-1].at != now:
-            seconds_kept.append(_Second(now))
-        bucket = seconds_kept[-1]
+        bucket = self._current.get(tenant)
+        if bucket is None or bucket.at != now:  # once a second a tenant is called in
+            bucket = self._current[tenant] = _Second(now)
+            self._tenants.setdefault(tenant, deque(maxlen=KEEP_SECONDS)).append(bucket)
         bucket.calls += 1
         if not ok:
             bucket.errors += 1
-        bucket.bins[_bin(seconds)] += 1
+        bucket.bins[bisect.bisect_left(_BOUNDS, seconds)] += 1
 
     def forget(self, tenant: str) -> None:
         """A removed tenant: its calls are no one's to chart."""
         self._tenants.pop(tenant, None)
+        self._current.pop(tenant, None)
 
     def series(self, tenant: str, window: int = 300, step: int = 5) -> dict[str, list[Any]]:
         """The tenant's last ``window`` seconds in steps of ``step``: for each step its end

@@ -1,7 +1,8 @@
 """Prometheus metrics of one network, in its own registry.
 
-Counters and the call-latency histogram are updated where things happen;
-gauges and the runtime's own counts are read at each scrape.
+Counters and the call-latency histogram are updated where things happen (those of agent
+calls, every call's, without a lock); gauges and the runtime's own counts are read at each
+scrape.
 """
 
 from __future__ import annotations
@@ -70,14 +71,39 @@ class _Latency(Collector):
         yield family
 
 
+class _LoopCounter(Collector):
+    """A counter by one label, counted without a lock, given to Prometheus at each scrape.
+
+    Every agent call counts one, on the event loop: prometheus_client's ``Counter`` takes a
+    lock at each ``inc`` (0.5 µs alone, some 2 µs of a warm call as measured in it). Only
+    the event loop's thread may call :meth:`inc`.
+    """
+
+    def __init__(self, name: str, documentation: str, label: str, values: list[str]) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._label = label
+        self._counts = dict.fromkeys(values, 0)
+
+    def inc(self, value: str) -> None:
+        self._counts[value] += 1
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self._name, self._documentation, labels=[self._label])
+        for value, count in self._counts.items():
+            family.add_metric([value], count)
+        yield family
+
+
 class Metrics:
     """The metrics of one network; :meth:`render` gives the Prometheus text format."""
 
     def __init__(self, sample: Sampler) -> None:
         self.registry = CollectorRegistry()
-        self.calls = Counter(
-            "plughost_agent_calls", "agent calls by outcome", ["outcome"], registry=self.registry
+        self.calls = _LoopCounter(
+            "plughost_agent_calls", "agent calls by outcome", "outcome", ["ok", "error"]
         )
+        self.registry.register(self.calls)
         self.call_seconds = _Latency("plughost_agent_call_seconds", "agent call latency")
         self.registry.register(self.call_seconds)
         self.deploys = Counter(

@@ -116,8 +116,6 @@ class Tenants:
         self._pinned: Counter[str] = Counter()  # bundle digests of namespaces about to load
         self.stats = CallStats()
         """Each tenant's recent calls, for the operator page's charts."""
-        self._calls_ok = metrics.calls.labels("ok")
-        self._calls_failed = metrics.calls.labels("error")
 
     def placement_of(self, tenant: str) -> Placement:
         """The placement the tenant's code runs in."""
@@ -501,13 +499,17 @@ class Tenants:
         the tenant or of ``user``."""
         started = time.perf_counter()
         try:
-            # First: a name that is no tenant's (or snapshot's) gets no state folder.
-            unit = await self._acquire(tenant, snapshot)
+            # First: a name that is no tenant's (or snapshot's) gets no state folder. Most
+            # calls find their namespace loaded and their state made, and need not await.
+            target = self._catalog.target(tenant, snapshot)[0]
+            unit = self._runtime.lease_loaded(target) or await self._acquire(tenant, snapshot)
             try:
-                snapshot_state = (
-                    None if snapshot is None else self._catalog.snapshot(tenant, snapshot).state
-                )
-                lease = await self._states.begin(tenant, user, snapshot, snapshot_state)
+                lease = self._states.begin_warm(tenant, user) if snapshot is None else None
+                if lease is None:
+                    snapshot_state = (
+                        None if snapshot is None else self._catalog.snapshot(tenant, snapshot).state
+                    )
+                    lease = await self._states.begin(tenant, user, snapshot, snapshot_state)
             except BaseException:
                 self._runtime.release(unit)
                 raise
@@ -521,11 +523,11 @@ class Tenants:
             if lease.view is not None:  # a live call's hold went with its release
                 await self._states.end(lease, None)
         except Exception:
-            self._calls_failed.inc()
+            self._metrics.calls.inc("error")
             if tenant in self._catalog:  # a name that is no tenant's gets no series
                 self.stats.record(tenant, time.perf_counter() - started, False)
             raise
-        self._calls_ok.inc()
+        self._metrics.calls.inc("ok")
         elapsed = time.perf_counter() - started
         self._metrics.call_seconds.observe(elapsed)
         self.stats.record(tenant, elapsed, True)
