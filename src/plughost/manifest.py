@@ -154,6 +154,7 @@ class Manifest(BaseModel):
     sandbox: SandboxLimits = Field(default_factory=SandboxLimits)
     """Only what the table sets counts (see :meth:`SandboxLimits.lowered_to`)."""
     ray: RayResources = Field(default_factory=RayResources)
+    """Custom resources only those the network lets tenants ask for (``ray_resources``)."""
 
     @field_validator("dependencies")
     @classmethod
