@@ -277,9 +277,9 @@ class TenantStates:
             if sealing is not None:  # sealed while it waited, perhaps
                 captured = sealing.state
         if captured is None:
-            known = gate.live.get(user)
-            if known is not None:  # every call of this user after the first
-                return StateLease(known, gate)
+            warm = self.begin_warm(tenant, user)  # a user seen before, after the wait
+            if warm is not None:
+                return warm
             folder = user_folder(user)
             state = CallState(
                 tenant, None, root, f"{LIVE}/{folder}", f"{LIVE}/{SHARED}", user, False

@@ -31,9 +31,7 @@ import functools
 import importlib.util
 import logging
 import os
-import shutil
 import socket
-import stat
 import subprocess
 import sys
 import tempfile
@@ -43,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BundleRejectedError, PlacementUnavailableError, WorkerStartFailed
+from ..folders import read_regular, remove_tree, walk
 from ..manifest import MANIFEST, RayResources, read_manifest
 from ..protocol import WorkerSpec
 from .base import Launch, Started
@@ -59,34 +58,31 @@ _ACTOR_CONCURRENCY = 8  # an actor's calls at once: a send, a receive, a stop an
 _FOLDER_PREFIX = "plughost-ray-"
 _OWNER = "owner"  # in a node folder: the actor process that made it
 _CLOSE_WAIT = 5.0  # seconds an actor is given to end its worker and remove its folder
-Files = list[tuple[str, int, bytes]]
-"""A folder's regular files, shipped through the object store: ``(relative path, mode, data)``."""
+Files = list[tuple[str, bytes]]
+"""A folder's regular files, shipped through the object store: ``(relative path, data)``."""
 
 
 def pack(folder: Path) -> Files:
-    """Read the regular files under ``folder`` to ship them to a node (links are left out:
-    a bundle's and a tenant's libraries' folders hold none that matter)."""
+    """Read the regular files under ``folder`` to ship them to a node (a link is left out,
+    never followed: a bundle's and a tenant's libraries' folders hold none that matter)."""
     files: Files = []
-    for parent, _, names in os.walk(folder):
-        for name in names:
-            path = Path(parent, name)
-            info = path.lstat()
-            if stat.S_ISREG(info.st_mode):
-                relative = str(path.relative_to(folder))
-                files.append((relative, info.st_mode & 0o777, path.read_bytes()))
+    for listed in walk(folder):
+        for name in listed.others:
+            data = read_regular(name, listed.descriptor)
+            if data is not None:
+                files.append((listed.child(name), data))
     return files
 
 
 def unpack(files: Files, folder: Path) -> None:
     """Write shipped ``files`` into ``folder``, refusing any path that leaves it."""
     root = folder.resolve()
-    for relative, mode, data in files:
+    for relative, data in files:
         target = (root / relative).resolve()
         if not target.is_relative_to(root) or target == root:
             raise ValueError(f"a shipped file's path leaves its folder: {relative!r}")
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
-        target.chmod(mode | stat.S_IRUSR)
 
 
 def _process_identity(pid: int) -> str | None:
@@ -112,7 +108,7 @@ def sweep_abandoned(top: Path) -> None:
             and owner[0].isdigit()
             and _process_identity(int(owner[0])) != " ".join(owner)
         ):
-            shutil.rmtree(folder, ignore_errors=True)
+            remove_tree(folder)
 
 
 class NodeKeeper:
@@ -198,7 +194,7 @@ class NodeKeeper:
                 kill_session(self._process.pid)
             await asyncio.to_thread(self._process.wait)
         if self._folder is not None:
-            await asyncio.to_thread(shutil.rmtree, self._folder, True)
+            await asyncio.to_thread(remove_tree, self._folder)
         ray.actor.exit_actor()  # type: ignore[no-untyped-call]
 
 
@@ -528,9 +524,6 @@ class Ray(Worker):
         self._connection = _Connection(ray_address)
         self._resources = ray_resources
         self.availability = availability()
-
-    def check(self) -> str:
-        return self.availability
 
     async def start(self, launch: Launch) -> Started:
         if self.availability != "available":
