@@ -2,7 +2,7 @@
 
 In memory, a bounded map from the source's sha256 to its code object. On disk
 (once a folder is given), one file per compiled source, named by the sha256
-of the source and of the interpreter's bytecode magic number and
+of the source and by the interpreter's bytecode magic number and
 optimization level: unlike a ``.pyc`` judged by a file's modification time,
 an entry can only ever hold the code of exactly that source, so it never runs
 stale code, and a new interpreter version never reads an old one's. Each file
@@ -28,6 +28,7 @@ from pathlib import Path
 from types import CodeType
 
 _MAGIC = importlib.util.MAGIC_NUMBER + bytes([sys.flags.optimize])
+_MAGIC_HEX = _MAGIC.hex()
 _DIGEST = 32
 
 
@@ -125,15 +126,16 @@ class CodeCache:
             self._entries.clear()
 
 
-def _entry(folder: Path, key: bytes) -> Path:
-    name = hashlib.sha256(key + _MAGIC).hexdigest()
-    return folder / name[:2] / name
+def _entry(folder: Path, key: bytes) -> str:
+    name = f"{key.hex()}-{_MAGIC_HEX}"
+    return os.path.join(folder, name[:2], name)
 
 
 def _read(folder: Path, key: bytes) -> CodeType | None:
     path = _entry(folder, key)
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as stream:
+            data = stream.read()
     except OSError:
         return None
     payload = data[_DIGEST:]
@@ -143,7 +145,7 @@ def _read(folder: Path, key: bytes) -> CodeType | None:
             code = marshal.loads(payload)
     if not isinstance(code, CodeType):
         with contextlib.suppress(OSError):
-            path.unlink()
+            os.unlink(path)
         return None
     return code
 
@@ -152,14 +154,15 @@ def _write(folder: Path, key: bytes, code: CodeType) -> None:
     """Best effort: a cache that cannot be written only costs a compile next time."""
     path = _entry(folder, key)
     payload = marshal.dumps(code)
-    temporary = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    temporary = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
     try:
-        path.parent.mkdir(exist_ok=True)
-        temporary.write_bytes(hashlib.sha256(payload).digest() + payload)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(temporary, "wb") as stream:
+            stream.write(hashlib.sha256(payload).digest() + payload)
         os.replace(temporary, path)
     except OSError:
         with contextlib.suppress(OSError):
-            temporary.unlink()
+            os.unlink(temporary)
 
 
 def _trim(folder: Path, max_files: int) -> None:

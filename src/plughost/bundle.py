@@ -96,7 +96,7 @@ def index_bundle(root: Path) -> BundleIndex:
     """
     if root.is_file() and root.suffix == ".py":
         stem = _checked_part(root.name[:-3], root)
-        digest, sources = _read([(root.name, root)])
+        digest, sources = _read([(root.name, str(root))])
         return BundleIndex(
             root=root.parent,
             modules={stem: ModuleEntry(stem, root, False)},
@@ -109,7 +109,7 @@ def index_bundle(root: Path) -> BundleIndex:
     modules: dict[str, ModuleEntry] = {}
     _index_package(root, (), modules)
     init = root / "__init__.py"
-    digest, sources = _read(iter_bundle_files(root))
+    digest, sources = _read(_bundle_files(str(root)))
     return BundleIndex(
         root=root,
         modules=dict(sorted(modules.items())),
@@ -119,28 +119,33 @@ def index_bundle(root: Path) -> BundleIndex:
     )
 
 
-def _read(files: Iterable[tuple[str, Path]]) -> tuple[str, dict[str, tuple[bytes, bytes]]]:
+def _read(files: Iterable[tuple[str, str]]) -> tuple[str, dict[str, tuple[bytes, bytes]]]:
     """The digest of ``(relative path, path)`` files, and the ``.py`` ones' content and sha256."""
     manifest: dict[str, str] = {}
     sources: dict[str, tuple[bytes, bytes]] = {}
     for relative, path in files:
-        data = path.read_bytes()
+        with open(path, "rb") as stream:
+            data = stream.read()
         sha = hashlib.sha256(data).digest()
         manifest[relative] = sha.hex()
         if relative.endswith(".py"):
-            sources[str(path)] = (data, sha)
+            sources[path] = (data, sha)
     return manifest_digest(manifest), sources
 
 
 def _index_package(folder: Path, prefix: tuple[str, ...], into: dict[str, ModuleEntry]) -> None:
-    for child in sorted(folder.iterdir()):
-        if child.is_dir() and (child / "__init__.py").is_file() and child.name != "__pycache__":
-            parts = (*prefix, _checked_part(child.name, child))
-            into[".".join(parts)] = ModuleEntry(".".join(parts), child / "__init__.py", True)
-            _index_package(child, parts, into)
-        elif child.is_file() and child.suffix == ".py" and child.name != "__init__.py":
-            parts = (*prefix, _checked_part(child.name[:-3], child))
-            into[".".join(parts)] = ModuleEntry(".".join(parts), child, False)
+    with os.scandir(folder) as listing:
+        children = sorted(listing, key=lambda entry: entry.name)
+    for child in children:
+        if child.is_dir():
+            if child.name != "__pycache__" and os.path.isfile(child.path + "/__init__.py"):
+                parts = (*prefix, _checked_part(child.name, Path(child.path)))
+                package = Path(child.path)
+                into[".".join(parts)] = ModuleEntry(".".join(parts), package / "__init__.py", True)
+                _index_package(package, parts, into)
+        elif child.name.endswith(".py") and child.name != "__init__.py" and child.is_file():
+            parts = (*prefix, _checked_part(child.name[:-3], Path(child.path)))
+            into[".".join(parts)] = ModuleEntry(".".join(parts), Path(child.path), False)
 
 
 def _checked_part(name: str, path: Path) -> str:
@@ -154,12 +159,31 @@ def _checked_part(name: str, path: Path) -> str:
 
 
 def iter_bundle_files(root: Path) -> Iterator[tuple[str, Path]]:
-    """Yield ``(relative posix path, path)`` for every file of a bundle folder, sorted."""
-    for path in sorted(root.rglob("*")):
-        relative = path.relative_to(root)
-        if "__pycache__" in relative.parts or not path.is_file():
-            continue
-        yield relative.as_posix(), path
+    """Yield ``(relative posix path, path)`` for every file of a bundle folder, by path."""
+    for relative, path in _bundle_files(str(root)):
+        yield relative, Path(path)
+
+
+def _bundle_files(root: str) -> list[tuple[str, str]]:
+    """Every file of a bundle folder as ``(relative posix path, path)``, sorted by the former.
+
+    A link to a file counts as that file; a link to a folder is not followed,
+    and nothing inside a ``__pycache__`` folder counts.
+    """
+    found: list[tuple[str, str]] = []
+    pending = [("", root)]
+    while pending:
+        prefix, folder = pending.pop()
+        with os.scandir(folder) as listing:
+            for entry in listing:
+                if entry.name == "__pycache__":
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append((f"{prefix}{entry.name}/", entry.path))
+                elif entry.is_file():
+                    found.append((prefix + entry.name, entry.path))
+    found.sort()
+    return found
 
 
 def manifest_digest(manifest: Mapping[str, str]) -> str:

@@ -267,6 +267,7 @@ class _NamespaceImports:
         self.package_name = namespace.package_name
         # Its own files come first: a bundle module shadows a library of the same name.
         self._top_names = index.top_names | (libraries.names if libraries else frozenset())
+        self._own = {namespace.module_name(stem): entry for stem, entry in index.modules.items()}
         # Its own copy, so that what one bundle writes into its ``__builtins__`` stays its own.
         self.builtins: dict[str, Any] = {**vars(builtins), "__import__": _bundle_import}
         self.watch: _LoadWatch | None = None
@@ -292,19 +293,19 @@ class _NamespaceImports:
             )
             spec.submodule_search_locations = [str(self.index.root)]
             return spec
-        try:
-            _, stem = Namespace.parse_module_name(fullname)
-        except ValueError:
-            return None
-        entry = self.index.modules.get(stem)
-        if (
-            entry is None
-            and self.libraries is not None
-            and stem.partition(".")[0] not in (self.index.top_names)
-        ):
-            entry = self.libraries.entry(stem)
+        entry = self._own.get(fullname)
         if entry is None:
-            return None
+            if self.libraries is None:
+                return None
+            try:
+                _, stem = Namespace.parse_module_name(fullname)
+            except ValueError:
+                return None
+            if stem.partition(".")[0] in self.index.top_names:
+                return None
+            entry = self.libraries.entry(stem)
+            if entry is None:
+                return None
         return self._file_spec(
             fullname, entry.path, entry.path.parent if entry.is_package else None
         )
