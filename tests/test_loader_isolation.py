@@ -344,12 +344,13 @@ def test_a_bundle_that_replaces_the_import_function_is_undone_with_a_warning(
 
 
 POLLUTERS = {
-    "replaces another namespace's module": (
-        "import sys, types\n"
-        "sys.modules['plughost_ns.t_victim.helpers'] = types.ModuleType('fake')\n"
+    "adds a module under another namespace": (
+        "import sys, types\nsys.modules['plughost_ns.t_victim.extra'] = types.ModuleType('fake')\n"
     ),
-    "removes another namespace's module": (
-        "import sys\ndel sys.modules['plughost_ns.t_victim.helpers']\n"
+    "removes another namespace's module and puts another in its place": (
+        "import sys, types\n"
+        "del sys.modules['plughost_ns.t_victim.helpers']\n"
+        "sys.modules['plughost_ns.t_victim.helpers'] = types.ModuleType('fake')\n"
     ),
     "plants a module under a namespace not loaded yet": (
         "import sys, types\n"
@@ -357,6 +358,11 @@ POLLUTERS = {
     ),
     "replaces the root package": (
         "import sys, types\nsys.modules['plughost_ns'] = types.ModuleType('plughost_ns')\n"
+    ),
+    "moves its own load's marker": (
+        "import sys\n"
+        "marker = next(k for k in sys.modules if k.startswith('plughost_ns._x__load_'))\n"
+        "sys.modules[marker] = sys.modules.pop(marker)\n"
     ),
 }
 
@@ -375,9 +381,49 @@ def test_a_bundle_that_writes_other_namespaces_keys_is_undone_and_refused(
     assert caught.value.keys and all(k.startswith("plughost_ns") for k in caught.value.keys)
     assert caught.value.keys[0] in str(caught.value)
     assert dict(sys.modules) == keys_before
+    assert all(sys.modules[key] is module for key, module in keys_before.items())
     assert _notify(victim.modules["notifier_agent"]) == "<victim>victim:hi"
     later = load(Namespace("later"), _swarm(write_bundle, "later"))
     assert _notify(later.modules["notifier_agent"]) == "<later>later:hi"
+
+
+IN_PLACE = {
+    "replaces another namespace's module": (
+        "import sys, types\n"
+        "sys.modules['plughost_ns.t_victim.helpers'] = types.ModuleType('fake')\n"
+    ),
+    "removes another namespace's module": (
+        "import sys\ndel sys.modules['plughost_ns.t_victim.helpers']\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(IN_PLACE))
+def test_a_namespace_gets_its_own_module_back_where_its_code_imports_it(
+    write_bundle: WriteBundle, load: Load, case: str
+) -> None:
+    # A load compares the host's keys and the keys added, not every namespace's: a key of
+    # another namespace changed in place is found, and put back, by that namespace.
+    victim = load(
+        Namespace("victim"),
+        write_bundle(
+            {
+                "helpers.py": "WORD = 'own'\n",
+                "agent.py": "def word():\n    import helpers\n    return helpers.WORD\n",
+            }
+        ),
+    )
+    own = victim.modules["helpers"]
+    load(Namespace("polluter"), write_bundle({"polluter.py": IN_PLACE[case]}))
+
+    with pytest.warns(BundleWarning, match=r"t_victim\.helpers'\] had been removed or bound"):
+        assert victim.modules["agent"].word() == "own"
+    assert sys.modules["plughost_ns.t_victim.helpers"] is own
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert victim.modules["agent"].word() == "own"
+    victim.unload()
+    assert "plughost_ns.t_victim.helpers" not in sys.modules
 
 
 def test_keys_planted_before_a_namespace_loads_are_dropped_with_a_warning(

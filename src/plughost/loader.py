@@ -30,15 +30,20 @@ Loads are tamper-evident:
   :mod:`builtins` module (``builtins.__import__``, ``builtins.open``) gets a
   :class:`~plughost.errors.BundleWarning` and the change is undone.
 * While a bundle loads, it may add ``sys.modules`` keys (its imports), but a
-  key outside the namespaces that it removes or binds to another object is
-  put back and fails the load with
-  :class:`~plughost.errors.ForeignModulesError` naming the keys: plughost's
-  own modules, the standard library, installed packages and the root package
-  alike. So is any change under a namespace that had finished loading before
-  it began, and a key added under a namespace that is not loaded; namespaces
+  host key (plughost's own modules, the standard library, installed
+  packages, the root package) that it removes or binds to another object is
+  put back and fails the load with :class:`~plughost.errors.ForeignModulesError`
+  naming the keys. So does a key it adds under a namespace that is not loaded,
+  or under one that had finished loading before it began, and a key of such a
+  namespace that it takes out and puts back bound to another object; namespaces
   that load meanwhile change their own keys. This holds when a module fails
   after its change as well. Keys planted under a namespace's module names
   before it loads are dropped.
+* A key of another namespace that a load rebinds in place, or removes, is not
+  compared at the load: that would cost a pass over every namespace's keys
+  at every load (see :mod:`plughost._modules_watch`). The namespace whose key
+  it is finds it where its code imports the name: its own module is put back,
+  with a :class:`~plughost.errors.BundleWarning`, and its code gets it.
 * Values are compared by identity, so a module that claims to equal the one
   it replaced is still a change. A key added that no module held before is
   taken for an import: a planted module under a name nothing imported yet is
@@ -83,6 +88,16 @@ from typing import Any, cast
 
 from ._codecache import CodeCache
 from ._leaks import find_leaks
+from ._modules_watch import (
+    MARKER_PREFIX,
+    MISSING,
+    HostKeys,
+    LoadWatch,
+    end_watch,
+    host_changes,
+    keys_added,
+    start_watch,
+)
 from .bundle import BundleIndex, ModuleEntry, extract_archive, index_bundle, is_archive
 from .errors import (
     BundleLoadError,
@@ -98,8 +113,6 @@ __all__ = ["Leak", "LoadedBundle", "UnloadReport", "code_cache", "load_bundle", 
 _original_import = builtins.__import__
 _PREFIX = ROOT_PACKAGE + "."
 _COMPAT_BASIC_AGENT = "plughost.agent"
-_MISSING = object()
-"""Stands for a key that a dict does not hold (``None`` is a value ``sys.modules`` may hold)."""
 
 code_cache = CodeCache()
 """The compiled-code cache every namespace shares."""
@@ -109,6 +122,8 @@ _active: dict[str, _NamespaceImports] = {}  # package name -> namespace being or
 _unloads_since_sweep = 0
 _SWEEP_AFTER = 32
 """Unloads, at least, between two sweeps of ``sys.modules`` for keys of unloaded namespaces."""
+_host = HostKeys(_PREFIX)
+"""The host's keys that loads watch; see :mod:`plughost._modules_watch`."""
 _events = itertools.count()
 """Orders load starts and ends (taken under ``_lock``): a namespace settled before a load
 began when its load ended at a lower number than that load began."""
@@ -169,14 +184,15 @@ class _FolderResources(TraversableResources):
 class _PackageLoader(importlib.abc.Loader):
     """Creates the namespace package of a bundle that has no ``__init__.py`` of its own."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, own: dict[str, object]) -> None:
         self._root = root
+        self._own = own
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
         return None
 
     def exec_module(self, module: ModuleType) -> None:
-        pass
+        self._own[module.__name__] = module
 
     def is_package(self, fullname: str) -> bool:
         return True
@@ -194,10 +210,12 @@ class _ModuleLoader(importlib.machinery.SourceFileLoader):
         path: str,
         namespace_builtins: dict[str, Any],
         sources: Mapping[str, tuple[bytes, bytes]],
+        own: dict[str, object],
     ) -> None:
         super().__init__(fullname, path)
         self._builtins = namespace_builtins
         self._sources = sources
+        self._own = own
 
     def get_code(self, fullname: str) -> CodeType:
         known = self._sources.get(self.path)
@@ -212,6 +230,8 @@ class _ModuleLoader(importlib.machinery.SourceFileLoader):
         builtins_before = vars(builtins).copy()
         try:
             exec(code, module.__dict__)
+            # What its key holds now: a module may put another object in its own place.
+            self._own[module.__name__] = sys.modules.get(module.__name__, module)
         finally:
             # Both are shared by every namespace and the host itself.
             if not (len(sys.path) == len(path_before) and _same_objects(path_before, sys.path)):
@@ -270,10 +290,11 @@ class _NamespaceImports:
         self._own = {namespace.module_name(stem): entry for stem, entry in index.modules.items()}
         # Its own copy, so that what one bundle writes into its ``__builtins__`` stays its own.
         self.builtins: dict[str, Any] = {**vars(builtins), "__import__": _bundle_import}
-        self.watch: _LoadWatch | None = None
+        self.watch: LoadWatch | None = None
         self.settled_at: int | None = None  # where its load finished, in the order of _events
-        # Its sys.modules keys, in the order they appeared: what an unload removes.
-        self.keys: dict[str, None] = {}
+        # Its sys.modules keys, in the order they appeared: what an unload removes. Each
+        # maps to the object its import left there (None while that import runs).
+        self.keys: dict[str, object] = {}
         self.done = threading.Event()
         self.loaded: LoadedBundle | None = None
         self.error: BaseException | None = None
@@ -289,7 +310,7 @@ class _NamespaceImports:
             if self.index.init is not None:
                 return self._file_spec(fullname, self.index.init, self.index.root)
             spec = importlib.machinery.ModuleSpec(
-                fullname, _PackageLoader(self.index.root), is_package=True
+                fullname, _PackageLoader(self.index.root, self.keys), is_package=True
             )
             spec.submodule_search_locations = [str(self.index.root)]
             return spec
@@ -316,9 +337,29 @@ class _NamespaceImports:
         return importlib.util.spec_from_file_location(
             fullname,
             str(path),
-            loader=_ModuleLoader(fullname, str(path), self.builtins, self.index.sources),
+            loader=_ModuleLoader(fullname, str(path), self.builtins, self.index.sources, self.keys),
             submodule_search_locations=[str(package_dir)] if package_dir else None,
         )
+
+    def keep_own(self, key: str) -> None:
+        """Put back the namespace's own module under ``key`` if it is gone or replaced.
+
+        Only the namespace's import of ``key`` puts a module there; another
+        namespace's code, or the host's, may have removed or rebound the key
+        since (a load does not compare other namespaces' keys, see
+        :mod:`plughost._modules_watch`). Its code gets its own module again.
+        """
+        own = self.keys.get(key)
+        modules = cast("dict[str, object]", sys.modules)
+        if own is not None and modules.get(key, MISSING) is not own:
+            modules[key] = own
+            warnings.warn(
+                BundleWarning(
+                    f"{self.namespace!r}: sys.modules[{key!r}] had been removed or bound to "
+                    "another object from outside the namespace; its own module was put back"
+                ),
+                stacklevel=4,
+            )
 
     def resolve(self, name: str) -> tuple[str, str] | None:
         """Return (key to import, key to bind for a plain ``import``) for a bundle name."""
@@ -361,8 +402,11 @@ def _bundle_import(
         if isinstance(importer, str) and importer.startswith(_PREFIX):
             imports = _active.get(_package_of(importer))
             resolved = imports.resolve(name) if imports is not None else None
-            if resolved is not None:
+            if imports is not None and resolved is not None:
                 key, bound = resolved
+                imports.keep_own(key)
+                if bound != key:
+                    imports.keep_own(bound)
                 module = _original_import(key, globals, locals, fromlist, 0)
                 return module if fromlist else sys.modules[bound]
     return _original_import(name, globals, locals, fromlist, level)
@@ -374,7 +418,8 @@ def _import_module(name: str, package: str | None = None) -> ModuleType:
     if not name.startswith(".") and isinstance(importer, str) and importer.startswith(_PREFIX):
         imports = _active.get(_package_of(importer))
         resolved = imports.resolve(name) if imports is not None else None
-        if resolved is not None:
+        if imports is not None and resolved is not None:
+            imports.keep_own(resolved[0])
             return _original_import_module(resolved[0])
     return _original_import_module(name, package)
 
@@ -393,6 +438,8 @@ class _BundleFinder(importlib.abc.MetaPathFinder):
         target: ModuleType | None = None,
     ) -> importlib.machinery.ModuleSpec | None:
         if not fullname.startswith(_PREFIX):
+            # Every import reaches this finder first: the host's keys are known as they appear.
+            _host.note(fullname)
             return None
         imports = _active.get(_package_of(fullname))
         return imports.spec_for(fullname) if imports is not None else None
@@ -408,6 +455,7 @@ def _install_root() -> ModuleType:
     if not any(isinstance(finder, _BundleFinder) for finder in sys.meta_path):
         # First, so that no path-based finder serves a bundle file through a package __path__.
         sys.meta_path.insert(0, _BundleFinder())
+    _host.rescan(list(sys.modules))
     return root
 
 
@@ -508,9 +556,12 @@ def _remove_modules(imports: _NamespaceImports) -> list[tuple[str, ModuleType]]:
     :func:`_undo_foreign_writes` tell an unload from another bundle's meddling.
     """
     # A copy: a thread of the namespace's code may still import (and record) meanwhile.
-    keys = list(imports.keys)
-    removed = [(key, module) for key in keys if (module := sys.modules.pop(key, None)) is not None]
+    keys = dict(imports.keys)
+    for key in keys:
+        sys.modules.pop(key, None)
     imports.keys.clear()
+    # Its own modules, wherever they are: another object under one of its keys is not one.
+    removed = [(key, cast(ModuleType, kept)) for key, kept in keys.items() if kept is not None]
     _root.__dict__.pop(imports.package_name.partition(".")[2], None)
     return removed
 
@@ -529,27 +580,13 @@ def _sweep_now_and_then() -> None:
     if _unloads_since_sweep < max(_SWEEP_AFTER, len(_active)):
         return
     _unloads_since_sweep = 0
-    for key in [k for k in list(sys.modules) if isinstance(k, str) and k.startswith(_PREFIX)]:
+    everything = list(sys.modules)
+    _host.rescan(everything)  # and learn the host's keys that were put there by hand
+    for key in [k for k in everything if isinstance(k, str) and k.startswith(_PREFIX)]:
         package = _package_of(key)
-        if package not in _active:
+        if package not in _active and not key.startswith(MARKER_PREFIX):
             sys.modules.pop(key, None)
             _root.__dict__.pop(package.partition(".")[2], None)
-
-
-@dataclass
-class _LoadWatch:
-    """What one load compares ``sys.modules`` with once its modules have run.
-
-    ``modules_before`` is a copy of ``sys.modules`` from when the load began,
-    corrected for what other loads put back since; ``began`` is where it
-    began in the order of load events (:data:`_events`): a namespace whose
-    load finished earlier was settled then; ``changed_meanwhile`` the keys
-    that other loads found changed, and put back, while this one was under way.
-    """
-
-    modules_before: dict[str, object]
-    began: int
-    changed_meanwhile: set[str] = field(default_factory=set)
 
 
 def _same_objects(before: Iterable[object], now: Iterable[object]) -> bool:
@@ -579,98 +616,98 @@ def _changed_keys(before: Mapping[str, object], now: Mapping[str, object]) -> se
     return {
         key
         for key in before.keys() | now.keys()
-        if before.get(key, _MISSING) is not now.get(key, _MISSING)
+        if before.get(key, MISSING) is not now.get(key, MISSING)
     }
 
 
 def _put_back(now: dict[str, object], before: Mapping[str, object], keys: list[str]) -> list[str]:
     """Make ``keys`` of ``now`` what they were in ``before`` (absent included); return them."""
     for key in keys:
-        was = before.get(key, _MISSING)
-        if was is _MISSING:
+        was = before.get(key, MISSING)
+        if was is MISSING:
             now.pop(key, None)
         else:
             now[key] = was
     return keys
 
 
-def _is_foreign_change(key: str, was: object, now: object, own_package: str, began: int) -> bool:
-    """Whether a changed key is not the loading namespace's to change.
-
-    Under ``plughost_ns.``, a change is foreign when it touches a namespace
-    that was settled before the load began and still is (its own code does
-    not import any more), or adds a key under a namespace that is not loaded.
-    Namespaces that load meanwhile change their own keys, and an unload
-    removes a namespace's keys together with its ``_active`` entry under
-    ``_lock``, so neither is judged. Every other key (the root package,
-    plughost's own modules, the standard library, installed packages) may be
-    added, by an import, but not removed or replaced: no import does that,
-    and the host never removes such keys.
-    """
-    if not key.startswith(_PREFIX):
-        return was is not _MISSING
-    package = _package_of(key)
-    if package == own_package:
-        return False
-    imports = _active.get(package)
-    if imports is None:
-        return now is not _MISSING
-    # The same load object is still active: unloaded and loaded again, it would be another.
-    return imports.settled_at is not None and imports.settled_at < began
-
-
-def _undo_foreign_writes(imports: _NamespaceImports, watch: _LoadWatch) -> list[str]:
+def _undo_foreign_writes(imports: _NamespaceImports, watch: LoadWatch) -> list[str]:
     """Put back what changed, while one bundle loaded, under keys it does not own.
 
-    Each key put back is also put back in the copies of the other loads under
-    way: one that began before the change is told of it, since a shared dict
-    does not record who wrote it, and the one that did is among them; one
-    that began after it does not take the restored module for a change of its
-    own. Call it holding ``_lock``. Returns the keys that changed, sorted,
-    those of ``watch.changed_meanwhile`` included.
+    Foreign are: a host key removed or rebound (no import does that, and the
+    host never removes such keys); a key added under a namespace that is not
+    loaded; under one that was settled before the load began and still is
+    (its own code does not import any more), a key added or rebound. Keys of
+    namespaces that load meanwhile are theirs, and an unload removes a
+    namespace's keys together with its ``_active`` entry under ``_lock``, so
+    neither is judged.
+
+    Each key put back is told to the other loads under way that were under
+    way before the change, since a shared dict does not record who wrote it,
+    and the one that did is among them; one that began after it takes the
+    restored module for what it began with. Call it holding ``_lock``.
+    Returns the keys that changed, sorted, those of ``watch.changed_meanwhile``
+    included.
     """
-    before = watch.modules_before
-    after = cast("dict[str, object]", sys.modules.copy())
-    # The usual case, compared in C: nothing but additions (imports), which then follow
-    # what was there before, and only those need a look.
-    candidates = list(
-        itertools.islice(after, len(before), None)
-        if _starts_with(after, before)
-        else _changed_keys(before, after)
-    )
-    own = imports.package_name + "."
-    # Keys it added by hand, not through its finder, are its own to remove at unload too.
-    imports.keys.update(
-        dict.fromkeys(
-            key
-            for key in candidates
-            if isinstance(key, str) and key.startswith(own) and key in after
-        )
-    )
-    foreign = sorted(
-        key
-        for key in candidates
-        if isinstance(key, str)
-        and _is_foreign_change(
-            key,
-            before.get(key, _MISSING),
-            after.get(key, _MISSING),
-            imports.package_name,
-            watch.began,
-        )
-    )
+    modules = cast("dict[str, object]", sys.modules)
+    # What to put back under each foreign key (MISSING: nothing).
+    foreign: dict[str, object] = dict(host_changes(watch))
+    after = keys_added(watch)
+    if after is None:
+        foreign[watch.marker] = MISSING
+    own = imports.package_name
+    for key in after or ():
+        if not isinstance(key, str) or key.startswith(MARKER_PREFIX):
+            continue  # another load's marker, or not a key the checks count
+        if not key.startswith(_PREFIX):
+            _host.note(key)  # imported, or put there by hand; a change of its object is above
+            continue
+        package = _package_of(key)
+        value = modules.get(key, MISSING)
+        if package == own:
+            if value is not MISSING:  # what it added by hand is its own to remove at unload
+                imports.keys.setdefault(key, value)
+            continue
+        other = _active.get(package)
+        if other is None:
+            foreign[key] = MISSING
+        elif other.settled_at is not None and other.settled_at < watch.began:
+            recorded = other.keys.get(key, MISSING)
+            if recorded is not value and recorded is not None:
+                foreign[key] = recorded
     if not foreign:
         return sorted(watch.changed_meanwhile)
-    _put_back(cast("dict[str, object]", sys.modules), before, foreign)
-    for other in _active.values():
-        if other is imports or other.watch is None:
-            continue
-        other_before = other.watch.modules_before
-        other.watch.changed_meanwhile.update(
-            key for key in foreign if other_before.get(key, _MISSING) is before.get(key, _MISSING)
-        )
-        _put_back(other_before, before, foreign)
+    for key, was in foreign.items():
+        if was is MISSING:
+            modules.pop(key, None)
+        else:
+            modules[key] = was
+    _tell_other_loads(imports, watch, foreign, after or [])
     return sorted(watch.changed_meanwhile.union(foreign))
+
+
+def _tell_other_loads(
+    imports: _NamespaceImports, watch: LoadWatch, foreign: Mapping[str, object], after: list[object]
+) -> None:
+    """Tell the other loads under way of the keys ``watch``'s load put back.
+
+    A load was under way before a host key changed when it began with the
+    object this load began with; before a key appeared in the tail when its
+    marker comes before that key (``after`` is last first).
+    """
+    position = {key: index for index, key in enumerate(after)}
+    for other in _active.values():
+        theirs = other.watch
+        if other is imports or theirs is None:
+            continue
+        for key, was in foreign.items():
+            if key in position:
+                if position.get(theirs.marker, len(after)) > position[key]:
+                    theirs.changed_meanwhile.add(key)
+            elif theirs.host_value(key) is watch.host_value(key):
+                theirs.changed_meanwhile.add(key)
+            else:
+                theirs.correct_host(key, was)
 
 
 def loaded_namespaces() -> list[Namespace]:
@@ -734,13 +771,12 @@ def _load_index(
         if workdir is not None:
             workdir.cleanup()
         return _wait_for(imports, index)
+    watch: LoadWatch | None = None
     try:
         with _lock:
             own_keys = [package_name, *(namespace.module_name(stem) for stem in index.modules)]
             planted = [key for key in own_keys if sys.modules.pop(key, None) is not None]
-            watch = imports.watch = _LoadWatch(
-                cast("dict[str, object]", sys.modules.copy()), next(_events)
-            )
+            watch = imports.watch = start_watch(_host, next(_events))
         if planted:
             warnings.warn(
                 BundleWarning(
@@ -758,6 +794,7 @@ def _load_index(
         with _lock:
             foreign = _undo_foreign_writes(imports, watch)
             imports.watch = None
+            end_watch(watch)
         if foreign:
             raise ForeignModulesError(namespace, foreign) from failure
         if failure is not None:
@@ -765,6 +802,8 @@ def _load_index(
     except BaseException as exc:
         with _lock:
             imports.watch = None
+            if watch is not None:
+                end_watch(watch)
             _remove_modules(imports)
             del _active[package_name]
         if workdir is not None:
