@@ -88,8 +88,10 @@ class Catalog:
         Raises:
             UnknownTenantError: no such tenant.
         """
-        self.deployment(tenant)
-        return self._live_ns[tenant]
+        namespace = self._live_ns.get(tenant)
+        if namespace is None:
+            raise UnknownTenantError(tenant, self.tenants())
+        return namespace
 
     def snapshot(self, tenant: str, name: str) -> Snapshot:
         """One snapshot of a tenant.
@@ -166,11 +168,18 @@ class Catalog:
 
     # -- changing (when a write commits) ------------------------------------------------
 
-    def set_live(self, deployment: Deployment) -> Namespace | None:
-        """Make ``deployment`` the tenant's live one; return the namespace it replaces."""
+    def set_live(self, deployment: Deployment, namespace: Namespace) -> Namespace | None:
+        """Make ``deployment`` the tenant's live one, run in ``namespace``; return the
+        namespace it replaces.
+
+        ``namespace`` is the very object its unit started with: a call's lookups by it
+        then find the unit by identity, without ``Namespace.__eq__``.
+        """
+        if namespace != Namespace(deployment.tenant, version=deployment.version):
+            raise ValueError(f"{namespace!r} is not the namespace of {deployment!r}")
         replaced = self._live_ns.get(deployment.tenant)
         self._live[deployment.tenant] = deployment
-        self._live_ns[deployment.tenant] = Namespace(deployment.tenant, version=deployment.version)
+        self._live_ns[deployment.tenant] = namespace
         return replaced
 
     def add_snapshot(self, snapshot: Snapshot) -> None:

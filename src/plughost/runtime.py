@@ -47,14 +47,20 @@ class Unit(abc.ABC):
         self.digest = digest
         self.evictable = evictable
         self.in_flight = 0
+        self.retired = False
+        """Whether it takes no new calls: its lifecycle left ``live``. An attribute kept by
+        the lifecycle's listener, since every call reads it twice."""
         self.lifecycle = Lifecycle(
-            "namespace", repr(namespace), NamespaceState.LIVE, NAMESPACE_TRANSITIONS
+            "namespace",
+            repr(namespace),
+            NamespaceState.LIVE,
+            NAMESPACE_TRANSITIONS,
+            listener=self._state_changed,
         )
         self.unloaded = asyncio.Event()
 
-    @property
-    def retired(self) -> bool:
-        return self.lifecycle.state is not NamespaceState.LIVE
+    def _state_changed(self, lifecycle: Lifecycle[NamespaceState], left: NamespaceState) -> None:
+        self.retired = lifecycle.state is not NamespaceState.LIVE
 
     @abc.abstractmethod
     def agents(self) -> list[AgentInfo]:

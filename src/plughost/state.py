@@ -148,8 +148,9 @@ class _Gate:
         self.live: dict[str | None, CallState] = {}
         self.writers = 0
         self.capturing: asyncio.Event | None = None  # set when a capture under way ends
-        self.idle = asyncio.Event()
-        self.idle.set()
+        # What a capture awaits while writers are in flight (a future made only then: an
+        # Event cleared and set by every call would cost each call two method calls).
+        self.drained: asyncio.Future[None] | None = None
 
 
 class StateLease:
@@ -176,7 +177,6 @@ class StateLease:
         self._gate = gate
         if gate is not None:
             gate.writers += 1
-            gate.idle.clear()
 
     def keep(self) -> Callable[[], None]:
         """Keep the hold past the call's end, until the function returned is called."""
@@ -188,8 +188,9 @@ class StateLease:
         gate, self._gate = self._gate, None
         if gate is not None:
             gate.writers -= 1
-            if not gate.writers:
-                gate.idle.set()
+            drained = gate.drained
+            if not gate.writers and drained is not None and not drained.done():
+                drained.set_result(None)
 
 
 class TenantStates:
@@ -355,7 +356,12 @@ class TenantStates:
             await gate.capturing.wait()
         ended = gate.capturing = asyncio.Event()
         try:
-            await gate.idle.wait()
+            if gate.writers:
+                gate.drained = asyncio.get_running_loop().create_future()
+                try:
+                    await gate.drained
+                finally:
+                    gate.drained = None
             yield
         finally:
             gate.capturing = None

@@ -34,7 +34,7 @@ import fcntl
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,12 @@ class CallState:
     shared: str
     user: str | None
     read_only: bool
+    memory: str = field(init=False, repr=False, compare=False)
+    """``memory_path`` as text, made once: every call sets it."""
+
+    def __post_init__(self) -> None:
+        # Joined as text: a Path costs ten times more.
+        object.__setattr__(self, "memory", f"{self.root}/{self.folder}/{MEMORY_FILE}")
 
     @property
     def path(self) -> Path:
@@ -98,15 +104,14 @@ class CallState:
         return cls(tenant, snapshot, root, folder, shared, user, read_only)
 
 
-_state: contextvars.ContextVar[CallState | None] = contextvars.ContextVar(
+_call: contextvars.ContextVar[tuple[CallState, str] | None] = contextvars.ContextVar(
     "plughost_call_state", default=None
 )
-_memory: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "plughost_memory_path", default=None
-)
+"""The call's state and its ``BRAINSTEM_MEMORY_PATH``, in one variable: a call sets it once
+and resets it once."""
 
 
-Entered = tuple[contextvars.Token[CallState | None], contextvars.Token[str | None]] | None
+Entered = contextvars.Token[tuple[CallState, str] | None] | None
 
 
 def enter(state: CallState | None) -> Entered:
@@ -114,29 +119,30 @@ def enter(state: CallState | None) -> Entered:
     :func:`leave`. (Two functions, not a context manager: every call does this.)"""
     if state is None:
         return None
-    # Joined as text: a Path costs ten times more.
-    memory = f"{state.root}/{state.folder}/{MEMORY_FILE}"
-    return _state.set(state), _memory.set(memory)
+    return _call.set((state, state.memory))
 
 
 def leave(entered: Entered) -> None:
     """Undo :func:`enter`."""
     if entered is not None:
-        _memory.reset(entered[1])
-        _state.reset(entered[0])
+        _call.reset(entered)
+
+
+def _memory_path() -> str | None:
+    """The call's ``BRAINSTEM_MEMORY_PATH``, or None outside calls."""
+    entered = _call.get()
+    return None if entered is None else entered[1]
 
 
 @contextlib.contextmanager
 def no_call_state() -> Iterator[None]:
     """Run the code inside with no call's state: a mod's handler, even one an agent's call
     reached (an event it sent, a topic it published to), is no part of that call."""
-    state_token = _state.set(None)
-    memory_token = _memory.set(None)
+    token = _call.set(None)
     try:
         yield
     finally:
-        _memory.reset(memory_token)
-        _state.reset(state_token)
+        _call.reset(token)
 
 
 def current() -> Storage:
@@ -146,14 +152,14 @@ def current() -> Storage:
         RuntimeError: no call is running here (code at import, a mod's handler), or its
             placement keeps no state (``ray``).
     """
-    state = _state.get()
-    if state is None:
+    entered = _call.get()
+    if entered is None:
         raise RuntimeError(
             "self.storage is the state of a call, and none is here: no agent call runs"
             " (code at import, a mod's handler), or the call's placement keeps no tenant"
             " state (ray)"
         )
-    return Storage(state)
+    return Storage(entered[0])
 
 
 class Storage:
@@ -259,26 +265,27 @@ class _CallEnviron(_Environ):  # type: ignore[valid-type,misc]
 
     def __getitem__(self, key: str) -> str:
         if key == MEMORY_VARIABLE:
-            path = _memory.get()
+            path = _memory_path()
             if path is not None:
                 return path
         value: str = super().__getitem__(key)
         return value
 
     def __setitem__(self, key: str, value: str) -> None:
-        if key == MEMORY_VARIABLE and _memory.get() is not None:
-            _memory.set(str(value))  # for this call only
+        entered = _call.get()
+        if key == MEMORY_VARIABLE and entered is not None:
+            _call.set((entered[0], str(value)))  # for this call only
             return
         super().__setitem__(key, value)
 
     def __delitem__(self, key: str) -> None:
-        if key == MEMORY_VARIABLE and _memory.get() is not None:
+        if key == MEMORY_VARIABLE and _memory_path() is not None:
             return  # within a call it names the call's file, whatever the call does
         super().__delitem__(key)
 
     def __iter__(self) -> Iterator[str]:
         names: Iterator[str] = super().__iter__()
-        if _memory.get() is None:
+        if _memory_path() is None:
             yield from names
             return
         for name in names:
@@ -288,12 +295,14 @@ class _CallEnviron(_Environ):  # type: ignore[valid-type,misc]
 
     def __len__(self) -> int:
         length: int = super().__len__()
-        if _memory.get() is not None and self.encodekey(MEMORY_VARIABLE) not in self._data:
+        if _memory_path() is not None and self.encodekey(MEMORY_VARIABLE) not in self._data:
             length += 1
         return length
 
     def __contains__(self, key: object) -> bool:
-        return (key == MEMORY_VARIABLE and _memory.get() is not None) or super().__contains__(key)
+        return (key == MEMORY_VARIABLE and _memory_path() is not None) or super().__contains__(
+            key
+        )
 
 
 def install_call_environ() -> None:

@@ -279,7 +279,7 @@ class Tenants:
                         self._libraries[tenant] = started.environment or environment
                     else:
                         self._libraries.pop(tenant, None)
-                    replaced = self._catalog.set_live(deployment)
+                    replaced = self._catalog.set_live(deployment, unit.namespace)
                     if replaced is not None:
                         old = self._runtime.get(replaced)
                         if old is not None:
@@ -501,7 +501,12 @@ class Tenants:
         try:
             # First: a name that is no tenant's (or snapshot's) gets no state folder. Most
             # calls find their namespace loaded and their state made, and need not await.
-            target = self._catalog.target(tenant, snapshot)[0]
+            catalog = self._catalog
+            target = (
+                catalog.live_namespace(tenant)
+                if snapshot is None
+                else catalog.target(tenant, snapshot)[0]
+            )
             unit = self._runtime.lease_loaded(target) or await self._acquire(tenant, snapshot)
             try:
                 lease = self._states.begin_warm(tenant, user) if snapshot is None else None
@@ -523,13 +528,12 @@ class Tenants:
             if lease.view is not None:  # a live call's hold went with its release
                 await self._states.end(lease, None)
         except Exception:
-            self._metrics.calls.inc("error")
+            self._metrics.calls.error()
             if tenant in self._catalog:  # a name that is no tenant's gets no series
                 self.stats.record(tenant, time.perf_counter() - started, False)
             raise
-        self._metrics.calls.inc("ok")
         elapsed = time.perf_counter() - started
-        self._metrics.call_seconds.observe(elapsed)
+        self._metrics.calls.ok(elapsed)
         self.stats.record(tenant, elapsed, True)
         return result
 
