@@ -7,7 +7,8 @@ Each curve is read against its own smallest point (there is no outside baseline)
   per count, every tenant deploying :func:`one_file_bundle`), one caller,
   back to back, each call to a tenant drawn at random; an async agent and a
   sync one (run in the agent threads). The deploys that fill each network
-  are timed too.
+  are timed too, and so is each tenant's first call, apart: it makes the
+  tenant's state folder, and the curve is of warm calls.
 * unload, in the same networks: the time to unload one namespace
   (``LoadedBundle.unload(verify=False)`` of a probe namespace loaded beside
   the N tenants) with 10, 100, 1,000 and 10,000 loaded, and the time to
@@ -139,6 +140,15 @@ def _gc_paused() -> Iterator[None]:
         gc.collect()
 
 
+def _first_call_figure(samples: list[int]) -> str:
+    if len(samples) < 2:
+        return f"{samples[0] / 1000:.1f} µs (makes its state folder)"
+    return (
+        f"p50 {_percentile(samples, 50):.1f} µs, p99 {_percentile(samples, 99):.1f} µs "
+        "(makes its state folder)"
+    )
+
+
 def _percentile(samples: list[int], q: int) -> float:
     """The q-th percentile of ``samples`` (nanoseconds), in microseconds."""
     return statistics.quantiles(samples, n=100)[q - 1] / 1000
@@ -224,9 +234,22 @@ class TenantPoint:
     loaded: int
     modules_keys: int
     deploy_ns: int
+    first_call_ns: list[int]
     calls: list[CallPoint]
     unload_one: list[int]
     stop_ns: int
+
+
+async def _first_calls(network: Network, tenants: int) -> list[int]:
+    """One call of every tenant, its first: it makes the tenant's state folder (ns each)."""
+    args = {"message": "m"}
+    latencies: list[int] = []
+    clock = time.perf_counter_ns
+    for i in range(tenants):
+        before = clock()
+        await network.call_agent(f"tenant{i}", "Async", args)
+        latencies.append(clock() - before)
+    return latencies
 
 
 async def _timed_calls(
@@ -270,6 +293,8 @@ async def _tenant_point(data: Path, probe_folder: Path, count: int) -> TenantPoi
             await network.deploy(f"tenant{i}", bundle)
         deploy_ns = time.perf_counter_ns() - start
         loaded = len(network.loaded_namespaces())
+        # Every tenant's first call makes its state folder: timed apart from the warm calls.
+        first_call_ns = await _first_calls(network, count)
         answer = await network.call_agent(f"tenant{count - 1}", "Sync", {"message": "x"})
         assert answer == "sync:x", answer
         gc.collect()
@@ -291,7 +316,7 @@ async def _tenant_point(data: Path, probe_folder: Path, count: int) -> TenantPoi
             await network.stop()
     if loaded_namespaces():
         raise RuntimeError(f"namespaces left loaded after stop(): {loaded_namespaces()[:3]}")
-    return TenantPoint(count, loaded, keys, deploy_ns, points, unload_one, stop_ns)
+    return TenantPoint(count, loaded, keys, deploy_ns, first_call_ns, points, unload_one, stop_ns)
 
 
 async def _tenant_points(tmp: Path) -> list[TenantPoint]:
@@ -376,6 +401,7 @@ def calls() -> Outcome:
                 "each",
             )
         )
+        figures.append(("  each one's first call", _first_call_figure(point.first_call_ns)))
     figures.append(("plot", str(path)))
 
     def ends(index: int) -> str:
@@ -393,7 +419,8 @@ def calls() -> Outcome:
             "a one-file bundle with an async and a sync agent (one_file_bundle), every tenant "
             "deployed and loaded in process; a fresh network per tenant count",
             f"one caller, back to back; {ASYNC_CALLS:,} async and {SYNC_CALLS:,} sync calls per "
-            f"point, each to a tenant drawn at random, after {WARMUP_CALLS} untimed ones; "
+            f"point, each to a tenant drawn at random, after one call of every tenant (its "
+            f"first, timed apart) and {WARMUP_CALLS} untimed ones; "
             "garbage collection left on (what a host with that many objects pays)",
         ],
         figures=figures,

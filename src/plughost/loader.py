@@ -287,7 +287,7 @@ class _NamespaceImports:
         self.package_name = namespace.package_name
         # Its own files come first: a bundle module shadows a library of the same name.
         self._top_names = index.top_names | (libraries.names if libraries else frozenset())
-        self._own = {namespace.module_name(stem): entry for stem, entry in index.modules.items()}
+        self._entries = {namespace.module_name(stem): entry for stem, entry in index.modules.items()}
         # Its own copy, so that what one bundle writes into its ``__builtins__`` stays its own.
         self.builtins: dict[str, Any] = {**vars(builtins), "__import__": _bundle_import}
         self.watch: LoadWatch | None = None
@@ -314,7 +314,7 @@ class _NamespaceImports:
             )
             spec.submodule_search_locations = [str(self.index.root)]
             return spec
-        entry = self._own.get(fullname)
+        entry = self._entries.get(fullname)
         if entry is None:
             if self.libraries is None:
                 return None
