@@ -359,8 +359,9 @@ POLLUTERS = {
     "replaces the root package": (
         "import sys, types\nsys.modules['plughost_ns'] = types.ModuleType('plughost_ns')\n"
     ),
-    "moves its own load's marker": (
-        "import sys\n"
+    "plants a module, then moves its own load's marker past it": (
+        "import sys, types\n"
+        "sys.modules['plughost_ns.t_later.helpers'] = types.ModuleType('planted')\n"
         "marker = next(k for k in sys.modules if k.startswith('plughost_ns._x__load_'))\n"
         "sys.modules[marker] = sys.modules.pop(marker)\n"
     ),
@@ -390,6 +391,11 @@ def test_a_bundle_that_writes_other_namespaces_keys_is_undone_and_refused(
 IN_PLACE = {
     "replaces another namespace's module": (
         "import sys, types\n"
+        "sys.modules['plughost_ns.t_victim.helpers'] = types.ModuleType('fake')\n"
+    ),
+    "asks the finder for it first, then replaces it": (
+        "import importlib.util, sys, types\n"
+        "sys.meta_path[0].find_spec('plughost_ns.t_victim.helpers')\n"
         "sys.modules['plughost_ns.t_victim.helpers'] = types.ModuleType('fake')\n"
     ),
     "removes another namespace's module": (
@@ -515,6 +521,40 @@ def test_a_bundle_that_imports_stdlib_modules_for_the_first_time_loads(
 
     assert sys.modules["xml.dom.minidom"] is reader.xml.dom.minidom
     assert sys.modules["wave"] is reader.wave
+
+
+def test_a_finder_a_bundle_puts_first_is_taken_out_with_a_warning(
+    write_bundle: WriteBundle, load: Load
+) -> None:
+    finders = list(sys.meta_path)
+    folder = write_bundle(
+        {
+            "finder.py": (
+                "import sys\n"
+                "class First:\n"
+                "    def find_spec(self, name, path=None, target=None):\n"
+                "        return None\n"
+                "sys.meta_path.insert(0, First())\n"
+            )
+        }
+    )
+
+    with pytest.warns(BundleWarning, match=r"changed sys\.meta_path while loading"):
+        load(Namespace("finders"), folder)
+
+    assert sys.meta_path == finders
+
+
+def test_an_object_that_is_no_module_under_its_own_key_does_not_stop_its_unload(
+    write_bundle: WriteBundle, load: Load
+) -> None:
+    folder = write_bundle({"own.py": "import sys\nsys.modules[__name__ + '_cfg'] = 5\n"})
+    bundle = load(Namespace("odd"), folder)
+    assert sys.modules[bundle.package_name + ".own_cfg"] == 5
+
+    report = bundle.unload()
+
+    assert report.leaked == [] and bundle.package_name + ".own_cfg" not in sys.modules
 
 
 BUILTINS_TAMPERER = {

@@ -9,9 +9,10 @@ namespaces loaded:
   library, installed packages, plughost itself, the root package): each
   one's object when the load began, compared by identity when it ends.
   :class:`HostKeys` knows them: those present when the loader was imported,
-  every module imported since (the loader's finder sees each import first),
-  and those a load added by hand. A key that host code puts into
-  ``sys.modules`` by hand between loads is known from the next rescan on.
+  every module imported since (the loader's finder is the first on
+  ``sys.meta_path``, and a load that puts one before it is undone), and those
+  a load added by hand. A key that host code puts into ``sys.modules`` by hand
+  between loads is known from the next rescan on (a sweep of the loader).
 * **The tail**: a dict keeps insertion order, so every key added while the
   load ran (or removed and added again) comes after a marker module the load
   put last into ``sys.modules`` when it began. The keys after it are read
@@ -19,7 +20,7 @@ namespaces loaded:
 
 The caller judges what it finds (see :mod:`plughost.loader`). A key of
 another namespace rebound in place, or removed, is in neither part; the
-namespace whose key it is finds it where its code imports.
+namespace whose key it is finds it where its code imports the name bare.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import contextlib
 import functools
 import itertools
 import operator
+import secrets
 import sys
 from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
@@ -59,7 +61,8 @@ class HostKeys:
         self._keys = dict.fromkeys(key for key in modules if self._is_host_key(key))
 
     def note(self, key: object) -> None:
-        """Know ``key`` from now on, if it is a host key (thread-safe: one dict store)."""
+        """Know ``key`` from now on, if it is a host key (one dict store: no lock; a note
+        that races with a rescan may be lost, and the key is known from the next one)."""
         if self._is_host_key(key) and key not in self._keys:
             self._keys[key] = None
 
@@ -88,7 +91,8 @@ class HostKeys:
         return read
 
     def _is_host_key(self, key: object) -> TypeGuard[str]:
-        return isinstance(key, str) and not key.startswith(self._prefix)
+        # Exactly str: a subclass's own methods would run here, under the loader's lock.
+        return type(key) is str and not key.startswith(self._prefix)
 
 
 def _each(keys: tuple[str, ...], modules: _Modules) -> tuple[object, ...]:
@@ -135,8 +139,10 @@ def start_watch(host_keys: HostKeys, began: int) -> LoadWatch:
     """Take the host's keys and put a marker last into ``sys.modules``; call it under the lock."""
     modules: _Modules = sys.modules  # type: ignore[assignment]
     keys, values = host_keys.snapshot(modules)
-    marker = f"{MARKER_PREFIX}{began}"
+    # Not to be guessed: a key planted under it beforehand would keep an earlier place.
+    marker = f"{MARKER_PREFIX}{began}_{secrets.token_hex(8)}"
     module = ModuleType(marker, "Marks where one load began in sys.modules.")
+    modules.pop(marker, None)
     modules[marker] = module
     return LoadWatch(keys, values, host_keys.reader(keys), marker, module, len(modules), began)
 
@@ -160,20 +166,25 @@ def host_changes(watch: LoadWatch) -> list[tuple[str, object]]:
 def keys_added(watch: LoadWatch) -> list[object] | None:
     """The keys after ``watch``'s marker, last first; None if the marker is not where it was put.
 
-    Only a load's own code touches its marker, so None means that the
-    load's code moved, rebound or removed it. A marker moved to the end
-    (taken out and put back) hides the keys added before the move: fewer keys
-    follow it than ``sys.modules`` gained, which only removals of keys that
-    were there before could make up for.
+    The host never touches a marker, so None means that code that ran
+    meanwhile (the load's own, most likely) moved, rebound or removed it. A
+    marker moved to the end (taken out and put back) hides the keys added
+    before the move: fewer keys follow it than ``sys.modules`` gained. Code
+    that also removes as many keys that were there before balances the count:
+    like the rest of the load's checks, this makes accidents and careless
+    code evident; it does not stand against hostile code, which takes an OS
+    sandbox.
     """
     modules: _Modules = sys.modules  # type: ignore[assignment]
     marker = watch.marker
+    # Read first: keys other threads add after it only make the tail longer.
+    length = len(modules)
     # In C, so no other thread changes the dict between two steps of the scan.
     after = list(itertools.takewhile(functools.partial(operator.is_not, marker), reversed(modules)))
     if (
-        len(after) == len(modules)
+        len(after) >= length
         or modules.get(marker) is not watch.marker_module
-        or len(after) < len(modules) - watch.length
+        or len(after) < length - watch.length
     ):
         return None
     return after

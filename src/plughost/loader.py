@@ -26,9 +26,10 @@ How isolation works, without touching ``sys.path``:
 
 Loads are tamper-evident:
 
-* A bundle file that changes ``sys.path`` or rebinds a name of the
-  :mod:`builtins` module (``builtins.__import__``, ``builtins.open``) gets a
-  :class:`~plughost.errors.BundleWarning` and the change is undone.
+* A bundle file that changes ``sys.path`` or ``sys.meta_path`` (a finder put
+  before the loader's would serve other namespaces' keys), or rebinds a name
+  of the :mod:`builtins` module (``builtins.__import__``, ``builtins.open``),
+  gets a :class:`~plughost.errors.BundleWarning` and the change is undone.
 * While a bundle loads, it may add ``sys.modules`` keys (its imports), but a
   host key (plughost's own modules, the standard library, installed
   packages, the root package) that it removes or binds to another object is
@@ -42,8 +43,13 @@ Loads are tamper-evident:
 * A key of another namespace that a load rebinds in place, or removes, is not
   compared at the load: that would cost a pass over every namespace's keys
   at every load (see :mod:`plughost._modules_watch`). The namespace whose key
-  it is finds it where its code imports the name: its own module is put back,
-  with a :class:`~plughost.errors.BundleWarning`, and its code gets it.
+  it is finds it where its code imports the name bare (``import helpers``,
+  ``importlib.import_module("helpers")``): its own module is put back, with a
+  :class:`~plughost.errors.BundleWarning`, and its code gets it. The host
+  takes a namespace's package from its load, not from ``sys.modules``.
+* A load whose marker was moved (see :mod:`plughost._modules_watch`) is
+  refused, and every namespace key is then judged as above, rebound ones
+  included.
 * Values are compared by identity, so a module that claims to equal the one
   it replaced is still a change. A key added that no module held before is
   taken for an import: a planted module under a name nothing imported yet is
@@ -227,6 +233,7 @@ class _ModuleLoader(importlib.machinery.SourceFileLoader):
         code = self.get_code(module.__name__)
         module.__dict__["__builtins__"] = self._builtins
         path_before = sys.path[:]
+        finders_before = sys.meta_path[:]
         builtins_before = vars(builtins).copy()
         try:
             exec(code, module.__dict__)
@@ -237,6 +244,11 @@ class _ModuleLoader(importlib.machinery.SourceFileLoader):
             if not (len(sys.path) == len(path_before) and _same_objects(path_before, sys.path)):
                 sys.path[:] = path_before
                 self._undone("sys.path")
+            finders = sys.meta_path
+            if not (len(finders) == len(finders_before) and _same_objects(finders_before, finders)):
+                # A finder put before the loader's would serve other namespaces' keys.
+                sys.meta_path[:] = finders_before
+                self._undone("sys.meta_path")
             now = vars(builtins)
             if not (len(now) == len(builtins_before) and _starts_with(now, builtins_before)):
                 # A name deleted and bound again to the same object moves, and changes nothing.
@@ -287,7 +299,9 @@ class _NamespaceImports:
         self.package_name = namespace.package_name
         # Its own files come first: a bundle module shadows a library of the same name.
         self._top_names = index.top_names | (libraries.names if libraries else frozenset())
-        self._entries = {namespace.module_name(stem): entry for stem, entry in index.modules.items()}
+        self._entries = {
+            namespace.module_name(stem): entry for stem, entry in index.modules.items()
+        }
         # Its own copy, so that what one bundle writes into its ``__builtins__`` stays its own.
         self.builtins: dict[str, Any] = {**vars(builtins), "__import__": _bundle_import}
         self.watch: LoadWatch | None = None
@@ -302,7 +316,8 @@ class _NamespaceImports:
     def spec_for(self, fullname: str) -> importlib.machinery.ModuleSpec | None:
         spec = self._spec_for(fullname)
         if spec is not None:
-            self.keys[fullname] = None
+            # What an earlier import of it left stays its own until this one has run.
+            self.keys.setdefault(fullname, None)
         return spec
 
     def _spec_for(self, fullname: str) -> importlib.machinery.ModuleSpec | None:
@@ -349,17 +364,23 @@ class _NamespaceImports:
         since (a load does not compare other namespaces' keys, see
         :mod:`plughost._modules_watch`). Its code gets its own module again.
         """
-        own = self.keys.get(key)
         modules = cast("dict[str, object]", sys.modules)
-        if own is not None and modules.get(key, MISSING) is not own:
+        with _lock:  # an unload clears the keys and removes them under it
+            own = self.keys.get(key)
+            if (
+                own is None
+                or modules.get(key, MISSING) is own
+                or _active.get(self.package_name) is not self
+            ):
+                return
             modules[key] = own
-            warnings.warn(
-                BundleWarning(
-                    f"{self.namespace!r}: sys.modules[{key!r}] had been removed or bound to "
-                    "another object from outside the namespace; its own module was put back"
-                ),
-                stacklevel=4,
-            )
+        warnings.warn(
+            BundleWarning(
+                f"{self.namespace!r}: sys.modules[{key!r}] had been removed or bound to "
+                "another object; the namespace's own module was put back"
+            ),
+            stacklevel=4,
+        )
 
     def resolve(self, name: str) -> tuple[str, str] | None:
         """Return (key to import, key to bind for a plain ``import``) for a bundle name."""
@@ -493,6 +514,13 @@ class LoadedBundle:
         return self._imports.package_name
 
     @property
+    def package(self) -> ModuleType | None:
+        """The namespace package as its load made it (not what ``sys.modules`` holds now,
+        which another namespace's code may have changed); ``None`` once unloaded."""
+        kept = self._imports.keys.get(self.package_name)
+        return kept if isinstance(kept, ModuleType) else None
+
+    @property
     def is_loaded(self) -> bool:
         return _active.get(self.package_name) is self._imports
 
@@ -561,7 +589,7 @@ def _remove_modules(imports: _NamespaceImports) -> list[tuple[str, ModuleType]]:
         sys.modules.pop(key, None)
     imports.keys.clear()
     # Its own modules, wherever they are: another object under one of its keys is not one.
-    removed = [(key, cast(ModuleType, kept)) for key, kept in keys.items() if kept is not None]
+    removed = [(key, kept) for key, kept in keys.items() if isinstance(kept, ModuleType)]
     _root.__dict__.pop(imports.package_name.partition(".")[2], None)
     return removed
 
@@ -582,9 +610,14 @@ def _sweep_now_and_then() -> None:
     _unloads_since_sweep = 0
     everything = list(sys.modules)
     _host.rescan(everything)  # and learn the host's keys that were put there by hand
-    for key in [k for k in everything if isinstance(k, str) and k.startswith(_PREFIX)]:
+    markers = {imports.watch.marker for imports in _active.values() if imports.watch is not None}
+    for key in [k for k in everything if type(k) is str and k.startswith(_PREFIX)]:
+        if key.startswith(MARKER_PREFIX):
+            if key not in markers:  # a load's marker outlives no load
+                sys.modules.pop(key, None)
+            continue
         package = _package_of(key)
-        if package not in _active and not key.startswith(MARKER_PREFIX):
+        if package not in _active:
             sys.modules.pop(key, None)
             _root.__dict__.pop(package.partition(".")[2], None)
 
@@ -650,15 +683,21 @@ def _undo_foreign_writes(imports: _NamespaceImports, watch: LoadWatch) -> list[s
     included.
     """
     modules = cast("dict[str, object]", sys.modules)
-    # What to put back under each foreign key (MISSING: nothing).
+    # What to put back under each foreign key (MISSING: nothing); the host's first, so that
+    # nothing that follows can leave them changed.
     foreign: dict[str, object] = dict(host_changes(watch))
+    _put_back_foreign(foreign)
     after = keys_added(watch)
+    in_order = after is not None
     if after is None:
         foreign[watch.marker] = MISSING
+        # What it added cannot be told from what was there: every namespace key is judged.
+        after = [key for key in list(modules) if type(key) is str and key.startswith(_PREFIX)]
     own = imports.package_name
-    for key in after or ():
-        if not isinstance(key, str) or key.startswith(MARKER_PREFIX):
-            continue  # another load's marker, or not a key the checks count
+    for key in after:
+        # Exactly str: a subclass's own methods would run here, under the lock.
+        if type(key) is not str or key.startswith(MARKER_PREFIX):
+            continue  # not a key the checks count, or a load's marker
         if not key.startswith(_PREFIX):
             _host.note(key)  # imported, or put there by hand; a change of its object is above
             continue
@@ -677,32 +716,41 @@ def _undo_foreign_writes(imports: _NamespaceImports, watch: LoadWatch) -> list[s
                 foreign[key] = recorded
     if not foreign:
         return sorted(watch.changed_meanwhile)
+    _put_back_foreign(foreign)
+    _tell_other_loads(imports, watch, foreign, after if in_order else None)
+    return sorted(watch.changed_meanwhile.union(foreign))
+
+
+def _put_back_foreign(foreign: Mapping[str, object]) -> None:
+    modules = cast("dict[str, object]", sys.modules)
     for key, was in foreign.items():
         if was is MISSING:
             modules.pop(key, None)
         else:
             modules[key] = was
-    _tell_other_loads(imports, watch, foreign, after or [])
-    return sorted(watch.changed_meanwhile.union(foreign))
 
 
 def _tell_other_loads(
-    imports: _NamespaceImports, watch: LoadWatch, foreign: Mapping[str, object], after: list[object]
+    imports: _NamespaceImports,
+    watch: LoadWatch,
+    foreign: Mapping[str, object],
+    after: list[object] | None,
 ) -> None:
     """Tell the other loads under way of the keys ``watch``'s load put back.
 
     A load was under way before a host key changed when it began with the
     object this load began with; before a key appeared in the tail when its
-    marker comes before that key (``after`` is last first).
+    marker comes before that key (``after`` is last first). Without the tail
+    in order (the marker was moved), only the host keys are told.
     """
-    position = {key: index for index, key in enumerate(after)}
+    position = {key: index for index, key in enumerate(after or ())}
     for other in _active.values():
         theirs = other.watch
         if other is imports or theirs is None:
             continue
         for key, was in foreign.items():
-            if key in position:
-                if position.get(theirs.marker, len(after)) > position[key]:
+            if key.startswith(_PREFIX):
+                if key in position and position.get(theirs.marker, len(position)) > position[key]:
                     theirs.changed_meanwhile.add(key)
             elif theirs.host_value(key) is watch.host_value(key):
                 theirs.changed_meanwhile.add(key)

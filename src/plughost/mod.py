@@ -23,7 +23,6 @@ import inspect
 import itertools
 import logging
 import re
-import sys
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -510,7 +509,10 @@ async def start_mod(
         elif resolved.source.is_file():
             module = bundle.modules[resolved.source.stem]
         else:
-            module = sys.modules[bundle.package_name]
+            package = bundle.package
+            if package is None:
+                raise LookupError(f"{bundle.namespace!r} was unloaded while it loaded")
+            module = package
         cls = find_mod_class(module, mod_id, resolved.class_name)
         step = "instantiate"
         instance = cls()

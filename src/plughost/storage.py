@@ -300,9 +300,7 @@ class _CallEnviron(_Environ):  # type: ignore[valid-type,misc]
         return length
 
     def __contains__(self, key: object) -> bool:
-        return (key == MEMORY_VARIABLE and _memory_path() is not None) or super().__contains__(
-            key
-        )
+        return (key == MEMORY_VARIABLE and _memory_path() is not None) or super().__contains__(key)
 
 
 def install_call_environ() -> None:
