@@ -21,6 +21,9 @@ namespaces loaded:
 The caller judges what it finds (see :mod:`plughost.loader`). A key of
 another namespace rebound in place, or removed, is in neither part; the
 namespace whose key it is finds it where its code imports the name bare.
+
+The comparisons by identity here also serve the loader's checks of
+``sys.path``, ``sys.meta_path`` and :mod:`builtins` around each bundle file.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import itertools
 import operator
 import secrets
 import sys
-from collections.abc import Callable, Iterable, MutableMapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import TypeGuard
@@ -43,6 +46,54 @@ MARKER_PREFIX = "plughost_ns._x__load_"
 """The keys of load markers: under the root package, and no namespace's (a reserved prefix)."""
 
 _Modules = MutableMapping[object, object]
+
+
+# -- comparing by identity (also for sys.path and builtins, which a load watches too) -----
+
+
+def same_objects(before: Iterable[object], now: Iterable[object]) -> bool:
+    """Whether ``now`` starts with the very objects of ``before``, in order.
+
+    Compared by identity, in C: no object's ``__eq__`` has a say, so a module
+    that claims to equal the one it replaced is still a change.
+    """
+    return all(map(operator.is_, before, now))
+
+
+def starts_with(now: Mapping[str, object], before: Mapping[str, object]) -> bool:
+    """Whether ``now`` holds the entries of ``before`` first, in their order, the same objects.
+
+    A dict keeps its insertion order, and replacing a value keeps its place,
+    so this holds exactly when ``now`` is ``before`` plus entries added after.
+    """
+    return (
+        len(now) >= len(before)
+        and same_objects(before, now)
+        and same_objects(before.values(), now.values())
+    )
+
+
+def changed_keys(before: Mapping[str, object], now: Mapping[str, object]) -> set[str]:
+    """The keys added, removed or bound to another object between ``before`` and ``now``."""
+    return {
+        key
+        for key in before.keys() | now.keys()
+        if before.get(key, MISSING) is not now.get(key, MISSING)
+    }
+
+
+def put_back(now: dict[str, object], before: Mapping[str, object], keys: list[str]) -> list[str]:
+    """Make ``keys`` of ``now`` what they were in ``before`` (absent included); return them."""
+    for key in keys:
+        was = before.get(key, MISSING)
+        if was is MISSING:
+            now.pop(key, None)
+        else:
+            now[key] = was
+    return keys
+
+
+# -- the host's keys and the tail ---------------------------------------------------------
 
 
 class HostKeys:

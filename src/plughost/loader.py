@@ -77,7 +77,6 @@ import importlib.abc
 import importlib.machinery
 import importlib.util
 import itertools
-import operator
 import os
 import sys
 import tempfile
@@ -85,7 +84,7 @@ import threading
 import traceback
 import warnings
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.resources.abc import Traversable, TraversableResources
 from pathlib import Path
@@ -99,10 +98,14 @@ from ._modules_watch import (
     MISSING,
     HostKeys,
     LoadWatch,
+    changed_keys,
     end_watch,
     host_changes,
     keys_added,
+    put_back,
+    same_objects,
     start_watch,
+    starts_with,
 )
 from .bundle import BundleIndex, ModuleEntry, extract_archive, index_bundle, is_archive
 from .errors import (
@@ -241,18 +244,18 @@ class _ModuleLoader(importlib.machinery.SourceFileLoader):
             self._own[module.__name__] = sys.modules.get(module.__name__, module)
         finally:
             # Both are shared by every namespace and the host itself.
-            if not (len(sys.path) == len(path_before) and _same_objects(path_before, sys.path)):
+            if not (len(sys.path) == len(path_before) and same_objects(path_before, sys.path)):
                 sys.path[:] = path_before
                 self._undone("sys.path")
             finders = sys.meta_path
-            if not (len(finders) == len(finders_before) and _same_objects(finders_before, finders)):
+            if not (len(finders) == len(finders_before) and same_objects(finders_before, finders)):
                 # A finder put before the loader's would serve other namespaces' keys.
                 sys.meta_path[:] = finders_before
                 self._undone("sys.meta_path")
             now = vars(builtins)
-            if not (len(now) == len(builtins_before) and _starts_with(now, builtins_before)):
+            if not (len(now) == len(builtins_before) and starts_with(now, builtins_before)):
                 # A name deleted and bound again to the same object moves, and changes nothing.
-                names = _put_back(now, builtins_before, sorted(_changed_keys(builtins_before, now)))
+                names = put_back(now, builtins_before, sorted(changed_keys(builtins_before, now)))
                 if names:
                     self._undone(", ".join(f"builtins.{name}" for name in names))
 
@@ -620,48 +623,6 @@ def _sweep_now_and_then() -> None:
         if package not in _active:
             sys.modules.pop(key, None)
             _root.__dict__.pop(package.partition(".")[2], None)
-
-
-def _same_objects(before: Iterable[object], now: Iterable[object]) -> bool:
-    """Whether ``now`` starts with the very objects of ``before``, in order.
-
-    Compared by identity, in C: no object's ``__eq__`` has a say, so a module
-    that claims to equal the one it replaced is still a change.
-    """
-    return all(map(operator.is_, before, now))
-
-
-def _starts_with(now: Mapping[str, object], before: Mapping[str, object]) -> bool:
-    """Whether ``now`` holds the entries of ``before`` first, in their order, the same objects.
-
-    A dict keeps its insertion order, and replacing a value keeps its place,
-    so this holds exactly when ``now`` is ``before`` plus entries added after.
-    """
-    return (
-        len(now) >= len(before)
-        and _same_objects(before, now)
-        and _same_objects(before.values(), now.values())
-    )
-
-
-def _changed_keys(before: Mapping[str, object], now: Mapping[str, object]) -> set[str]:
-    """The keys added, removed or bound to another object between ``before`` and ``now``."""
-    return {
-        key
-        for key in before.keys() | now.keys()
-        if before.get(key, MISSING) is not now.get(key, MISSING)
-    }
-
-
-def _put_back(now: dict[str, object], before: Mapping[str, object], keys: list[str]) -> list[str]:
-    """Make ``keys`` of ``now`` what they were in ``before`` (absent included); return them."""
-    for key in keys:
-        was = before.get(key, MISSING)
-        if was is MISSING:
-            now.pop(key, None)
-        else:
-            now[key] = was
-    return keys
 
 
 def _undo_foreign_writes(imports: _NamespaceImports, watch: LoadWatch) -> list[str]:
