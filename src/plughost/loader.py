@@ -368,6 +368,8 @@ class _NamespaceImports:
         :mod:`plughost._modules_watch`). Its code gets its own module again.
         """
         modules = cast("dict[str, object]", sys.modules)
+        if modules.get(key, MISSING) is self.keys.get(key, MISSING):
+            return  # the usual case, at every import of a bundle name: no lock taken
         with _lock:  # an unload clears the keys and removes them under it
             own = self.keys.get(key)
             if (
@@ -646,8 +648,9 @@ def _undo_foreign_writes(imports: _NamespaceImports, watch: LoadWatch) -> list[s
     modules = cast("dict[str, object]", sys.modules)
     # What to put back under each foreign key (MISSING: nothing); the host's first, so that
     # nothing that follows can leave them changed.
-    foreign: dict[str, object] = dict(host_changes(watch))
-    _put_back_foreign(foreign)
+    host = dict(host_changes(watch))
+    _put_back_foreign(host)
+    foreign: dict[str, object] = {}
     after = keys_added(watch)
     in_order = after is not None
     if after is None:
@@ -675,9 +678,10 @@ def _undo_foreign_writes(imports: _NamespaceImports, watch: LoadWatch) -> list[s
             recorded = other.keys.get(key, MISSING)
             if recorded is not value and recorded is not None:
                 foreign[key] = recorded
+    _put_back_foreign(foreign)
+    foreign.update(host)
     if not foreign:
         return sorted(watch.changed_meanwhile)
-    _put_back_foreign(foreign)
     _tell_other_loads(imports, watch, foreign, after if in_order else None)
     return sorted(watch.changed_meanwhile.union(foreign))
 

@@ -81,7 +81,7 @@ class CallState:
 
     @property
     def memory_path(self) -> Path:
-        return self.path / MEMORY_FILE
+        return Path(self.memory)
 
     def to_wire(self) -> list[Any]:
         """The state as a worker is told it; the worker has its own ``root``."""
